@@ -1,0 +1,160 @@
+"""Assembly of the running gateway: its dependencies, its listeners, its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from gateway import __version__
+from gateway.auth import UpstreamAuth, build_auth
+from gateway.clock import Clock, SystemClock
+from gateway.config import GatewayConfig
+from gateway.errors import StoreError
+from gateway.operations import Classifier
+from gateway.proxy import Proxy
+from gateway.store import Store, open_store
+from gateway.tenants import TenantDirectory
+from gateway.upstream import UpstreamClient, trace_config
+
+log = structlog.get_logger("gateway")
+
+#: How long a `/readyz` store check is reused, so probes cannot load the store.
+READY_CACHE_SECONDS = 1.0
+
+
+@dataclass
+class Gateway:
+    """The running gateway's parts; built by `open_gateway`, passed to whatever needs them."""
+
+    config: GatewayConfig
+    clock: Clock
+    store: Store
+    session: aiohttp.ClientSession
+    auth: UpstreamAuth
+    upstream: UpstreamClient
+    proxy: Proxy
+    started_at: float
+
+
+@asynccontextmanager
+async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> AsyncIterator[Gateway]:
+    """Open the store and the upstream connection pool; close both on exit."""
+    clock = clock or SystemClock()
+    store = await open_store(config.store_url)
+    upstream_config = config.upstream
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=upstream_config.pool_size, ttl_dns_cache=60),
+        trace_configs=[trace_config()],
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+    )
+    try:
+        auth = build_auth(
+            upstream_config.auth,
+            base_url=upstream_config.url,
+            session=session,
+            tokens=store,
+            clock=clock,
+        )
+        upstream = UpstreamClient(
+            session,
+            upstream_config.url,
+            auth,
+            timeout=upstream_config.timeout,
+            connect_timeout=upstream_config.connect_timeout,
+            max_response_bytes=upstream_config.max_response_bytes,
+        )
+        proxy = Proxy(
+            tenants=TenantDirectory(config.tenants),
+            classifier=Classifier.from_config(config.operations, unmatched=config.unmatched),
+            upstream=upstream,
+            max_body_bytes=config.limits.max_body_bytes,
+        )
+        yield Gateway(
+            config=config,
+            clock=clock,
+            store=store,
+            session=session,
+            auth=auth,
+            upstream=upstream,
+            proxy=proxy,
+            started_at=clock.wall(),
+        )
+    finally:
+        await session.close()
+        await store.close()
+
+
+class Health:
+    """`/healthz` (the process answers) and `/readyz` (the store is writable, SPEC §5)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._checked_at = -READY_CACHE_SECONDS
+        self._problem: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at >= READY_CACHE_SECONDS:
+                try:
+                    await self._gateway.store.check_writable()
+                    self._problem = None
+                except StoreError as exc:
+                    self._problem = str(exc)
+                self._checked_at = now
+        if self._problem:
+            return web.json_response({"status": "unready", "store": self._problem}, status=503)
+        return web.json_response({"status": "ready", "store": "writable"})
+
+
+def client_app(gateway: Gateway) -> web.Application:
+    """The client listener: health, then everything else proxied."""
+    app = web.Application(client_max_size=gateway.config.limits.max_body_bytes + 1)
+    health = Health(gateway)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_route("*", "/{tail:.*}", gateway.proxy.handle)
+    return app
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or `stop` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_gateway(config) as gateway:
+        runner = web.AppRunner(client_app(gateway), access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = _split_listen(config.listen)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+            log.info(
+                "gateway listening",
+                listen=config.listen,
+                upstream=config.upstream.url,
+                version=__version__,
+            )
+            await stop.wait()
+            log.info("gateway stopping")
+        finally:
+            await runner.cleanup()

@@ -1,0 +1,57 @@
+"""Upstream auth schemes: how the gateway proves itself to the invoice platform.
+
+A scheme is one class implementing `UpstreamAuth`; `build_auth` picks it from the config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from gateway.clock import Clock
+    from gateway.config import AuthConfig
+    from gateway.store import TokenStore
+    from gateway.upstream import UpstreamRequest
+
+__all__ = ["NoAuth", "UpstreamAuth", "build_auth"]
+
+
+class UpstreamAuth(Protocol):
+    async def prepare(self, request: UpstreamRequest) -> UpstreamRequest:
+        """The request with fresh credentials; called for every attempt, never cached."""
+        ...
+
+    async def credentials_rejected(self, request: UpstreamRequest) -> None:
+        """The upstream said the credentials `request` carried are invalid: renew them once."""
+        ...
+
+
+class NoAuth:
+    """For upstreams that need no authentication."""
+
+    async def prepare(self, request: UpstreamRequest) -> UpstreamRequest:
+        return request
+
+    async def credentials_rejected(self, request: UpstreamRequest) -> None:
+        return None
+
+
+def build_auth(
+    config: AuthConfig,
+    *,
+    base_url: str,
+    session: aiohttp.ClientSession,
+    tokens: TokenStore,
+    clock: Clock,
+) -> UpstreamAuth:
+    """The auth scheme `config` names."""
+    from gateway.auth.nuonuo import NuonuoHmacAuth
+    from gateway.config import NuonuoHmacAuthConfig
+
+    if isinstance(config, NuonuoHmacAuthConfig):
+        return NuonuoHmacAuth(
+            config, base_url=base_url, session=session, tokens=tokens, clock=clock
+        )
+    return NoAuth()

@@ -1,0 +1,153 @@
+"""The `invoice-gateway` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from gateway import __version__
+from gateway.config import CONFIG_PATH_ENV, GatewayConfig, load_config
+from gateway.errors import ConfigError, GatewayError
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def _config_path(explicit: str | None) -> str:
+    return explicit or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG
+
+
+def _load(path: str) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"invoice-gateway: {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import serve
+    from gateway.logs import configure_logging
+
+    config = _load(_config_path(args.config))
+    if config is None:
+        return EXIT_CONFIG
+    configure_logging(config.log.format, config.log.level)
+    try:
+        run_async(serve(config))
+    except GatewayError as exc:
+        print(f"invoice-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args.path)
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    kinds: dict[str, int] = {}
+    for operation in config.operations:
+        kinds[operation.kind] = kinds.get(operation.kind, 0) + 1
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
+    print(f"{path}: OK")
+    print(f"  upstream   {config.upstream.url} (auth: {config.upstream.auth.scheme})")
+    print(f"  listen     {config.listen}   admin {config.admin.listen}")
+    print(f"  store      {config.store_url}")
+    print(f"  tenants    {', '.join(t.id for t in config.tenants)}")
+    print(f"  operations {len(config.operations)} ({summary}); unmatched requests: {config.unmatched}")
+    return EXIT_OK
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.simulator.cli import run
+
+    return run(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.demo import configure_parser as configure_demo
+    from gateway.simulator.cli import configure_parser as configure_simulator
+
+    parser = argparse.ArgumentParser(
+        prog="invoice-gateway",
+        description=(
+            "Resilience gateway in front of an e-invoice platform: retries, circuit breaking, "
+            "a durable outbox for submissions during outages, exactly-once delivery."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"invoice-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the gateway",
+        description=f"Run the gateway. Config from --config, ${CONFIG_PATH_ENV}, or {DEFAULT_CONFIG}; "
+        "GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, GATEWAY_STORE_URL, GATEWAY_UPSTREAM_URL and "
+        "GATEWAY_ADMIN_TOKEN override it.",
+    )
+    run.add_argument("--config", metavar="PATH", help="configuration file (YAML)")
+    run.set_defaults(handler=_cmd_run)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a configuration file and exit",
+        description="Validate a configuration file, resolve its secrets, and print a summary. "
+        "Exit status 2 when it is invalid, with every problem named by its key.",
+    )
+    check.add_argument("path", nargs="?", metavar="PATH", help="configuration file (YAML)")
+    check.set_defaults(handler=_cmd_check_config)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run the invoice platform simulator (with fault injection)",
+        description="Run a stand-in for the invoice platform, with fault injection under /_sim/.",
+    )
+    configure_simulator(simulate)
+    simulate.set_defaults(handler=_cmd_simulate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="watch the gateway ride out a platform outage",
+        description="Start the simulator and the gateway, send traffic through an outage and "
+        "recovery, and show what happens live.",
+    )
+    configure_demo(demo)
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

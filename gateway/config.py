@@ -1,0 +1,425 @@
+"""Configuration: YAML validated at start (SPEC §6).
+
+Errors name the key and the problem; an unknown key is an error, never silently ignored.
+Secrets are never literal in the file: `{env: NAME}` or `{file: PATH}`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+from gateway.jsonpointer import JsonPointer
+
+#: Environment variables that override the file (SPEC §6), and the key each one sets.
+ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
+    "GATEWAY_LISTEN": ("listen",),
+    "GATEWAY_ADMIN_LISTEN": ("admin", "listen"),
+    "GATEWAY_STORE_URL": ("store_url",),
+    "GATEWAY_UPSTREAM_URL": ("upstream", "url"),
+}
+ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"
+CONFIG_PATH_ENV = "GATEWAY_CONFIG"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def _parse_duration(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(
+                f"not a duration: {value!r} (use seconds, or e.g. '250ms', '15s', '72h')"
+            )
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+def _parse_pointer(value: Any) -> Any:
+    if isinstance(value, str):
+        return JsonPointer(value)
+    return value
+
+
+#: A duration in seconds; YAML may say `15`, `15s`, `250ms`, `72h`.
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+Pointer = Annotated[JsonPointer, BeforeValidator(_parse_pointer)]
+
+
+def _parse_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+Listen = Annotated[str, BeforeValidator(lambda v: _parse_listen(v) if isinstance(v, str) else v)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class SecretRef(_Model):
+    """Where a secret lives: an environment variable or a file. Resolved once at load."""
+
+    env: str | None = None
+    file: Path | None = None
+    _value: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_literal(cls, data: Any) -> Any:
+        if isinstance(data, str | int | float):
+            raise ValueError(
+                "secrets are never literal in the file: write {env: VARIABLE} or {file: /path}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def resolve(self, environ: Mapping[str, str]) -> str | None:
+        """Read the secret; returns the problem as text, or None when it resolved."""
+        if self.env is not None:
+            value = environ.get(self.env)
+            if not value:
+                return f"{self.describe()} is not set"
+        else:
+            assert self.file is not None
+            try:
+                value = self.file.read_text().strip()
+            except OSError as exc:
+                return f"cannot read {self.describe()}: {exc.strerror}"
+            if not value:
+                return f"{self.describe()} is empty"
+        self._value = value
+        return None
+
+    def value(self) -> str:
+        """The resolved secret (only after `load_config`)."""
+        if self._value is None:
+            raise ConfigError([f"secret from {self.describe()} was never resolved"])
+        return self._value
+
+
+class TenantConfig(_Model):
+    """A client of the gateway, identified by the API key it sends in `X-Api-Key`."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    api_key: SecretRef | None = None
+    api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> TenantConfig:
+        if (self.api_key is None) == (self.api_key_sha256 is None):
+            raise ValueError("give exactly one of 'api_key' or 'api_key_sha256'")
+        return self
+
+    def key_digest(self) -> str:
+        """SHA-256 of the tenant's key; the gateway keeps only this."""
+        if self.api_key_sha256 is not None:
+            return self.api_key_sha256
+        assert self.api_key is not None
+        return hashlib.sha256(self.api_key.value().encode()).hexdigest()
+
+
+class NuonuoHmacAuthConfig(_Model):
+    """Access token + HMAC-SHA1 signature of every call (SPEC §2)."""
+
+    scheme: Literal["nuonuo-hmac"]
+    app_key: SecretRef
+    app_secret: SecretRef
+    user_tax: SecretRef
+    token_path: str = "/accessToken"
+    #: Refresh the token once this fraction of its lifetime has passed.
+    refresh_at: float = Field(default=0.9, gt=0, lt=1)
+    #: Never force more than one token refresh per this interval (protects the ~50/30 days quota).
+    min_refresh_interval: Seconds = 30.0
+    token_timeout: Seconds = 10.0
+
+
+class NoAuthConfig(_Model):
+    scheme: Literal["none"]
+
+
+AuthConfig = Annotated[NuonuoHmacAuthConfig | NoAuthConfig, Field(discriminator="scheme")]
+
+
+class UpstreamConfig(_Model):
+    """The invoice platform the gateway fronts; the only host it ever talks to."""
+
+    url: str
+    connect_timeout: Seconds = 3.0
+    timeout: Seconds = 15.0
+    pool_size: int = Field(default=100, ge=1, le=10_000)
+    max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    auth: AuthConfig = Field(default_factory=lambda: NoAuthConfig(scheme="none"))
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(
+                f"expected an http(s) URL without query or fragment, e.g. https://sdk.example.com, got {value!r}"
+            )
+        return value.rstrip("/")
+
+
+class BodyMatch(_Model):
+    """The JSON body has `equals` at `pointer` (or any value there, when `equals` is omitted)."""
+
+    pointer: Pointer
+    equals: Any = None
+
+
+class MatchConfig(_Model):
+    method: str | None = None
+    #: Exact path, or a prefix ending in `*`.
+    path: str | None = None
+    #: Header name → exact value (names are case-insensitive).
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: list[BodyMatch] = Field(default_factory=list)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z]+$", value):
+            raise ValueError(f"not an HTTP method: {value!r}")
+        return value.upper() if value else value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"a path starts with '/' (got {value!r})")
+        return value
+
+
+class OperationConfig(_Model):
+    """One upstream operation the gateway recognises, and what kind it is (SPEC §3)."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    kind: Literal["submit", "read", "passthrough"]
+    match: MatchConfig
+    #: Where the business key (e.g. the order number) is in the body; used for idempotency.
+    business_key: Pointer | None = None
+    #: Messages with the same value here are delivered in acceptance order.
+    ordering_key: Pointer | None = None
+
+
+class LimitsConfig(_Model):
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
+class LogConfig(_Model):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AdminTokenConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    role: Literal["viewer", "operator"]
+    token: SecretRef
+
+
+class AdminConfig(_Model):
+    listen: Listen = "127.0.0.1:8081"
+    tokens: list[AdminTokenConfig] = Field(default_factory=list)
+
+
+class GatewayConfig(_Model):
+    """The whole validated configuration."""
+
+    listen: Listen = "0.0.0.0:8080"
+    store_url: str = "sqlite:///./data/gateway.db"
+    #: What to do with a request that matches no operation.
+    unmatched: Literal["passthrough", "reject"] = "passthrough"
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    tenants: list[TenantConfig] = Field(min_length=1)
+    upstream: UpstreamConfig
+    operations: list[OperationConfig] = Field(default_factory=list)
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
+            if value.startswith(("postgresql://", "postgres://")):
+                raise ValueError(
+                    "PostgreSQL stores are not available in this version; use sqlite:///PATH"
+                )
+            raise ValueError(f"expected sqlite:///PATH, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        for label, names in (
+            ("operations", [op.name for op in self.operations]),
+            ("tenants", [t.id for t in self.tenants]),
+            ("admin.tokens", [t.name for t in self.admin.tokens]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{label}: duplicate names {dupes}")
+        return self
+
+    def sqlite_path(self) -> Path:
+        return Path(self.store_url.removeprefix("sqlite:///"))
+
+    def secrets(self) -> list[tuple[str, SecretRef]]:
+        """Every secret reference with the dotted key it sits at."""
+        found: list[tuple[str, SecretRef]] = []
+        for i, tenant in enumerate(self.tenants):
+            if tenant.api_key is not None:
+                found.append((f"tenants[{i}].api_key", tenant.api_key))
+        auth = self.upstream.auth
+        if isinstance(auth, NuonuoHmacAuthConfig):
+            for field in ("app_key", "app_secret", "user_tax"):
+                found.append((f"upstream.auth.{field}", getattr(auth, field)))
+        for i, admin_token in enumerate(self.admin.tokens):
+            found.append((f"admin.tokens[{i}].token", admin_token.token))
+        return found
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("nuonuo-hmac", "none") and out.endswith("auth"):
+            continue  # pydantic adds the union tag to the location; the reader never wrote it
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """Field names valid at the parent of `loc`, for 'did you mean' hints."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        current = None
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            for inner in (candidate, *getattr(candidate, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    current = inner
+                    break
+            if current is not None:
+                break
+    return list(getattr(current, "model_fields", {}))
+
+
+def _explain(exc: ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        key = _dotted(error["loc"])
+        if error["type"] == "extra_forbidden":
+            name = str(error["loc"][-1])
+            hint = difflib.get_close_matches(name, _known_keys(GatewayConfig, error["loc"]), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            problems.append(f"{key}: unknown key{suggestion}")
+        elif error["type"] == "missing":
+            problems.append(f"{key}: required key is missing")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(
+                f"{key}: {message} (got {error.get('input')!r})"
+                if error["type"] not in ("value_error", "assertion_error")
+                else f"{key}: {message}"
+            )
+    return problems
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for variable, path in ENV_OVERRIDES.items():
+        value = environ.get(variable)
+        if not value:
+            continue
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = value
+    if environ.get(ADMIN_TOKEN_ENV):
+        admin = raw.setdefault("admin", {})
+        if isinstance(admin, dict):
+            tokens = admin.setdefault("tokens", [])
+            if isinstance(tokens, list):
+                tokens.append(
+                    {"name": "env", "role": "operator", "token": {"env": ADMIN_TOKEN_ENV}}
+                )
+
+
+def parse_config(raw: Any, environ: Mapping[str, str], *, source: str = "config") -> GatewayConfig:
+    """Validate an already-parsed YAML document, apply env overrides, resolve secrets."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of keys"])
+    raw = dict(raw)
+    _apply_env_overrides(raw, environ)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    problems = [
+        f"{key}: {problem}"
+        for key, ref in config.secrets()
+        if (problem := ref.resolve(environ)) is not None
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, validate and resolve the configuration at `path` (SPEC §6)."""
+    environ = os.environ if environ is None else environ
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration file: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            [f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]
+        ) from None
+    return parse_config(raw, environ, source=str(path))

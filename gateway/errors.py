@@ -1,0 +1,107 @@
+"""The gateway's one exception tree.
+
+    GatewayError
+    ├── ConfigError                 the configuration file or environment is wrong
+    ├── ClientRequestError          the client's request cannot be served as sent (4xx)
+    │   ├── Unauthenticated         missing or unknown X-Api-Key            401
+    │   ├── BadRequest              malformed body, unsafe path, ...        400
+    │   ├── PayloadTooLarge         body over `limits.max_body_bytes`       413
+    │   └── OperationNotAllowed     unmatched request while unmatched=reject 404
+    ├── UpstreamError               talking to the invoice platform failed
+    │   ├── UpstreamUnreachable     never reached it (refused, DNS, TLS): provably not sent
+    │   ├── UpstreamTimeout         no answer in time; `sent` says whether the request left
+    │   └── UpstreamProtocolError   answer truncated or unreadable after the request was sent
+    ├── UpstreamAuthError           the upstream's auth scheme could not produce credentials
+    │   └── TokenUnavailable        the token endpoint failed or refused (request not sent)
+    └── StoreError                  the durable store cannot read or write
+
+Third-party errors (aiohttp, sqlite3, pydantic) are translated where they enter,
+so callers only ever catch these.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; the message names the key and the problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class ClientRequestError(GatewayError):
+    """A request the gateway refuses to serve; maps to a problem+json 4xx."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class Unauthenticated(ClientRequestError):
+    status = 401
+    slug = "unauthenticated"
+    title = "Missing or unknown API key"
+
+
+class BadRequest(ClientRequestError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class PayloadTooLarge(ClientRequestError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class OperationNotAllowed(ClientRequestError):
+    status = 404
+    slug = "unknown-operation"
+    title = "Unknown operation"
+
+
+class UpstreamError(GatewayError):
+    """The invoice platform could not be talked to."""
+
+    #: True when the request may have reached the upstream (its effect is unknown).
+    sent: bool = True
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Connecting failed (refused, DNS, TLS): the request provably never left."""
+
+    sent = False
+
+
+class UpstreamTimeout(UpstreamError):
+    """No complete answer within the timeout."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        self.sent = sent
+        super().__init__(message)
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The request was sent but the answer was cut off or unreadable."""
+
+
+class UpstreamAuthError(GatewayError):
+    """The upstream auth scheme could not authenticate a request."""
+
+
+class TokenUnavailable(UpstreamAuthError):
+    """No access token could be obtained; the request was not sent."""
+
+
+class StoreError(GatewayError):
+    """The durable store failed; nothing was acknowledged."""

@@ -1,0 +1,211 @@
+"""The client-facing request path, top to bottom:
+
+    authenticate tenant → read body → classify → forward through the upstream client → respond
+
+Every response carries `X-Request-Id` and `X-Gateway-Outcome`, and produces one access log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.errors import (
+    BadRequest,
+    ClientRequestError,
+    PayloadTooLarge,
+    TokenUnavailable,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from gateway.headers import REQUEST_ID, add_forwarded, end_to_end, request_id
+from gateway.operations import UNMATCHED, Classifier, Operation, OperationKind, RequestBody
+from gateway.problem import problem_response
+from gateway.tenants import API_KEY_HEADER, TenantDirectory
+from gateway.upstream import UpstreamClient, UpstreamRequest, UpstreamResponse, upstream_path
+
+access_log = structlog.get_logger("gateway.access")
+
+OUTCOME = "X-Gateway-Outcome"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one client request turned into; the access log line is made from it."""
+
+    request_id: str
+    tenant: str | None = None
+    operation: Operation = UNMATCHED
+    upstream_status: int | None = None
+    outcome: str = "rejected"
+    error_class: str | None = None
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        tenants: TenantDirectory,
+        classifier: Classifier,
+        upstream: UpstreamClient,
+        max_body_bytes: int,
+    ) -> None:
+        self._tenants = tenants
+        self._classifier = classifier
+        self._upstream = upstream
+        self._max_body_bytes = max_body_bytes
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        exchange = Exchange(request_id=request_id(request.headers))
+        try:
+            response = await self._serve(request, exchange)
+        except ClientRequestError as exc:
+            exchange.error_class = exc.slug
+            response = problem_response(
+                status=exc.status,
+                slug=exc.slug,
+                title=exc.title,
+                detail=exc.detail,
+                request_id=exchange.request_id,
+            )
+        except UpstreamAuthError as exc:
+            response = self._upstream_failure(exc, exchange)
+        except UpstreamError as exc:
+            response = self._upstream_failure(exc, exchange)
+        response.headers[REQUEST_ID] = exchange.request_id
+        response.headers[OUTCOME] = exchange.outcome
+        access_log.info(
+            "request",
+            request_id=exchange.request_id,
+            tenant=exchange.tenant,
+            operation=exchange.operation.name,
+            kind=exchange.operation.kind.value,
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            upstream_status=exchange.upstream_status,
+            outcome=exchange.outcome,
+            error_class=exchange.error_class,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return response
+
+    async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        exchange.tenant = self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
+        path, query = upstream_path(request.raw_path)
+        body = RequestBody(await self._read_body(request))
+        lowered = {k.lower(): v for k, v in request.headers.items()}
+        exchange.operation = operation = self._classifier.classify(
+            request.method, path, lowered, body
+        )
+        if operation.kind is OperationKind.SUBMIT:
+            self._validate_submission(operation, body)
+
+        headers = end_to_end(request.headers, drop=(API_KEY_HEADER,))
+        headers[REQUEST_ID] = exchange.request_id
+        add_forwarded(headers, client_ip=request.remote, host=request.host, proto=request.scheme)
+        outgoing = UpstreamRequest(
+            method=request.method,
+            path=path,
+            query=tuple(parse_qsl(query, keep_blank_values=True)),
+            headers=headers,
+            body=body.raw,
+            operation=operation.name,
+        )
+        if operation.kind is OperationKind.SUBMIT:
+            # A submission's upstream call finishes even if the client goes away (SPEC §4).
+            answer = await asyncio.shield(self._upstream.send(outgoing))
+        else:
+            answer = await self._upstream.send(outgoing)
+        exchange.upstream_status = answer.status
+        exchange.outcome = "forwarded"
+        return self._relay(answer)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(
+                f"the body is {request.content_length} bytes; this gateway accepts at most {limit}"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"the body exceeds {limit} bytes, the most this gateway accepts"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _validate_submission(operation: Operation, body: RequestBody) -> None:
+        document = body.json()
+        if operation.business_key is not None:
+            key = operation.business_key.resolve(document)
+            if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
+                raise BadRequest(
+                    f"{operation.name} needs a business key at {operation.business_key.text} "
+                    "(a non-empty string or number); nothing was sent"
+                )
+
+    @staticmethod
+    def _relay(answer: UpstreamResponse) -> web.Response:
+        return web.Response(
+            status=answer.status, body=answer.body, headers=end_to_end(answer.headers)
+        )
+
+    @staticmethod
+    def _upstream_failure(exc: Exception, exchange: Exchange) -> web.Response:
+        operation = exchange.operation
+        status, slug, title, retry_after = (
+            502,
+            "upstream-unreachable",
+            "Invoice platform unreachable",
+            "5",
+        )
+        detail = f"the invoice platform could not be reached ({exc}); nothing was sent, retry later"
+        if isinstance(exc, TokenUnavailable | UpstreamAuthError):
+            status, slug, title, retry_after = (
+                503,
+                "upstream-auth-unavailable",
+                "Cannot authenticate to the invoice platform",
+                "30",
+            )
+            detail = f"no access token could be obtained ({exc}); nothing was sent, retry later"
+        elif isinstance(exc, UpstreamUnreachable):
+            pass
+        elif isinstance(exc, UpstreamTimeout) and not exc.sent:
+            status, slug, title = 504, "upstream-timeout", "Invoice platform timed out"
+            detail = "connecting to the invoice platform timed out; nothing was sent, retry later"
+        elif isinstance(exc, UpstreamError) and exc.sent and operation.kind is OperationKind.SUBMIT:
+            status, slug, title, retry_after = 504, "outcome-unknown", "Outcome unknown", "30"
+            detail = (
+                f"the request reached the invoice platform but its answer was lost ({exc}); the "
+                "invoice may or may not have been issued. Query its result with the same order "
+                "number before sending it again"
+            )
+        elif isinstance(exc, UpstreamTimeout):
+            status, slug, title = 504, "upstream-timeout", "Invoice platform timed out"
+            detail = f"the invoice platform did not answer in time ({exc})"
+        else:
+            status, slug, title = 502, "upstream-bad-answer", "Bad answer from the invoice platform"
+            detail = f"the invoice platform's answer was cut off or unreadable ({exc})"
+        exchange.error_class = slug
+        return problem_response(
+            status=status,
+            slug=slug,
+            title=title,
+            detail=detail,
+            request_id=exchange.request_id,
+            headers={"Retry-After": retry_after},
+        )

@@ -1,0 +1,213 @@
+"""The nuonuo-hmac scheme: signatures, durable single-flight tokens (SPEC §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
+
+from gateway.auth.nuonuo import NuonuoHmacAuth
+from gateway.auth.signature import sign
+from gateway.config import NuonuoHmacAuthConfig
+from gateway.errors import TokenUnavailable
+from gateway.store import StoredToken
+from gateway.upstream import UpstreamRequest
+from tests.support.fakes import FakeClock, MemoryTokenStore
+
+ENV = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
+
+
+def test_signature_matches_the_documented_formula() -> None:
+    """The signature is Base64(HMAC-SHA1(secret, 'a=services&l=v1&p=open&k..&f=body'))."""
+    body = '{"order":{"orderNo":"A1"}}'.encode()
+    message = b"a=services&l=v1&p=open&k=KEY&i=" + b"0" * 32 + b"&n=12345678&t=1700000000&f=" + body
+    expected = base64.b64encode(hmac.new(b"SECRET", message, hashlib.sha1).digest()).decode()
+    actual = sign(
+        app_secret="SECRET", app_key="KEY", senid="0" * 32, nonce="12345678",
+        timestamp="1700000000", body=body,
+    )
+    assert expected == actual
+
+
+@dataclass
+class TokenEndpoint:
+    calls: int = 0
+    fail: bool = False
+    delay: float = 0.0
+    expires_in: str = "86400"
+    forms: list[dict[str, str]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        self.forms.append(dict(await request.post()))  # type: ignore[arg-type]
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            return web.json_response({"error": "070304", "error_description": "bad client"})
+        return web.json_response({"access_token": f"token-{self.calls}", "expires_in": self.expires_in})
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[tuple[TokenEndpoint, str]]:
+    state = TokenEndpoint()
+    app = web.Application()
+    app.router.add_post("/accessToken", state.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield state, str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def make_auth(
+    base_url: str, session: aiohttp.ClientSession, store: MemoryTokenStore, clock: FakeClock, **extra: Any
+) -> NuonuoHmacAuth:
+    config = NuonuoHmacAuthConfig.model_validate(
+        {
+            "scheme": "nuonuo-hmac",
+            "app_key": {"env": "K"},
+            "app_secret": {"env": "S"},
+            "user_tax": {"env": "T"},
+            **extra,
+        }
+    )
+    for ref in (config.app_key, config.app_secret, config.user_tax):
+        assert ref.resolve(ENV) is None
+    return NuonuoHmacAuth(config, base_url=base_url, session=session, tokens=store, clock=clock)
+
+
+def request(body: bytes = b'{"x":1}') -> UpstreamRequest:
+    return UpstreamRequest(
+        method="POST",
+        path="/open/v1/services",
+        query=(("senid", "client-senid"), ("keep", "me")),
+        headers=CIMultiDict({"method": "m", "accessToken": "client-token", "X-Nuonuo-Sign": "forged"}),
+        body=body,
+    )
+
+
+async def test_prepare_signs_freshly_each_time(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+    """Every prepared request has its own senid/nonce and a valid signature; client values are replaced."""
+    state, url = endpoint
+    clock = FakeClock()
+    auth = make_auth(url, session, MemoryTokenStore(), clock)
+    first, second = await auth.prepare(request()), await auth.prepare(request())
+    q1, q2 = dict(first.query), dict(second.query)
+    assert q1["senid"] != q2["senid"]
+    assert "me" == q1["keep"]
+    assert str(int(clock.wall())) == q1["timestamp"]
+    assert "the-app-key" == q1["appkey"]
+    assert "token-1" == first.headers["accessToken"]
+    assert ["token-1"] == first.headers.getall("accessToken")
+    assert "91110000000000000X" == first.headers["userTax"]
+    expected = sign(
+        app_secret="the-app-secret", app_key="the-app-key", senid=q1["senid"],
+        nonce=q1["nonce"], timestamp=q1["timestamp"], body=b'{"x":1}',
+    )
+    assert expected == first.headers["X-Nuonuo-Sign"]
+    assert 1 == state.calls
+    assert {"client_id": "the-app-key", "client_secret": "the-app-secret", "grant_type": "client_credentials"} == state.forms[0]
+
+
+async def test_stored_token_is_reused(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+    """A token in the store (e.g. from before a restart) is used without calling the endpoint."""
+    state, url = endpoint
+    clock = FakeClock()
+    store = MemoryTokenStore()
+    store.tokens["nuonuo-hmac:the-app-key"] = StoredToken("kept", clock.wall() - 100, 86400)
+    prepared = await make_auth(url, session, store, clock).prepare(request())
+    assert "kept" == prepared.headers["accessToken"]
+    assert 0 == state.calls
+
+
+async def test_concurrent_first_use_fetches_once(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+    """Fifty concurrent requests with no token cause one token call (single-flight)."""
+    state, url = endpoint
+    state.delay = 0.05
+    store = MemoryTokenStore()
+    auth = make_auth(url, session, store, FakeClock())
+    prepared = await asyncio.gather(*(auth.prepare(request()) for _ in range(50)))
+    assert 1 == state.calls
+    assert {"token-1"} == {p.headers["accessToken"] for p in prepared}
+    assert 1 == store.saves
+
+
+async def test_refresh_near_expiry_in_background(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+    """Past 90 % of its life the token is renewed once, while the old one keeps serving."""
+    state, url = endpoint
+    clock = FakeClock()
+    store = MemoryTokenStore()
+    store.tokens["nuonuo-hmac:the-app-key"] = StoredToken("old", clock.wall() - 91, 100)
+    auth = make_auth(url, session, store, clock)
+    prepared = await asyncio.gather(*(auth.prepare(request()) for _ in range(10)))
+    assert {"old"} == {p.headers["accessToken"] for p in prepared}
+    for _ in range(100):
+        if auth.token is not None and auth.token.value != "old":
+            break
+        await asyncio.sleep(0.01)
+    assert 1 == state.calls
+    assert "token-1" == (await auth.prepare(request())).headers["accessToken"]
+
+
+async def test_expired_token_is_replaced_before_use(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+    """An expired stored token is never sent."""
+    state, url = endpoint
+    clock = FakeClock()
+    store = MemoryTokenStore()
+    store.tokens["nuonuo-hmac:the-app-key"] = StoredToken("dead", clock.wall() - 200, 100)
+    prepared = await make_auth(url, session, store, clock).prepare(request())
+    assert "token-1" == prepared.headers["accessToken"]
+    assert "token-1" == store.tokens["nuonuo-hmac:the-app-key"].value
+
+
+async def test_rejected_token_refreshes_once_for_many(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+    """Many requests rejected with the same token cause one refresh, and none within the interval."""
+    state, url = endpoint
+    state.delay = 0.02
+    clock = FakeClock()
+    auth = make_auth(url, session, MemoryTokenStore(), clock, min_refresh_interval="30s")
+    rejected = await auth.prepare(request())
+    await asyncio.gather(*(auth.credentials_rejected(rejected) for _ in range(20)))
+    assert 2 == state.calls  # the first fetch, plus exactly one forced refresh
+    renewed = await auth.prepare(request())
+    assert "token-2" == renewed.headers["accessToken"]
+    clock.advance(5)
+    await auth.credentials_rejected(renewed)
+    assert 2 == state.calls  # within min_refresh_interval: no token storm
+    clock.advance(30)
+    await auth.credentials_rejected(renewed)
+    assert 3 == state.calls
+
+
+async def test_token_refusal_is_token_unavailable(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+    """A refused token request raises TokenUnavailable naming the error and what to check."""
+    state, url = endpoint
+    state.fail = True
+    with pytest.raises(TokenUnavailable, match="070304.*app_secret"):
+        await make_auth(url, session, MemoryTokenStore(), FakeClock()).prepare(request())
+
+
+async def test_token_endpoint_down_is_token_unavailable(session: aiohttp.ClientSession) -> None:
+    """An unreachable token endpoint raises TokenUnavailable (so the request is 'not sent')."""
+    from tests.support.processes import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TokenUnavailable, match="cannot reach the token endpoint"):
+        await make_auth(url, session, MemoryTokenStore(), FakeClock()).prepare(request())
