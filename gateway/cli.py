@@ -72,7 +72,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  listen     {config.listen}   admin {config.admin.listen}")
     print(f"  store      {config.store_url}")
     print(f"  tenants    {', '.join(t.id for t in config.tenants)}")
-    print(f"  operations {len(config.operations)} ({summary}); unmatched requests: {config.unmatched}")
+    print(
+        f"  operations {len(config.operations)} ({summary}); unmatched requests: {config.unmatched}"
+    )
     return EXIT_OK
 
 
@@ -105,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the gateway",
-        description=f"Run the gateway. Config from --config, ${CONFIG_PATH_ENV}, or {DEFAULT_CONFIG}; "
+        description=f"Run the gateway. Config from --config, ${CONFIG_PATH_ENV}, "
+        f"or {DEFAULT_CONFIG}; "
         "GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, GATEWAY_STORE_URL, GATEWAY_UPSTREAM_URL and "
         "GATEWAY_ADMIN_TOKEN override it.",
     )

@@ -36,7 +36,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "GATEWAY_STORE_URL": ("store_url",),
     "GATEWAY_UPSTREAM_URL": ("upstream", "url"),
 }
-ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"
+ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"  # noqa: S105 — the name of a variable, not a secret
 CONFIG_PATH_ENV = "GATEWAY_CONFIG"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -156,7 +156,7 @@ class NuonuoHmacAuthConfig(_Model):
     app_key: SecretRef
     app_secret: SecretRef
     user_tax: SecretRef
-    token_path: str = "/accessToken"
+    token_path: str = "/accessToken"  # noqa: S105 — a URL path, not a secret
     #: Refresh the token once this fraction of its lifetime has passed.
     refresh_at: float = Field(default=0.9, gt=0, lt=1)
     #: Never force more than one token refresh per this interval (protects the ~50/30 days quota).
@@ -186,7 +186,8 @@ class UpstreamConfig(_Model):
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
             raise ValueError(
-                f"expected an http(s) URL without query or fragment, e.g. https://sdk.example.com, got {value!r}"
+                "expected an http(s) URL without query or fragment, "
+                f"e.g. https://sdk.example.com, got {value!r}"
             )
         return value.rstrip("/")
 

@@ -14,7 +14,6 @@ from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway.errors import (
     BadRequest,

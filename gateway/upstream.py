@@ -140,7 +140,7 @@ class UpstreamClient:
         return url
 
     async def send(
-        self, request: UpstreamRequest, *, timeout: float | None = None
+        self, request: UpstreamRequest, *, time_limit: float | None = None
     ) -> UpstreamResponse:
         """Authenticate (freshly, every call) and send `request`.
 
@@ -148,16 +148,16 @@ class UpstreamClient:
         `UpstreamProtocolError`, or the auth scheme's `UpstreamAuthError`.
         """
         signed = await self.auth.prepare(request)
-        return await self._send_prepared(signed, timeout=timeout)
+        return await self._send_prepared(signed, time_limit=time_limit)
 
     async def _send_prepared(
-        self, request: UpstreamRequest, *, timeout: float | None
+        self, request: UpstreamRequest, *, time_limit: float | None
     ) -> UpstreamResponse:
         state = _SendState()
         loop = asyncio.get_running_loop()
         started = loop.time()
         client_timeout = aiohttp.ClientTimeout(
-            total=timeout or self._timeout, sock_connect=self._connect_timeout
+            total=time_limit or self._timeout, sock_connect=self._connect_timeout
         )
         url = self.url_for(request)
         try:
@@ -170,11 +170,7 @@ class UpstreamClient:
                 allow_redirects=False,
                 trace_request_ctx=state,
             ) as response:
-                body = await response.content.read(self._max_response_bytes + 1)
-                if len(body) > self._max_response_bytes:
-                    raise UpstreamProtocolError(
-                        f"the upstream answer exceeds {self._max_response_bytes} bytes"
-                    )
+                body = await self._read_limited(response)
                 return UpstreamResponse(
                     status=response.status,
                     headers=response.headers,
@@ -205,3 +201,14 @@ class UpstreamClient:
             if not state.connected:
                 raise UpstreamUnreachable(f"cannot reach the upstream: {exc}") from exc
             raise UpstreamProtocolError(f"the connection to the upstream failed: {exc}") from exc
+
+    async def _read_limited(self, response: aiohttp.ClientResponse) -> bytes:
+        limit = self._max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await response.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamProtocolError(f"the upstream answer exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)

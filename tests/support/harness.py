@@ -30,8 +30,12 @@ class Simulator:
         process = ManagedProcess(
             "simulator",
             gateway_command(
-                "simulate", "--listen", f"127.0.0.1:{port}",
-                "--control-listen", f"127.0.0.1:{control}", *extra,
+                "simulate",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--control-listen",
+                f"127.0.0.1:{control}",
+                *extra,
             ),
             base_env(),
             workdir,

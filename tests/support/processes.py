@@ -55,20 +55,24 @@ def http_json(
     return status, head, parsed
 
 
-def wait_until(condition: Any, *, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+def wait_until(
+    condition: Any, *, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Poll `condition()` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
             result = condition()
-        except Exception as exc:  # noqa: BLE001 — the condition may fail until it holds
+        except Exception as exc:
             last_error = exc
         else:
             if result:
                 return result
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
 
 
 class ManagedProcess:
@@ -87,7 +91,11 @@ class ManagedProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, cwd=self.workdir, stdout=out, stderr=err,
+                self.argv,
+                env=self.env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=err,
                 start_new_session=True,
             )
         return self
@@ -103,7 +111,9 @@ class ManagedProcess:
     def logs(self) -> str:
         out = self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
         err = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-        return f"--- {self.name} stdout ---\n{out[-4000:]}\n--- {self.name} stderr ---\n{err[-8000:]}"
+        return (
+            f"--- {self.name} stdout ---\n{out[-4000:]}\n--- {self.name} stderr ---\n{err[-8000:]}"
+        )
 
     def wait_ready(self, url: str, timeout: float = READY_TIMEOUT) -> None:
         def ready() -> bool:
@@ -172,7 +182,9 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def write_gateway_config(path: Path, *, upstream_url: str, overrides: Mapping[str, Any] | None = None) -> Path:
+def write_gateway_config(
+    path: Path, *, upstream_url: str, overrides: Mapping[str, Any] | None = None
+) -> Path:
     """The default profile (config/gateway.yaml) pointed at `upstream_url`, with `overrides`."""
     config = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
     config["upstream"]["url"] = upstream_url

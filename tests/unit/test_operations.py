@@ -23,7 +23,9 @@ def body(document: Any) -> RequestBody:
 
 CLASSIFIER = Classifier.from_config(
     [
-        rule("issue", "submit", method="POST", path="/open/v1/services", headers={"Method": "issue"}),
+        rule(
+            "issue", "submit", method="POST", path="/open/v1/services", headers={"Method": "issue"}
+        ),
         rule("query", "read", method="POST", path="/open/v1/services", headers={"method": "query"}),
         rule("by-body", "submit", path="/v2/*", body=[{"pointer": "/action", "equals": "issue"}]),
         rule("has-field", "read", path="/v2/*", body=[{"pointer": "/lookup/0"}]),
@@ -47,7 +49,9 @@ def test_header_value_must_match_exactly() -> None:
 
 def test_method_must_match() -> None:
     """A GET does not match a POST rule."""
-    assert UNMATCHED == CLASSIFIER.classify("GET", "/open/v1/services", {"method": "issue"}, body({}))
+    assert UNMATCHED == CLASSIFIER.classify(
+        "GET", "/open/v1/services", {"method": "issue"}, body({})
+    )
 
 
 def test_path_prefix_and_json_pointer_equals() -> None:

@@ -46,7 +46,7 @@ def test_dots_inside_names_are_fine() -> None:
 
 
 async def test_url_stays_on_the_configured_base() -> None:
-    """The upstream URL is the configured base plus the client's path, host never from the client."""
+    """The upstream URL is the configured base plus the client's path, never its host."""
     client = UpstreamClient(
         None,  # type: ignore[arg-type]  # url_for needs no session
         "http://127.0.0.1:9000/base",

@@ -29,12 +29,16 @@ ENV = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
 
 def test_signature_matches_the_documented_formula() -> None:
     """The signature is Base64(HMAC-SHA1(secret, 'a=services&l=v1&p=open&k..&f=body'))."""
-    body = '{"order":{"orderNo":"A1"}}'.encode()
+    body = b'{"order":{"orderNo":"A1"}}'
     message = b"a=services&l=v1&p=open&k=KEY&i=" + b"0" * 32 + b"&n=12345678&t=1700000000&f=" + body
     expected = base64.b64encode(hmac.new(b"SECRET", message, hashlib.sha1).digest()).decode()
     actual = sign(
-        app_secret="SECRET", app_key="KEY", senid="0" * 32, nonce="12345678",
-        timestamp="1700000000", body=body,
+        app_secret="SECRET",
+        app_key="KEY",
+        senid="0" * 32,
+        nonce="12345678",
+        timestamp="1700000000",
+        body=body,
     )
     assert expected == actual
 
@@ -54,7 +58,9 @@ class TokenEndpoint:
             await asyncio.sleep(self.delay)
         if self.fail:
             return web.json_response({"error": "070304", "error_description": "bad client"})
-        return web.json_response({"access_token": f"token-{self.calls}", "expires_in": self.expires_in})
+        return web.json_response(
+            {"access_token": f"token-{self.calls}", "expires_in": self.expires_in}
+        )
 
 
 @pytest.fixture
@@ -77,7 +83,11 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def make_auth(
-    base_url: str, session: aiohttp.ClientSession, store: MemoryTokenStore, clock: FakeClock, **extra: Any
+    base_url: str,
+    session: aiohttp.ClientSession,
+    store: MemoryTokenStore,
+    clock: FakeClock,
+    **extra: Any,
 ) -> NuonuoHmacAuth:
     config = NuonuoHmacAuthConfig.model_validate(
         {
@@ -98,13 +108,17 @@ def request(body: bytes = b'{"x":1}') -> UpstreamRequest:
         method="POST",
         path="/open/v1/services",
         query=(("senid", "client-senid"), ("keep", "me")),
-        headers=CIMultiDict({"method": "m", "accessToken": "client-token", "X-Nuonuo-Sign": "forged"}),
+        headers=CIMultiDict(
+            {"method": "m", "accessToken": "client-token", "X-Nuonuo-Sign": "forged"}
+        ),
         body=body,
     )
 
 
-async def test_prepare_signs_freshly_each_time(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
-    """Every prepared request has its own senid/nonce and a valid signature; client values are replaced."""
+async def test_prepare_signs_freshly_each_time(
+    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
+) -> None:
+    """Each prepared request has its own senid/nonce and a valid signature; client values go."""
     state, url = endpoint
     clock = FakeClock()
     auth = make_auth(url, session, MemoryTokenStore(), clock)
@@ -118,15 +132,25 @@ async def test_prepare_signs_freshly_each_time(endpoint: tuple[TokenEndpoint, st
     assert ["token-1"] == first.headers.getall("accessToken")
     assert "91110000000000000X" == first.headers["userTax"]
     expected = sign(
-        app_secret="the-app-secret", app_key="the-app-key", senid=q1["senid"],
-        nonce=q1["nonce"], timestamp=q1["timestamp"], body=b'{"x":1}',
+        app_secret="the-app-secret",
+        app_key="the-app-key",
+        senid=q1["senid"],
+        nonce=q1["nonce"],
+        timestamp=q1["timestamp"],
+        body=b'{"x":1}',
     )
     assert expected == first.headers["X-Nuonuo-Sign"]
     assert 1 == state.calls
-    assert {"client_id": "the-app-key", "client_secret": "the-app-secret", "grant_type": "client_credentials"} == state.forms[0]
+    assert {
+        "client_id": "the-app-key",
+        "client_secret": "the-app-secret",
+        "grant_type": "client_credentials",
+    } == state.forms[0]
 
 
-async def test_stored_token_is_reused(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+async def test_stored_token_is_reused(
+    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
+) -> None:
     """A token in the store (e.g. from before a restart) is used without calling the endpoint."""
     state, url = endpoint
     clock = FakeClock()
@@ -137,7 +161,9 @@ async def test_stored_token_is_reused(endpoint: tuple[TokenEndpoint, str], sessi
     assert 0 == state.calls
 
 
-async def test_concurrent_first_use_fetches_once(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+async def test_concurrent_first_use_fetches_once(
+    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
+) -> None:
     """Fifty concurrent requests with no token cause one token call (single-flight)."""
     state, url = endpoint
     state.delay = 0.05
@@ -149,7 +175,9 @@ async def test_concurrent_first_use_fetches_once(endpoint: tuple[TokenEndpoint, 
     assert 1 == store.saves
 
 
-async def test_refresh_near_expiry_in_background(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+async def test_refresh_near_expiry_in_background(
+    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
+) -> None:
     """Past 90 % of its life the token is renewed once, while the old one keeps serving."""
     state, url = endpoint
     clock = FakeClock()
@@ -166,19 +194,24 @@ async def test_refresh_near_expiry_in_background(endpoint: tuple[TokenEndpoint, 
     assert "token-1" == (await auth.prepare(request())).headers["accessToken"]
 
 
-async def test_expired_token_is_replaced_before_use(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+async def test_expired_token_is_replaced_before_use(
+    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
+) -> None:
     """An expired stored token is never sent."""
     state, url = endpoint
     clock = FakeClock()
     store = MemoryTokenStore()
     store.tokens["nuonuo-hmac:the-app-key"] = StoredToken("dead", clock.wall() - 200, 100)
     prepared = await make_auth(url, session, store, clock).prepare(request())
+    assert 1 == state.calls
     assert "token-1" == prepared.headers["accessToken"]
     assert "token-1" == store.tokens["nuonuo-hmac:the-app-key"].value
 
 
-async def test_rejected_token_refreshes_once_for_many(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
-    """Many requests rejected with the same token cause one refresh, and none within the interval."""
+async def test_rejected_token_refreshes_once_for_many(
+    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
+) -> None:
+    """Many rejections of one token cause one refresh, and none within the interval."""
     state, url = endpoint
     state.delay = 0.02
     clock = FakeClock()
@@ -196,11 +229,13 @@ async def test_rejected_token_refreshes_once_for_many(endpoint: tuple[TokenEndpo
     assert 3 == state.calls
 
 
-async def test_token_refusal_is_token_unavailable(endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession) -> None:
+async def test_token_refusal_is_token_unavailable(
+    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
+) -> None:
     """A refused token request raises TokenUnavailable naming the error and what to check."""
     state, url = endpoint
     state.fail = True
-    with pytest.raises(TokenUnavailable, match="070304.*app_secret"):
+    with pytest.raises(TokenUnavailable, match=r"070304.*app_secret"):
         await make_auth(url, session, MemoryTokenStore(), FakeClock()).prepare(request())
 
 

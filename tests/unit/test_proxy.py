@@ -1,0 +1,385 @@
+"""The transparent proxy, in process, against a recording fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import client_app, open_gateway
+from gateway.config import parse_config
+from tests.support.processes import free_port
+
+TENANT_KEY = "k-demo"
+ISSUE = "nuonuo.OpeMplatform.requestBillingNew"
+QUERY = "nuonuo.OpeMplatform.queryInvoiceResult"
+
+
+@dataclass
+class FakeUpstream:
+    """Records what reached it and answers with `reply`."""
+
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    reply: Callable[[web.Request], Any] | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(
+            {
+                "method": request.method,
+                "path": request.raw_path,
+                "headers": dict(request.headers),
+                "body": await request.read(),
+            }
+        )
+        if self.reply is not None:
+            result = self.reply(request)
+            if asyncio.iscoroutine(result):
+                result = await result
+            assert isinstance(result, web.StreamResponse)
+            return result
+        return web.json_response(
+            {"code": "E0000", "result": {"ok": True}},
+            headers={"Connection": "close, X-Hop", "X-Hop": "1", "X-End": "2"},
+        )
+
+
+def config_for(upstream_url: str, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "store_url": f"sqlite:///{tmp_path / 'gw.db'}",
+        "tenants": [{"id": "demo", "api_key": {"env": "TENANT_KEY"}}],
+        "limits": {"max_body_bytes": 2048},
+        "upstream": {"url": upstream_url, "timeout": "2s", "connect_timeout": "1s"},
+        "operations": [
+            {
+                "name": ISSUE,
+                "kind": "submit",
+                "match": {
+                    "method": "POST",
+                    "path": "/open/v1/services",
+                    "headers": {"method": ISSUE},
+                },
+                "business_key": "/order/orderNo",
+            },
+            {
+                "name": QUERY,
+                "kind": "read",
+                "match": {
+                    "method": "POST",
+                    "path": "/open/v1/services",
+                    "headers": {"method": QUERY},
+                },
+            },
+        ],
+    }
+    raw.update(overrides)
+    return raw
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[FakeUpstream, str]]:
+    fake = FakeUpstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield fake, str(server.make_url("")).rstrip("/") + "/base"
+    finally:
+        await server.close()
+
+
+@asynccontextmanager
+async def gateway_client(
+    upstream_url: str, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    config = parse_config(
+        config_for(upstream_url, tmp_path, **overrides), {"TENANT_KEY": TENANT_KEY}
+    )
+    async with open_gateway(config) as gateway:
+        client = TestClient(TestServer(client_app(gateway), host="127.0.0.1"))
+        await client.start_server()
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+def issue_body(order_no: str = "A-1") -> dict[str, Any]:
+    return {"order": {"orderNo": order_no, "buyerName": "北京某公司", "invoiceDetail": [{}]}}
+
+
+async def test_forwards_to_base_path_with_end_to_end_headers(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """A request reaches the upstream below its base path; hop-by-hop headers drop both ways."""
+    fake, url = upstream
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services?x=1",
+            json=issue_body(),
+            headers={
+                "method": ISSUE,
+                "X-Api-Key": TENANT_KEY,
+                "Connection": "keep-alive, X-Client-Hop",
+                "X-Client-Hop": "secret",
+                "Keep-Alive": "timeout=5",
+                "X-Request-Id": "req-42",
+                "X-Forwarded-For": "198.51.100.7",
+            },
+        )
+        assert 200 == response.status
+        assert {"code": "E0000", "result": {"ok": True}} == await response.json()
+        assert "forwarded" == response.headers["X-Gateway-Outcome"]
+        assert "req-42" == response.headers["X-Request-Id"]
+        assert "2" == response.headers["X-End"]
+        assert "X-Hop" not in response.headers
+    [seen] = fake.seen
+    assert "/base/open/v1/services?x=1" == seen["path"]
+    sent = {k.lower(): v for k, v in seen["headers"].items()}
+    assert "x-client-hop" not in sent
+    assert "keep-alive" not in sent
+    assert "x-api-key" not in sent
+    assert "req-42" == sent["x-request-id"]
+    assert "198.51.100.7, 127.0.0.1" == sent["x-forwarded-for"]
+    assert sent["forwarded"].startswith("for=127.0.0.1;proto=http")
+    assert issue_body() == json.loads(seen["body"])
+
+
+async def test_request_id_generated_when_absent(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """Without a client X-Request-Id the gateway makes one and sends the same one upstream."""
+    fake, url = upstream
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services", json={}, headers={"method": QUERY, "X-Api-Key": TENANT_KEY}
+        )
+        rid = response.headers["X-Request-Id"]
+    assert rid == {k.lower(): v for k, v in fake.seen[0]["headers"].items()}["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [({}, "send your tenant API key"), ({"X-Api-Key": "wrong"}, "not a known tenant key")],
+)
+async def test_unauthenticated_is_401_and_never_forwarded(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path, headers: dict[str, str], detail: str
+) -> None:
+    """A missing or wrong tenant key gets 401 problem+json; nothing reaches the upstream."""
+    fake, url = upstream
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services", json=issue_body(), headers={"method": ISSUE, **headers}
+        )
+        problem = await response.json(content_type="application/problem+json")
+    assert 401 == response.status
+    assert detail in problem["detail"]
+    assert "rejected" == response.headers["X-Gateway-Outcome"]
+    assert [] == fake.seen
+
+
+async def test_malformed_json_submit_is_400(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """A submit whose body is not JSON gets 400 problem+json and is not forwarded."""
+    fake, url = upstream
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services",
+            data=b"{not json",
+            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
+        )
+        problem = await response.json(content_type="application/problem+json")
+    assert 400 == response.status
+    assert {"type", "title", "status", "detail", "request_id"} <= set(problem)
+    assert "urn:invoice-gateway:problem:bad-request" == problem["type"]
+    assert response.headers["X-Request-Id"] == problem["request_id"]
+    assert [] == fake.seen
+
+
+async def test_submit_without_business_key_is_400(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """A submit missing its business key (the order number) is refused before sending."""
+    fake, url = upstream
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services",
+            json={"order": {}},
+            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
+        )
+        problem = await response.json(content_type="application/problem+json")
+    assert 400 == response.status
+    assert "/order/orderNo" in problem["detail"]
+    assert [] == fake.seen
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_body_over_limit_is_413(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path, chunked: bool
+) -> None:
+    """A body over limits.max_body_bytes gets 413, with or without Content-Length."""
+    fake, url = upstream
+    big = b'{"pad":"' + b"x" * 4096 + b'"}'
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield big
+
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services",
+            data=stream() if chunked else big,
+            headers={"method": QUERY, "X-Api-Key": TENANT_KEY},
+        )
+        problem = await response.json(content_type="application/problem+json")
+    assert 413 == response.status
+    assert "2048" in problem["detail"]
+    assert [] == fake.seen
+
+
+async def test_unknown_method_passes_through_by_default(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """An unknown operation is forwarded once when unmatched=passthrough."""
+    fake, url = upstream
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services",
+            json={},
+            headers={"method": "nuonuo.Unknown.op", "X-Api-Key": TENANT_KEY},
+        )
+    assert 200 == response.status
+    assert 1 == len(fake.seen)
+
+
+async def test_unknown_method_rejected_when_configured(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """With unmatched=reject an unknown operation gets 404 problem+json, never forwarded."""
+    fake, url = upstream
+    async with gateway_client(url, tmp_path, unmatched="reject") as client:
+        response = await client.post(
+            "/open/v1/services",
+            json={},
+            headers={"method": "nuonuo.Unknown.op", "X-Api-Key": TENANT_KEY},
+        )
+        problem = await response.json(content_type="application/problem+json")
+    assert 404 == response.status
+    assert "urn:invoice-gateway:problem:unknown-operation" == problem["type"]
+    assert [] == fake.seen
+
+
+async def raw_request(port: int, target: str, extra: str = "") -> bytes:
+    """Send a request line exactly as given (no client-side normalisation); the status line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {TENANT_KEY}\r\n{extra}"
+        "Connection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    return status_line
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/open/%2e%2e/%2e%2e/secret",
+        "/open/../../secret",
+        "/a/..%2fsecret",
+        "/open/%252e%252e/x",
+        "http://example.com/steal",
+    ],
+)
+async def test_escapes_never_reach_upstream(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path, target: str
+) -> None:
+    """Traversal attempts and absolute-form targets get 400; the upstream sees nothing."""
+    fake, url = upstream
+    async with gateway_client(url, tmp_path) as client:
+        status_line = await raw_request(client.port, target)  # type: ignore[arg-type]
+    assert b" 400 " in status_line
+    assert [] == fake.seen
+
+
+async def test_unreachable_upstream_is_502_problem(tmp_path: Path) -> None:
+    """A refused connection gives 502 problem+json saying nothing was sent."""
+    url = f"http://127.0.0.1:{free_port()}"
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services",
+            json=issue_body(),
+            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
+        )
+        problem = await response.json(content_type="application/problem+json")
+    assert 502 == response.status
+    assert "urn:invoice-gateway:problem:upstream-unreachable" == problem["type"]
+    assert "nothing was sent" in problem["detail"]
+    assert "Retry-After" in response.headers
+
+
+async def test_answer_lost_on_submit_is_504_outcome_unknown(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """A submit whose answer never comes is 504 'outcome unknown', never resent blindly."""
+    fake, url = upstream
+
+    async def hang(_request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response()
+
+    fake.reply = hang
+    async with gateway_client(url, tmp_path, upstream={"url": url, "timeout": "300ms"}) as client:
+        response = await client.post(
+            "/open/v1/services",
+            json=issue_body(),
+            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
+        )
+        problem = await response.json(content_type="application/problem+json")
+    assert 504 == response.status
+    assert "urn:invoice-gateway:problem:outcome-unknown" == problem["type"]
+    assert 1 == len(fake.seen)
+
+
+async def test_truncated_answer_on_read_is_502(
+    upstream: tuple[FakeUpstream, str], tmp_path: Path
+) -> None:
+    """A read whose answer is cut off gets 502 'bad answer'."""
+    fake, url = upstream
+
+    async def truncate(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "100"})
+        await response.prepare(request)
+        await response.write(b'{"code":')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    fake.reply = truncate
+    async with gateway_client(url, tmp_path) as client:
+        response = await client.post(
+            "/open/v1/services", json={}, headers={"method": QUERY, "X-Api-Key": TENANT_KEY}
+        )
+        problem = await response.json(content_type="application/problem+json")
+    assert 502 == response.status
+    assert "urn:invoice-gateway:problem:upstream-bad-answer" == problem["type"]
+
+
+async def test_health_and_ready(upstream: tuple[FakeUpstream, str], tmp_path: Path) -> None:
+    """/healthz answers, /readyz reports the store writable; neither needs a tenant key."""
+    _, url = upstream
+    async with gateway_client(url, tmp_path) as client:
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+        assert 200 == health.status
+        assert {"status": "ready", "store": "writable"} == await ready.json()
