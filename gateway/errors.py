@@ -10,7 +10,9 @@
     ├── UpstreamError               talking to the invoice platform failed
     │   ├── UpstreamUnreachable     never reached it (refused, DNS, TLS): provably not sent
     │   ├── UpstreamTimeout         no answer in time; `sent` says whether the request left
-    │   └── UpstreamProtocolError   answer truncated or unreadable after the request was sent
+    │   └── UpstreamProtocolError   the request was sent, the answer did not arrive whole
+    │       ├── AnswerTruncated     the body was cut off
+    │       └── ConnectionLost      the connection dropped before an answer
     ├── UpstreamAuthError           the upstream's auth scheme could not produce credentials
     │   └── TokenUnavailable        the token endpoint failed or refused (request not sent)
     └── StoreError                  the durable store cannot read or write
@@ -93,6 +95,14 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The request was sent but the answer was cut off or unreadable."""
+
+
+class AnswerTruncated(UpstreamProtocolError):
+    """The answer's body was cut off (fewer bytes than announced, or a broken chunk)."""
+
+
+class ConnectionLost(UpstreamProtocolError):
+    """The connection dropped after the request left and before an answer arrived."""
 
 
 class UpstreamAuthError(GatewayError):

@@ -20,7 +20,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.errors import (
+    AnswerTruncated,
     BadRequest,
+    ConnectionLost,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -187,20 +189,12 @@ class UpstreamClient:
             raise UpstreamTimeout(
                 "the upstream did not answer in time", sent=state.connected
             ) from exc
-        except (
-            aiohttp.ClientPayloadError,
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientResponseError,
-        ) as exc:
-            if not state.connected:
-                raise UpstreamUnreachable(f"cannot reach the upstream: {exc}") from exc
-            raise UpstreamProtocolError(
-                f"the upstream's answer was cut off or malformed: {exc}"
-            ) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise AnswerTruncated(f"the upstream's answer was cut off: {exc}") from exc
         except aiohttp.ClientError as exc:
             if not state.connected:
                 raise UpstreamUnreachable(f"cannot reach the upstream: {exc}") from exc
-            raise UpstreamProtocolError(f"the connection to the upstream failed: {exc}") from exc
+            raise ConnectionLost(f"the connection to the upstream failed: {exc!r}") from exc
 
     async def _read_limited(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_response_bytes

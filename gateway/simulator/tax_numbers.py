@@ -20,7 +20,9 @@ _LEGACY = re.compile(r"[0-9A-Z]{15}|[0-9A-Z]{20}")
 
 def check_character(first17: str) -> str:
     """The GB 32100 check character for the first 17 characters of a credit code."""
-    total = sum(_ALPHABET.index(char) * weight for char, weight in zip(first17, _WEIGHTS, strict=True))
+    total = sum(
+        _ALPHABET.index(char) * weight for char, weight in zip(first17, _WEIGHTS, strict=True)
+    )
     return _ALPHABET[(31 - total % 31) % 31]
 
 
@@ -41,7 +43,7 @@ def make_tax_number(serial: int, *, region: str = "110108") -> str:
 
 
 def buyer_fail_cause(buyer_tax_num: str) -> str | None:
-    """Why issuing to this buyer fails, or None. An empty number is an individual (个人), allowed."""
+    """Why issuing to this buyer fails, or None. No number at all is an individual (个人): fine."""
     if buyer_tax_num == "" or is_valid_tax_number(buyer_tax_num):
         return None
     return f"购方税号[{buyer_tax_num}]校验失败：税号格式或校验码错误"

@@ -11,7 +11,7 @@ class TokenState(enum.Enum):
     VALID = "valid"
     UNKNOWN = "unknown"  # never issued here (or forgotten by a reset)
     EXPIRED = "expired"  # older than its lifetime
-    INVALIDATED = "invalidated"  # revoked early by a `token_expiry` fault
+    REVOKED = "revoked"  # revoked early by a `token_expiry` fault
 
 
 @dataclass(slots=True)
@@ -19,7 +19,7 @@ class Token:
     value: str
     issued_at: float
     expires_at: float
-    invalidated: bool = False
+    revoked: bool = False
 
 
 class TokenStore:
@@ -43,18 +43,18 @@ class TokenStore:
         token = self._tokens.get(value)
         if token is None:
             return TokenState.UNKNOWN
-        if token.invalidated:
-            return TokenState.INVALIDATED
+        if token.revoked:
+            return TokenState.REVOKED
         if now >= token.expires_at:
             return TokenState.EXPIRED
         return TokenState.VALID
 
-    def invalidate_all(self) -> int:
+    def revoke_all(self) -> int:
         """Revoke every token issued so far; returns how many were still usable."""
         revoked = 0
         for token in self._tokens.values():
-            revoked += not token.invalidated
-            token.invalidated = True
+            revoked += not token.revoked
+            token.revoked = True
         return revoked
 
     def clear(self) -> None:

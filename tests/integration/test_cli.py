@@ -1,0 +1,57 @@
+"""The real `invoice-gateway` command line."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.support.processes import ROOT, base_env, gateway_command
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        gateway_command(*args),
+        env=env or base_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_lists_commands() -> None:
+    """`--help` names every subcommand."""
+    result = run_cli("--help")
+    assert 0 == result.returncode
+    for command in ("run", "simulate", "check-config", "demo"):
+        assert command in result.stdout
+
+
+def test_check_config_ok() -> None:
+    """The default profile checks out with its secrets in the environment."""
+    result = run_cli("check-config", "config/gateway.yaml")
+    assert 0 == result.returncode, result.stderr
+    assert "config/gateway.yaml: OK" in result.stdout
+    assert "operations 4 (2 read, 2 submit)" in result.stdout
+
+
+def test_check_config_names_each_problem(tmp_path: Path) -> None:
+    """An invalid file exits 2 and names every bad key."""
+    bad = tmp_path / "bad.yaml"
+    text = (ROOT / "config" / "gateway.yaml").read_text()
+    bad.write_text(text.replace("  timeout: 15s", "  timout: 15s"))
+    env = base_env()
+    del env["NUONUO_APP_SECRET"]
+    result = run_cli("check-config", str(bad), env=env)
+    assert 2 == result.returncode
+    assert "upstream.timout: unknown key (did you mean 'timeout'?)" in result.stderr
+    assert "NUONUO_APP_SECRET is not set" in result.stderr
+
+
+def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
+    """`run` refuses to start on an invalid configuration, saying why."""
+    missing = tmp_path / "nope.yaml"
+    result = run_cli("run", "--config", str(missing))
+    assert 2 == result.returncode
+    assert "cannot read the configuration file" in result.stderr
