@@ -171,6 +171,176 @@ class NoAuthConfig(_Model):
 AuthConfig = Annotated[NuonuoHmacAuthConfig | NoAuthConfig, Field(discriminator="scheme")]
 
 
+FailureClassName = Literal[
+    "refused",
+    "connect_timeout",
+    "token_unavailable",
+    "timeout",
+    "connection_lost",
+    "truncated",
+    "unparsable",
+    "http_5xx",
+    "http_429",
+    "busy",
+    "quota",
+    "auth",
+    "http_4xx",
+    "permanent",
+    "duplicate",
+]
+
+
+class BusinessCodesConfig(_Model):
+    """Business codes inside HTTP 200 answers, and what each means (SPEC §2)."""
+
+    #: Where the code is in the answer's JSON body.
+    pointer: Pointer = Field(default_factory=lambda: JsonPointer("/code"))
+    success: list[str] = Field(default_factory=lambda: ["E0000"])
+    retryable: list[str] = Field(default_factory=lambda: ["040102"])
+    auth: list[str] = Field(default_factory=lambda: ["070301"])
+    quota: list[str] = Field(default_factory=lambda: ["070201"])
+    permanent: list[str] = Field(default_factory=lambda: ["0201", "070601"])
+    duplicate: list[str] = Field(default_factory=lambda: ["E9106"])
+    #: Codes in none of the lists: a verdict for the client, not a platform failure.
+    unknown: Literal["permanent", "busy"] = "permanent"
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> BusinessCodesConfig:
+        seen: dict[str, str] = {}
+        for name in ("success", "retryable", "auth", "quota", "permanent", "duplicate"):
+            for code in getattr(self, name):
+                if code in seen:
+                    raise ValueError(f"code {code!r} is listed under both {seen[code]} and {name}")
+                seen[code] = name
+        return self
+
+
+class BackoffConfig(_Model):
+    """Exponential back-off with full jitter: sleep uniformly in [0, min(cap, base * 2**n)]."""
+
+    base: Seconds = 0.1
+    cap: Seconds = 2.0
+    multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+
+
+class RetryPolicyConfig(_Model):
+    """How one operation is retried; unset fields fall back to `resilience.defaults`."""
+
+    #: The whole attempt sequence, back-off sleeps included, fits inside this.
+    deadline: Seconds | None = None
+    attempts: int | None = Field(default=None, ge=1, le=20)
+    backoff: BackoffConfig | None = None
+    retry_on: list[FailureClassName] | None = None
+    #: Longest wait honoured from a `Retry-After` header.
+    retry_after_cap: Seconds | None = None
+
+
+class RetryBudgetConfig(_Model):
+    """Retries may add at most `ratio` of the requests seen in `window`, plus `min_retries`."""
+
+    ratio: float = Field(default=0.2, ge=0.0, le=1.0)
+    min_retries: int = Field(default=10, ge=0)
+    window: Seconds = 10.0
+
+
+class BreakerConfig(_Model):
+    """Circuit breaking per upstream (or per operation, with `scope: operation`)."""
+
+    scope: Literal["upstream", "operation"] = "upstream"
+    #: Consecutive failures that open the circuit.
+    failure_threshold: int = Field(default=5, ge=1)
+    #: Failure fraction over `window` that opens it (once `min_calls` calls were seen).
+    failure_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+    window: Seconds = 30.0
+    min_calls: int = Field(default=20, ge=1)
+    #: How long it stays open before trial calls are let through.
+    reset_timeout: Seconds = 15.0
+    #: Trial calls in flight at once while half-open.
+    half_open_max_calls: int = Field(default=1, ge=1)
+    #: Successful trials that close it again.
+    success_threshold: int = Field(default=1, ge=1)
+    #: A successful call slower than this counts as a failure.
+    slow_call: Seconds = 5.0
+
+
+class ProbeConfig(_Model):
+    """An active health check: one configured operation sent every `interval`."""
+
+    operation: str
+    body: Any = Field(default_factory=dict)
+    interval: Seconds = 10.0
+    timeout: Seconds = 3.0
+    healthy_threshold: int = Field(default=2, ge=1)
+    unhealthy_threshold: int = Field(default=3, ge=1)
+
+
+def _default_policies() -> dict[str, RetryPolicyConfig]:
+    """Reads retry whatever failed; submits only what provably was not processed."""
+    not_processed: list[FailureClassName] = [
+        "refused",
+        "connect_timeout",
+        "token_unavailable",
+        "busy",
+        "http_429",
+        "http_5xx",
+    ]
+    return {
+        "read": RetryPolicyConfig(
+            deadline=10.0,
+            attempts=4,
+            backoff=BackoffConfig(),
+            retry_on=[*not_processed, "timeout", "connection_lost", "truncated", "unparsable"],
+            retry_after_cap=5.0,
+        ),
+        "submit": RetryPolicyConfig(
+            deadline=10.0,
+            attempts=3,
+            backoff=BackoffConfig(),
+            retry_on=not_processed,
+            retry_after_cap=5.0,
+        ),
+        "passthrough": RetryPolicyConfig(
+            deadline=15.0, attempts=1, backoff=BackoffConfig(), retry_on=[], retry_after_cap=5.0
+        ),
+    }
+
+
+class PolicyDefaults(_Model):
+    """Retry policy per operation kind; a partial override keeps the other fields' defaults."""
+
+    read: RetryPolicyConfig = Field(default_factory=lambda: _default_policies()["read"])
+    submit: RetryPolicyConfig = Field(default_factory=lambda: _default_policies()["submit"])
+    passthrough: RetryPolicyConfig = Field(
+        default_factory=lambda: _default_policies()["passthrough"]
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        defaults = _default_policies()
+        merged = dict(value)
+        for kind, policy in value.items():
+            if isinstance(policy, dict) and kind in defaults:
+                merged[kind] = {**defaults[kind].model_dump(exclude_none=True), **policy}
+        return merged
+
+    def for_kind(self, kind: str) -> RetryPolicyConfig:
+        policy: RetryPolicyConfig = getattr(self, kind)
+        return policy
+
+
+class ResilienceConfig(_Model):
+    """Retries, budgets, circuit breaking and health probing (SPEC §3)."""
+
+    #: An operation's own `policy` overrides these field by field.
+    defaults: PolicyDefaults = Field(default_factory=PolicyDefaults)
+    retry_budget: RetryBudgetConfig = Field(default_factory=RetryBudgetConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    probe: ProbeConfig | None = None
+
+
 class UpstreamConfig(_Model):
     """The invoice platform the gateway fronts; the only host it ever talks to."""
 
@@ -180,6 +350,7 @@ class UpstreamConfig(_Model):
     pool_size: int = Field(default=100, ge=1, le=10_000)
     max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     auth: AuthConfig = Field(default_factory=lambda: NoAuthConfig(scheme="none"))
+    business_codes: BusinessCodesConfig = Field(default_factory=BusinessCodesConfig)
 
     @field_validator("url")
     @classmethod
@@ -232,6 +403,8 @@ class OperationConfig(_Model):
     business_key: Pointer | None = None
     #: Messages with the same value here are delivered in acceptance order.
     ordering_key: Pointer | None = None
+    #: Overrides of `resilience.defaults[kind]` for this operation.
+    policy: RetryPolicyConfig = Field(default_factory=RetryPolicyConfig)
 
 
 class LimitsConfig(_Model):
@@ -267,6 +440,7 @@ class GatewayConfig(_Model):
     tenants: list[TenantConfig] = Field(min_length=1)
     upstream: UpstreamConfig
     operations: list[OperationConfig] = Field(default_factory=list)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
 
     @field_validator("store_url")
     @classmethod
@@ -289,6 +463,11 @@ class GatewayConfig(_Model):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{label}: duplicate names {dupes}")
+        probe = self.resilience.probe
+        if probe is not None and probe.operation not in {op.name for op in self.operations}:
+            raise ValueError(
+                f"resilience.probe.operation: {probe.operation!r} is not one of 'operations'"
+            )
         return self
 
     def sqlite_path(self) -> Path:
@@ -363,6 +542,29 @@ def _explain(exc: ValidationError) -> list[str]:
     return problems
 
 
+def _unset_env_secrets(raw: Any, environ: Mapping[str, str], key: str = "") -> list[str]:
+    """Secrets named by unset variables, found without a valid model, so one run lists all."""
+    if isinstance(raw, dict):
+        if set(raw) == {"env"} and isinstance(raw["env"], str):
+            return (
+                []
+                if environ.get(raw["env"])
+                else [f"{key}: environment variable {raw['env']} is not set"]
+            )
+        return [
+            problem
+            for name, value in raw.items()
+            for problem in _unset_env_secrets(value, environ, f"{key}.{name}" if key else str(name))
+        ]
+    if isinstance(raw, list):
+        return [
+            problem
+            for index, value in enumerate(raw)
+            for problem in _unset_env_secrets(value, environ, f"{key}[{index}]")
+        ]
+    return []
+
+
 def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     for variable, path in ENV_OVERRIDES.items():
         value = environ.get(variable)
@@ -396,7 +598,7 @@ def parse_config(raw: Any, environ: Mapping[str, str], *, source: str = "config"
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc) + _unset_env_secrets(raw, environ)) from None
     problems = [
         f"{key}: {problem}"
         for key, ref in config.secrets()

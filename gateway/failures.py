@@ -1,0 +1,159 @@
+"""Failure classification: every failed attempt gets exactly one `FailureClass`.
+
+The class decides whether a retry is safe, whether the circuit breaker counts it, and what
+the client is told; metrics and logs carry its value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.config import BusinessCodesConfig
+from gateway.errors import (
+    AnswerTruncated,
+    GatewayError,
+    TokenUnavailable,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from gateway.jsonpointer import MISSING, JsonPointer
+from gateway.upstream import UpstreamResponse
+
+
+class FailureClass(StrEnum):
+    # Never reached the platform: a resend is always safe.
+    REFUSED = "refused"
+    CONNECT_TIMEOUT = "connect_timeout"
+    TOKEN_UNAVAILABLE = "token_unavailable"
+    # Reached the platform, answer lost: the outcome is unknown.
+    TIMEOUT = "timeout"
+    CONNECTION_LOST = "connection_lost"
+    TRUNCATED = "truncated"
+    UNPARSABLE = "unparsable"
+    # The platform answered, declining to act now.
+    HTTP_5XX = "http_5xx"
+    HTTP_429 = "http_429"
+    BUSY = "busy"
+    QUOTA = "quota"
+    AUTH = "auth"
+    # The platform answered with a final verdict.
+    HTTP_4XX = "http_4xx"
+    PERMANENT = "permanent"
+    DUPLICATE = "duplicate"
+
+    @property
+    def sent(self) -> bool:
+        """Whether the request may have reached the platform."""
+        return self not in _NOT_SENT
+
+    @property
+    def answer_lost(self) -> bool:
+        """Whether the platform may have acted without the gateway learning the result."""
+        return self in _ANSWER_LOST
+
+    @property
+    def trips_breaker(self) -> bool:
+        """Whether this says something about the platform's health (not the request's)."""
+        return self not in _HEALTHY_ANSWERS
+
+
+_NOT_SENT = frozenset(
+    {FailureClass.REFUSED, FailureClass.CONNECT_TIMEOUT, FailureClass.TOKEN_UNAVAILABLE}
+)
+_ANSWER_LOST = frozenset(
+    {
+        FailureClass.TIMEOUT,
+        FailureClass.CONNECTION_LOST,
+        FailureClass.TRUNCATED,
+        FailureClass.UNPARSABLE,
+    }
+)
+#: A client mistake, a verdict, a rejected token or a quota say nothing about platform health.
+_HEALTHY_ANSWERS = frozenset(
+    {
+        FailureClass.HTTP_4XX,
+        FailureClass.PERMANENT,
+        FailureClass.DUPLICATE,
+        FailureClass.AUTH,
+        FailureClass.QUOTA,
+        FailureClass.TOKEN_UNAVAILABLE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one attempt came to: success, or a failure with its class."""
+
+    failure: FailureClass | None
+    response: UpstreamResponse | None = None
+    code: str | None = None
+    error: GatewayError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+class FailureClassifier:
+    """Classifies upstream answers (HTTP status and business code) and transport errors."""
+
+    def __init__(self, codes: BusinessCodesConfig) -> None:
+        self._pointer: JsonPointer = codes.pointer
+        self._by_code: dict[str, FailureClass | None] = {}
+        for code in codes.success:
+            self._by_code[code] = None
+        for classes, failure in (
+            (codes.retryable, FailureClass.BUSY),
+            (codes.auth, FailureClass.AUTH),
+            (codes.quota, FailureClass.QUOTA),
+            (codes.permanent, FailureClass.PERMANENT),
+            (codes.duplicate, FailureClass.DUPLICATE),
+        ):
+            for code in classes:
+                self._by_code[code] = failure
+        self._unknown_code = FailureClass(codes.unknown)
+
+    def of_response(self, response: UpstreamResponse) -> Verdict:
+        status = response.status
+        if status == 429:
+            return Verdict(FailureClass.HTTP_429, response)
+        if status >= 500:
+            return Verdict(FailureClass.HTTP_5XX, response)
+        if status >= 400:
+            return Verdict(FailureClass.HTTP_4XX, response)
+        if status >= 300:
+            return Verdict(FailureClass.PERMANENT, response)
+        try:
+            document = json.loads(response.body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return Verdict(FailureClass.UNPARSABLE, response)
+        code = self._pointer.resolve(document)
+        if code is MISSING or code is None:
+            # No business code: a plain HTTP success.
+            return Verdict(None, response)
+        code = str(code)
+        failure = self._by_code[code] if code in self._by_code else self._unknown_code
+        return Verdict(failure, response, code=code)
+
+    @staticmethod
+    def of_error(error: GatewayError) -> Verdict:
+        if isinstance(error, TokenUnavailable):
+            failure = FailureClass.TOKEN_UNAVAILABLE
+        elif isinstance(error, UpstreamUnreachable):
+            failure = FailureClass.REFUSED
+        elif isinstance(error, UpstreamTimeout):
+            failure = FailureClass.TIMEOUT if error.sent else FailureClass.CONNECT_TIMEOUT
+        elif isinstance(error, AnswerTruncated):
+            failure = FailureClass.TRUNCATED
+        elif isinstance(error, UpstreamProtocolError):
+            failure = FailureClass.CONNECTION_LOST
+        elif isinstance(error, UpstreamError):
+            failure = FailureClass.CONNECTION_LOST if error.sent else FailureClass.REFUSED
+        else:
+            failure = FailureClass.TOKEN_UNAVAILABLE
+        return Verdict(failure, error=error)
