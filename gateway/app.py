@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -12,17 +13,22 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway import __version__
 from gateway.auth import UpstreamAuth, build_auth
+from gateway.breaker import BreakerRegistry
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.errors import StoreError
+from gateway.failures import Verdict
 from gateway.operations import Classifier
+from gateway.probe import HealthProbe, UpstreamHealth
 from gateway.proxy import Proxy
+from gateway.resilience import ResiliencePipeline
 from gateway.store import Store, open_store
 from gateway.tenants import TenantDirectory
-from gateway.upstream import UpstreamClient, trace_config
+from gateway.upstream import UpstreamClient, UpstreamRequest, trace_config
 
 log = structlog.get_logger("gateway")
 
@@ -40,6 +46,9 @@ class Gateway:
     session: aiohttp.ClientSession
     auth: UpstreamAuth
     upstream: UpstreamClient
+    pipeline: ResiliencePipeline
+    breakers: BreakerRegistry
+    health: UpstreamHealth
     proxy: Proxy
     started_at: float
 
@@ -56,6 +65,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
     )
+    probe: HealthProbe | None = None
     try:
         auth = build_auth(
             upstream_config.auth,
@@ -72,12 +82,20 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             connect_timeout=upstream_config.connect_timeout,
             max_response_bytes=upstream_config.max_response_bytes,
         )
+        breakers = BreakerRegistry(config.resilience.breaker, clock)
+        pipeline = ResiliencePipeline.from_config(
+            config, upstream=upstream, breakers=breakers, clock=clock
+        )
+        health = UpstreamHealth(clock)
+        probe = _health_probe(config, pipeline, breakers, health, clock)
         proxy = Proxy(
             tenants=TenantDirectory(config.tenants),
             classifier=Classifier.from_config(config.operations, unmatched=config.unmatched),
-            upstream=upstream,
+            pipeline=pipeline,
             max_body_bytes=config.limits.max_body_bytes,
         )
+        if probe is not None:
+            probe.start()
         yield Gateway(
             config=config,
             clock=clock,
@@ -85,12 +103,45 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             session=session,
             auth=auth,
             upstream=upstream,
+            pipeline=pipeline,
+            breakers=breakers,
+            health=health,
             proxy=proxy,
             started_at=clock.wall(),
         )
     finally:
+        if probe is not None:
+            await probe.stop()
         await session.close()
         await store.close()
+
+
+def _health_probe(
+    config: GatewayConfig,
+    pipeline: ResiliencePipeline,
+    breakers: BreakerRegistry,
+    health: UpstreamHealth,
+    clock: Clock,
+) -> HealthProbe | None:
+    """The configured probe: its operation's method, path and headers, with the probe body."""
+    probe = config.resilience.probe
+    if probe is None:
+        return None
+    operation = next(op for op in config.operations if op.name == probe.operation)
+    match = operation.match
+    request = UpstreamRequest(
+        method=match.method or "POST",
+        path=(match.path or "/").rstrip("*"),
+        query=(),
+        headers=CIMultiDict({**match.headers, "Content-Type": "application/json"}),
+        body=json.dumps(probe.body, ensure_ascii=False).encode(),
+        operation=operation.name,
+    )
+
+    async def send() -> Verdict:
+        return await pipeline.send_once(request, time_limit=probe.timeout)
+
+    return HealthProbe(probe, send, breakers, health, clock)
 
 
 class Health:

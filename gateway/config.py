@@ -171,7 +171,9 @@ class NoAuthConfig(_Model):
 AuthConfig = Annotated[NuonuoHmacAuthConfig | NoAuthConfig, Field(discriminator="scheme")]
 
 
-FailureClassName = Literal[
+#: Failure classes a policy may retry. Verdicts (permanent, duplicate, http_4xx) never are,
+#: and `auth` has its own rule: one token renewal, one resend.
+RetryableClassName = Literal[
     "refused",
     "connect_timeout",
     "token_unavailable",
@@ -183,10 +185,6 @@ FailureClassName = Literal[
     "http_429",
     "busy",
     "quota",
-    "auth",
-    "http_4xx",
-    "permanent",
-    "duplicate",
 ]
 
 
@@ -230,7 +228,7 @@ class RetryPolicyConfig(_Model):
     deadline: Seconds | None = None
     attempts: int | None = Field(default=None, ge=1, le=20)
     backoff: BackoffConfig | None = None
-    retry_on: list[FailureClassName] | None = None
+    retry_on: list[RetryableClassName] | None = None
     #: Longest wait honoured from a `Retry-After` header.
     retry_after_cap: Seconds | None = None
 
@@ -276,7 +274,7 @@ class ProbeConfig(_Model):
 
 def _default_policies() -> dict[str, RetryPolicyConfig]:
     """Reads retry whatever failed; submits only what provably was not processed."""
-    not_processed: list[FailureClassName] = [
+    not_processed: list[RetryableClassName] = [
         "refused",
         "connect_timeout",
         "token_unavailable",

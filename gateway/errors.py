@@ -15,6 +15,7 @@
     │       └── ConnectionLost      the connection dropped before an answer
     ├── UpstreamAuthError           the upstream's auth scheme could not produce credentials
     │   └── TokenUnavailable        the token endpoint failed or refused (request not sent)
+    ├── CircuitOpen                 the circuit is open: the call was not sent (fail fast)
     └── StoreError                  the durable store cannot read or write
 
 Third-party errors (aiohttp, sqlite3, pydantic) are translated where they enter,
@@ -111,6 +112,19 @@ class UpstreamAuthError(GatewayError):
 
 class TokenUnavailable(UpstreamAuthError):
     """No access token could be obtained; the request was not sent."""
+
+
+class CircuitOpen(GatewayError):
+    """The circuit breaker refused the call without sending it; fail fast.
+
+    `retry_after` is how many seconds until the breaker lets a trial call through (a hint for
+    the client's `Retry-After`; never negative).
+    """
+
+    def __init__(self, message: str, *, retry_after: float, breaker: str = "upstream") -> None:
+        self.retry_after = max(0.0, retry_after)
+        self.breaker = breaker
+        super().__init__(message)
 
 
 class StoreError(GatewayError):

@@ -6,10 +6,12 @@ the client is told; metrics and logs carry its value.
 
 from __future__ import annotations
 
+import email.utils
 import json
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.clock import Clock
 from gateway.config import BusinessCodesConfig
 from gateway.errors import (
     AnswerTruncated,
@@ -28,7 +30,7 @@ class FailureClass(StrEnum):
     # Never reached the platform: a resend is always safe.
     REFUSED = "refused"
     CONNECT_TIMEOUT = "connect_timeout"
-    TOKEN_UNAVAILABLE = "token_unavailable"
+    TOKEN_UNAVAILABLE = "token_unavailable"  # noqa: S105 — a failure class, not a secret
     # Reached the platform, answer lost: the outcome is unknown.
     TIMEOUT = "timeout"
     CONNECTION_LOST = "connection_lost"
@@ -44,6 +46,8 @@ class FailureClass(StrEnum):
     HTTP_4XX = "http_4xx"
     PERMANENT = "permanent"
     DUPLICATE = "duplicate"
+    # The gateway did not try: the circuit is open.
+    CIRCUIT_OPEN = "circuit_open"
 
     @property
     def sent(self) -> bool:
@@ -62,7 +66,12 @@ class FailureClass(StrEnum):
 
 
 _NOT_SENT = frozenset(
-    {FailureClass.REFUSED, FailureClass.CONNECT_TIMEOUT, FailureClass.TOKEN_UNAVAILABLE}
+    {
+        FailureClass.REFUSED,
+        FailureClass.CONNECT_TIMEOUT,
+        FailureClass.TOKEN_UNAVAILABLE,
+        FailureClass.CIRCUIT_OPEN,
+    }
 )
 _ANSWER_LOST = frozenset(
     {
@@ -81,6 +90,7 @@ _HEALTHY_ANSWERS = frozenset(
         FailureClass.AUTH,
         FailureClass.QUOTA,
         FailureClass.TOKEN_UNAVAILABLE,
+        FailureClass.CIRCUIT_OPEN,
     }
 )
 
@@ -93,6 +103,8 @@ class Verdict:
     response: UpstreamResponse | None = None
     code: str | None = None
     error: GatewayError | None = None
+    #: Seconds the platform (or the open circuit) asks callers to wait, when it says.
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,7 +114,8 @@ class Verdict:
 class FailureClassifier:
     """Classifies upstream answers (HTTP status and business code) and transport errors."""
 
-    def __init__(self, codes: BusinessCodesConfig) -> None:
+    def __init__(self, codes: BusinessCodesConfig, clock: Clock) -> None:
+        self._clock = clock
         self._pointer: JsonPointer = codes.pointer
         self._by_code: dict[str, FailureClass | None] = {}
         for code in codes.success:
@@ -120,25 +133,32 @@ class FailureClassifier:
 
     def of_response(self, response: UpstreamResponse) -> Verdict:
         status = response.status
-        if status == 429:
-            return Verdict(FailureClass.HTTP_429, response)
-        if status >= 500:
-            return Verdict(FailureClass.HTTP_5XX, response)
-        if status >= 400:
-            return Verdict(FailureClass.HTTP_4XX, response)
         if status >= 300:
-            return Verdict(FailureClass.PERMANENT, response)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock.wall())
+            if status == 429:
+                failure = FailureClass.HTTP_429
+            elif status >= 500:
+                failure = FailureClass.HTTP_5XX
+            elif status >= 400:
+                failure = FailureClass.HTTP_4XX
+            else:
+                failure = FailureClass.PERMANENT
+            return Verdict(failure, response, retry_after=retry_after)
         try:
             document = json.loads(response.body)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return Verdict(FailureClass.UNPARSABLE, response)
+            # Announced JSON that does not parse was cut short; other bodies are opaque.
+            content_type = response.headers.get("Content-Type", "").lower()
+            if "json" in content_type:
+                return Verdict(FailureClass.UNPARSABLE, response)
+            return Verdict(None, response)
         code = self._pointer.resolve(document)
         if code is MISSING or code is None:
             # No business code: a plain HTTP success.
             return Verdict(None, response)
         code = str(code)
-        failure = self._by_code[code] if code in self._by_code else self._unknown_code
-        return Verdict(failure, response, code=code)
+        verdict = self._by_code.get(code, self._unknown_code)
+        return Verdict(verdict, response, code=code)
 
     @staticmethod
     def of_error(error: GatewayError) -> Verdict:
@@ -157,3 +177,19 @@ class FailureClassifier:
         else:
             failure = FailureClass.TOKEN_UNAVAILABLE
         return Verdict(failure, error=error)
+
+
+def parse_retry_after(value: str | None, now_wall: float) -> float | None:
+    """Seconds to wait from a `Retry-After` value (delay-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now_wall)

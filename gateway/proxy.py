@@ -1,6 +1,6 @@
 """The client-facing request path, top to bottom:
 
-    authenticate tenant → read body → classify → forward through the upstream client → respond
+    authenticate tenant → read body → classify → resilience pipeline → respond
 
 Every response carries `X-Request-Id` and `X-Gateway-Outcome`, and produces one access log line.
 """
@@ -9,43 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
 
-from gateway.errors import (
-    BadRequest,
-    ClientRequestError,
-    PayloadTooLarge,
-    TokenUnavailable,
-    UpstreamAuthError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-)
+from gateway.errors import BadRequest, ClientRequestError, PayloadTooLarge
 from gateway.headers import REQUEST_ID, add_forwarded, end_to_end, request_id
-from gateway.operations import UNMATCHED, Classifier, Operation, OperationKind, RequestBody
+from gateway.operations import Classifier, Operation, OperationKind, RequestBody
+from gateway.outcomes import OUTCOME, Exchange, respond
 from gateway.problem import problem_response
+from gateway.resilience import ResiliencePipeline
 from gateway.tenants import API_KEY_HEADER, TenantDirectory
-from gateway.upstream import UpstreamClient, UpstreamRequest, UpstreamResponse, upstream_path
+from gateway.upstream import UpstreamRequest, upstream_path
 
 access_log = structlog.get_logger("gateway.access")
-
-OUTCOME = "X-Gateway-Outcome"
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What one client request turned into; the access log line is made from it."""
-
-    request_id: str
-    tenant: str | None = None
-    operation: Operation = UNMATCHED
-    upstream_status: int | None = None
-    outcome: str = "rejected"
-    error_class: str | None = None
 
 
 class Proxy:
@@ -54,12 +32,12 @@ class Proxy:
         *,
         tenants: TenantDirectory,
         classifier: Classifier,
-        upstream: UpstreamClient,
+        pipeline: ResiliencePipeline,
         max_body_bytes: int,
     ) -> None:
         self._tenants = tenants
         self._classifier = classifier
-        self._upstream = upstream
+        self._pipeline = pipeline
         self._max_body_bytes = max_body_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -76,10 +54,6 @@ class Proxy:
                 detail=exc.detail,
                 request_id=exchange.request_id,
             )
-        except UpstreamAuthError as exc:
-            response = self._upstream_failure(exc, exchange)
-        except UpstreamError as exc:
-            response = self._upstream_failure(exc, exchange)
         response.headers[REQUEST_ID] = exchange.request_id
         response.headers[OUTCOME] = exchange.outcome
         access_log.info(
@@ -94,6 +68,7 @@ class Proxy:
             upstream_status=exchange.upstream_status,
             outcome=exchange.outcome,
             error_class=exchange.error_class,
+            attempts=exchange.attempts,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         return response
@@ -122,12 +97,10 @@ class Proxy:
         )
         if operation.kind is OperationKind.SUBMIT:
             # A submission's upstream call finishes even if the client goes away (SPEC §4).
-            answer = await asyncio.shield(self._upstream.send(outgoing))
+            outcome = await asyncio.shield(self._pipeline.execute(outgoing, operation))
         else:
-            answer = await self._upstream.send(outgoing)
-        exchange.upstream_status = answer.status
-        exchange.outcome = "forwarded"
-        return self._relay(answer)
+            outcome = await self._pipeline.execute(outgoing, operation)
+        return respond(outcome, operation, exchange)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self._max_body_bytes
@@ -156,55 +129,3 @@ class Proxy:
                     f"{operation.name} needs a business key at {operation.business_key.text} "
                     "(a non-empty string or number); nothing was sent"
                 )
-
-    @staticmethod
-    def _relay(answer: UpstreamResponse) -> web.Response:
-        return web.Response(
-            status=answer.status, body=answer.body, headers=end_to_end(answer.headers)
-        )
-
-    @staticmethod
-    def _upstream_failure(exc: Exception, exchange: Exchange) -> web.Response:
-        operation = exchange.operation
-        status, slug, title, retry_after = (
-            502,
-            "upstream-unreachable",
-            "Invoice platform unreachable",
-            "5",
-        )
-        detail = f"the invoice platform could not be reached ({exc}); nothing was sent, retry later"
-        if isinstance(exc, TokenUnavailable | UpstreamAuthError):
-            status, slug, title, retry_after = (
-                503,
-                "upstream-auth-unavailable",
-                "Cannot authenticate to the invoice platform",
-                "30",
-            )
-            detail = f"no access token could be obtained ({exc}); nothing was sent, retry later"
-        elif isinstance(exc, UpstreamUnreachable):
-            pass
-        elif isinstance(exc, UpstreamTimeout) and not exc.sent:
-            status, slug, title = 504, "upstream-timeout", "Invoice platform timed out"
-            detail = "connecting to the invoice platform timed out; nothing was sent, retry later"
-        elif isinstance(exc, UpstreamError) and exc.sent and operation.kind is OperationKind.SUBMIT:
-            status, slug, title, retry_after = 504, "outcome-unknown", "Outcome unknown", "30"
-            detail = (
-                f"the request reached the invoice platform but its answer was lost ({exc}); the "
-                "invoice may or may not have been issued. Query its result with the same order "
-                "number before sending it again"
-            )
-        elif isinstance(exc, UpstreamTimeout):
-            status, slug, title = 504, "upstream-timeout", "Invoice platform timed out"
-            detail = f"the invoice platform did not answer in time ({exc})"
-        else:
-            status, slug, title = 502, "upstream-bad-answer", "Bad answer from the invoice platform"
-            detail = f"the invoice platform's answer was cut off or unreadable ({exc})"
-        exchange.error_class = slug
-        return problem_response(
-            status=status,
-            slug=slug,
-            title=title,
-            detail=detail,
-            request_id=exchange.request_id,
-            headers={"Retry-After": retry_after},
-        )

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
 
 import aiohttp
@@ -87,7 +87,8 @@ class UpstreamResponse:
     headers: CIMultiDictProxy[str]
     body: bytes
     elapsed: float = 0.0
-    extra: dict[str, str] = field(default_factory=dict)
+    #: The request as sent (signed), so a rejected credential can be renewed.
+    request: UpstreamRequest | None = None
 
 
 async def _mark_connected(
@@ -114,6 +115,17 @@ def trace_config() -> aiohttp.TraceConfig:
     return config
 
 
+class Upstream(Protocol):
+    """What the resilience pipeline needs of a transport; tests pass a fake."""
+
+    @property
+    def auth(self) -> UpstreamAuth: ...
+
+    async def send(
+        self, request: UpstreamRequest, *, time_limit: float | None = None
+    ) -> UpstreamResponse: ...
+
+
 class UpstreamClient:
     """Sends `UpstreamRequest`s to the configured base URL through one pooled session."""
 
@@ -129,10 +141,14 @@ class UpstreamClient:
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
-        self.auth = auth
+        self._auth = auth
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
+
+    @property
+    def auth(self) -> UpstreamAuth:
+        return self._auth
 
     def url_for(self, request: UpstreamRequest) -> URL:
         target = self._base + request.path
@@ -149,7 +165,7 @@ class UpstreamClient:
         Raises `UpstreamUnreachable` (provably not sent), `UpstreamTimeout` (`sent` tells),
         `UpstreamProtocolError`, or the auth scheme's `UpstreamAuthError`.
         """
-        signed = await self.auth.prepare(request)
+        signed = await self._auth.prepare(request)
         return await self._send_prepared(signed, time_limit=time_limit)
 
     async def _send_prepared(
@@ -178,6 +194,7 @@ class UpstreamClient:
                     headers=response.headers,
                     body=body,
                     elapsed=loop.time() - started,
+                    request=request,
                 )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeout(

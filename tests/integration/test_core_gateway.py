@@ -209,7 +209,7 @@ def test_unknown_method_rejected_when_configured(tmp_path: Path, simulator: Simu
 
 
 def test_platform_down_is_a_clear_problem(tmp_path: Path, simulator: Simulator) -> None:
-    """With the platform refusing connections the client gets a 502 problem+json."""
+    """With the platform refusing connections the client gets a 503 problem+json."""
     gw = Gateway.start(tmp_path / "down", simulator.url)
     try:
         assert 200 == gw.call(QUERY, {"orderNos": ["x"]})[0]  # the token is fetched while up
@@ -218,6 +218,6 @@ def test_platform_down_is_a_clear_problem(tmp_path: Path, simulator: Simulator) 
     finally:
         simulator.clear_faults()
         gw.process.stop()
-    assert 502 == status
+    assert 503 == status
     assert "upstream-unreachable" in problem["type"]
     assert "Retry-After" in headers

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, Union
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.store import StoredToken
+from gateway.upstream import UpstreamResponse
 
 
 class FakeClock:
@@ -42,3 +48,59 @@ class MemoryTokenStore:
     async def save_token(self, key: str, token: StoredToken) -> None:
         self.saves += 1
         self.tokens[key] = token
+
+
+class FakeAuth:
+    """Records credential renewals."""
+
+    def __init__(self) -> None:
+        self.renewals = 0
+
+    async def prepare(self, request: Any) -> Any:
+        return request
+
+    async def credentials_rejected(self, request: Any) -> None:
+        self.renewals += 1
+
+
+Reply = Union["UpstreamResponse", Exception, Callable[[], Any]]
+
+
+class ScriptedUpstream:
+    """A fake transport answering from a script: responses, errors to raise, or callables.
+
+    Each call takes the next entry (the last one repeats); `duration` seconds pass on the
+    fake clock per call, as if the platform took that long.
+    """
+
+    def __init__(self, clock: FakeClock, script: list[Any], *, duration: float = 0.01) -> None:
+        self.auth = FakeAuth()
+        self._clock = clock
+        self._script = list(script)
+        self._duration = duration
+        self.calls: list[float | None] = []
+
+    async def send(self, request: Any, *, time_limit: float | None = None) -> Any:
+        self.calls.append(time_limit)
+        entry = self._script[min(len(self.calls) - 1, len(self._script) - 1)]
+        spent = self._duration if time_limit is None else min(self._duration, time_limit)
+        self._clock.advance(spent)
+        await asyncio.sleep(0)
+        if callable(entry):
+            entry = entry()
+        if isinstance(entry, Exception):
+            raise entry
+        return entry
+
+
+def platform_answer(
+    body: Any = None,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    request: Any = None,
+) -> UpstreamResponse:
+    """An `UpstreamResponse` as the platform would send it."""
+    raw = json.dumps({"code": "E0000"} if body is None else body).encode()
+    head = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", **(headers or {})}))
+    return UpstreamResponse(status=status, headers=head, body=raw, request=request)

@@ -190,6 +190,8 @@ def write_gateway_config(
     config["upstream"]["url"] = upstream_url
     config["log"] = {"format": "json", "level": "info"}
     config["tenants"].append({"id": "acme", "api_key": {"env": "GATEWAY_ACME_API_KEY"}})
+    # Tests that count platform calls must not see a background probe unless they ask for one.
+    config["resilience"].pop("probe", None)
     for key, value in (overrides or {}).items():
         node = config
         parts = key.split(".")

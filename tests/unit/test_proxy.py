@@ -312,8 +312,8 @@ async def test_escapes_never_reach_upstream(
     assert [] == fake.seen
 
 
-async def test_unreachable_upstream_is_502_problem(tmp_path: Path) -> None:
-    """A refused connection gives 502 problem+json saying nothing was sent."""
+async def test_unreachable_upstream_is_503_problem(tmp_path: Path) -> None:
+    """A refused connection is retried, then a 503 problem+json says nothing was sent."""
     url = f"http://127.0.0.1:{free_port()}"
     async with gateway_client(url, tmp_path) as client:
         response = await client.post(
@@ -322,8 +322,9 @@ async def test_unreachable_upstream_is_502_problem(tmp_path: Path) -> None:
             headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
         )
         problem = await response.json(content_type="application/problem+json")
-    assert 502 == response.status
+    assert 503 == response.status
     assert "urn:invoice-gateway:problem:upstream-unreachable" == problem["type"]
+    assert "refused" == problem["failure_class"]
     assert "nothing was sent" in problem["detail"]
     assert "Retry-After" in response.headers
 
