@@ -6,9 +6,9 @@ import random
 from typing import Any
 
 import pytest
-from gateway.breaker import BreakerRegistry
 from multidict import CIMultiDict
 
+from gateway.breaker import BreakerRegistry
 from gateway.config import BreakerConfig, BusinessCodesConfig, RetryBudgetConfig, RetryPolicyConfig
 from gateway.errors import UpstreamTimeout, UpstreamUnreachable
 from gateway.failures import FailureClass, FailureClassifier
