@@ -144,10 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         code: int = args.handler(args)
     except KeyboardInterrupt:
+        # Ctrl-C is how people stop the gateway, the simulator and the demo: not an error.
         return EXIT_OK
     return code
 

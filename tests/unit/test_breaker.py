@@ -21,8 +21,21 @@ DOWN = Verdict(FailureClass.HTTP_5XX)
 Attempt = Callable[[], Awaitable[Verdict]]
 
 
+RESET_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The fake clock for tests that move time; the others give `make` a throwaway one."""
+    return FakeClock()
+
+
 def make(clock: FakeClock, **settings: Any) -> CircuitBreaker:
-    defaults: dict[str, Any] = {"failure_threshold": 3, "reset_timeout": 10.0, "min_calls": 100}
+    defaults: dict[str, Any] = {
+        "failure_threshold": 3,
+        "reset_timeout": RESET_TIMEOUT,
+        "min_calls": 100,
+    }
     return CircuitBreaker("upstream", BreakerConfig(**{**defaults, **settings}), clock)
 
 
@@ -54,6 +67,20 @@ async def trip(breaker: CircuitBreaker, times: int = 3) -> None:
         await breaker.call(answer(DOWN))
 
 
+async def tripped(clock: FakeClock, **settings: Any) -> CircuitBreaker:
+    """A breaker opened by three failures in a row."""
+    breaker = make(clock, **settings)
+    await trip(breaker)
+    return breaker
+
+
+async def half_open(clock: FakeClock, **settings: Any) -> CircuitBreaker:
+    """A tripped breaker whose reset timeout has just run out: its next call is a trial."""
+    breaker = await tripped(clock, **settings)
+    clock.advance(RESET_TIMEOUT)
+    return breaker
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -68,11 +95,9 @@ async def test_consecutive_failures_open_the_circuit() -> None:
     assert CircuitState.OPEN == breaker.state
 
 
-async def test_open_circuit_fails_fast_without_calling() -> None:
+async def test_open_circuit_fails_fast_without_calling(clock: FakeClock) -> None:
     """While open, `call` raises CircuitOpen without running the attempt; retry_after falls."""
-    clock = FakeClock()
-    breaker = make(clock)
-    await trip(breaker)
+    breaker = await tripped(clock)
     held = Held()
     with pytest.raises(CircuitOpen) as raised:
         await breaker.call(held)
@@ -89,8 +114,7 @@ async def test_open_circuit_fails_fast_without_calling() -> None:
 
 async def test_fail_fast_takes_well_under_ten_milliseconds() -> None:
     """Refusing a call while open costs far less than a millisecond of real time."""
-    breaker = make(FakeClock())
-    await trip(breaker)
+    breaker = await tripped(FakeClock())
     started = time.perf_counter()
     for _ in range(200):
         with pytest.raises(CircuitOpen):
@@ -100,10 +124,7 @@ async def test_fail_fast_takes_well_under_ten_milliseconds() -> None:
 
 async def test_half_open_admits_at_most_the_configured_trials() -> None:
     """After the reset timeout exactly `half_open_max_calls` trials run; the rest fail fast."""
-    clock = FakeClock()
-    breaker = make(clock, half_open_max_calls=2)
-    await trip(breaker)
-    clock.advance(10)
+    breaker = await half_open(FakeClock(), half_open_max_calls=2)
     held = Held()
     trials = [asyncio.create_task(breaker.call(held)) for _ in range(2)]
     await settle()
@@ -122,40 +143,31 @@ async def test_half_open_admits_at_most_the_configured_trials() -> None:
 
 async def test_one_successful_trial_closes_the_circuit() -> None:
     """With the default success_threshold, a single good trial closes it."""
-    clock = FakeClock()
-    breaker = make(clock)
-    await trip(breaker)
-    clock.advance(10)
+    breaker = await half_open(FakeClock())
     assert OK == await breaker.call(answer(OK))
     assert CircuitState.CLOSED == breaker.state
 
 
 async def test_success_threshold_two_needs_two_trials() -> None:
     """With success_threshold 2, the first good trial leaves it half-open, the second closes it."""
-    clock = FakeClock()
-    breaker = make(clock, success_threshold=2)
-    await trip(breaker)
-    clock.advance(10)
+    breaker = await half_open(FakeClock(), success_threshold=2)
     await breaker.call(answer(OK))
     assert CircuitState.HALF_OPEN == breaker.state
     await breaker.call(answer(OK))
     assert CircuitState.CLOSED == breaker.state
 
 
-async def test_failed_trial_reopens_for_a_full_reset_timeout() -> None:
+async def test_failed_trial_reopens_for_a_full_reset_timeout(clock: FakeClock) -> None:
     """A failed trial opens the circuit again, and the reset timeout starts over."""
-    clock = FakeClock()
-    breaker = make(clock)
-    await trip(breaker)
-    clock.advance(12)
+    breaker = await half_open(clock)
+    clock.advance(2)
     assert DOWN == await breaker.call(answer(DOWN))
     assert CircuitState.OPEN == breaker.state
     assert 10.0 == breaker.retry_after()
 
 
-async def test_failure_rate_trips_without_a_consecutive_run() -> None:
+async def test_failure_rate_trips_without_a_consecutive_run(clock: FakeClock) -> None:
     """Interleaved failures open it once the window's failure rate reaches the threshold."""
-    clock = FakeClock()
     breaker = make(clock, failure_threshold=5, failure_rate=0.5, min_calls=10, window=30.0)
     for _ in range(4):
         await breaker.call(answer(DOWN))
@@ -168,9 +180,8 @@ async def test_failure_rate_trips_without_a_consecutive_run() -> None:
     assert CircuitState.OPEN == breaker.state
 
 
-async def test_failure_rate_forgets_calls_older_than_the_window() -> None:
+async def test_failure_rate_forgets_calls_older_than_the_window(clock: FakeClock) -> None:
     """Outcomes that left the window no longer count towards the failure rate."""
-    clock = FakeClock()
     breaker = make(clock, failure_threshold=5, failure_rate=0.5, min_calls=4, window=30.0)
     await breaker.call(answer(DOWN))
     await breaker.call(answer(DOWN))
@@ -183,18 +194,16 @@ async def test_failure_rate_forgets_calls_older_than_the_window() -> None:
     assert 3 == breaker.snapshot()["window_calls"]
 
 
-async def test_slow_successes_trip_it_and_are_still_returned() -> None:
+async def test_slow_successes_trip_it_and_are_still_returned(clock: FakeClock) -> None:
     """Successes slower than `slow_call` count as failures, and the caller still gets them."""
-    clock = FakeClock()
     breaker = make(clock, slow_call=5.0)
     slow_ok = answer(OK, clock=clock, takes=6.0)
     assert [OK, OK, OK] == [await breaker.call(slow_ok) for _ in range(3)]
     assert CircuitState.OPEN == breaker.state
 
 
-async def test_successes_at_the_slow_limit_do_not_trip() -> None:
+async def test_successes_at_the_slow_limit_do_not_trip(clock: FakeClock) -> None:
     """A success exactly at `slow_call` is not slow."""
-    clock = FakeClock()
     breaker = make(clock, slow_call=5.0)
     for _ in range(10):
         await breaker.call(answer(OK, clock=clock, takes=5.0))
@@ -233,10 +242,7 @@ async def test_an_answer_about_the_request_breaks_a_run_of_failures() -> None:
 
 async def test_cancelled_trial_frees_its_slot_and_counts_nothing() -> None:
     """A trial cancelled in flight releases its slot; the next call becomes the trial."""
-    clock = FakeClock()
-    breaker = make(clock)
-    await trip(breaker)
-    clock.advance(10)
+    breaker = await half_open(FakeClock())
     held = Held()
     trial = asyncio.create_task(breaker.call(held))
     await settle()
@@ -278,10 +284,7 @@ async def test_an_exception_from_the_attempt_propagates_and_counts_as_a_failure(
 
 async def test_an_exception_from_a_trial_frees_its_slot() -> None:
     """A trial that raises releases its slot and re-opens the circuit."""
-    clock = FakeClock()
-    breaker = make(clock)
-    await trip(breaker)
-    clock.advance(10)
+    breaker = await half_open(FakeClock())
 
     async def broken() -> Verdict:
         raise RuntimeError("boom")
@@ -292,9 +295,10 @@ async def test_an_exception_from_a_trial_frees_its_slot() -> None:
     assert 0 == breaker.snapshot()["trials_in_flight"]
 
 
-async def test_a_call_that_outlives_the_state_it_started_in_is_not_counted() -> None:
+async def test_a_call_that_outlives_the_state_it_started_in_is_not_counted(
+    clock: FakeClock,
+) -> None:
     """A failure that arrives after the circuit opened does not restart the reset timeout."""
-    clock = FakeClock()
     breaker = make(clock, failure_threshold=1)
     slow = Held(DOWN)
     straggler = asyncio.create_task(breaker.call(slow))
@@ -306,9 +310,8 @@ async def test_a_call_that_outlives_the_state_it_started_in_is_not_counted() -> 
     assert 6.0 == breaker.retry_after()
 
 
-async def test_force_open_survives_the_reset_timeout() -> None:
+async def test_force_open_survives_the_reset_timeout(clock: FakeClock) -> None:
     """A forced-open breaker refuses calls long after the reset timeout and never half-opens."""
-    clock = FakeClock()
     breaker = make(clock)
     breaker.force_open("planned maintenance")
     clock.advance(1000)
@@ -331,8 +334,7 @@ async def test_force_close_lets_calls_through_despite_failures() -> None:
 
 async def test_reset_clears_state_counters_and_window() -> None:
     """`reset` returns to a normal closed circuit with nothing remembered."""
-    breaker = make(FakeClock(), failure_threshold=3, min_calls=50)
-    await trip(breaker)
+    breaker = await tripped(FakeClock(), failure_threshold=3, min_calls=50)
     breaker.force_open("testing")
     breaker.reset()
     snapshot = breaker.snapshot()
@@ -346,9 +348,8 @@ async def test_reset_clears_state_counters_and_window() -> None:
     assert CircuitState.CLOSED == breaker.state
 
 
-async def test_listeners_see_every_transition_with_its_reason() -> None:
+async def test_listeners_see_every_transition_with_its_reason(clock: FakeClock) -> None:
     """Every automatic and manual transition reaches listeners, with a reason in plain words."""
-    clock = FakeClock()
     breaker = make(clock, failure_threshold=2, slow_call=5.0)
     seen: list[tuple[str, str, str, str]] = []
     breaker.add_listener(lambda name, old, new, reason: seen.append((name, old, new, reason)))
@@ -418,8 +419,7 @@ async def test_a_failing_listener_does_not_break_the_breaker() -> None:
 async def test_snapshot_describes_the_circuit() -> None:
     """The snapshot carries state, since, reason, retry_after and counters for /status."""
     clock = FakeClock(wall=1_800_000_000.0)
-    breaker = make(clock)
-    await trip(breaker)
+    breaker = await tripped(clock)
     clock.advance(2.5)
     assert {
         "name": "upstream",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import client_app, open_gateway
@@ -21,12 +21,15 @@ from tests.support.processes import free_port
 TENANT_KEY = "k-demo"
 ISSUE = "nuonuo.OpeMplatform.requestBillingNew"
 QUERY = "nuonuo.OpeMplatform.queryInvoiceResult"
+SERVICES = "/open/v1/services"
+PROBLEM_JSON = "application/problem+json"
 
 
 @dataclass
 class FakeUpstream:
-    """Records what reached it and answers with `reply`."""
+    """Listens at `url`, records what reached it and answers with `reply`."""
 
+    url: str = ""
     seen: list[dict[str, Any]] = field(default_factory=list)
     reply: Callable[[web.Request], Any] | None = None
 
@@ -64,7 +67,7 @@ def config_for(upstream_url: str, tmp_path: Path, **overrides: Any) -> dict[str,
                 "kind": "submit",
                 "match": {
                     "method": "POST",
-                    "path": "/open/v1/services",
+                    "path": SERVICES,
                     "headers": {"method": ISSUE},
                 },
                 "business_key": "/order/orderNo",
@@ -74,7 +77,7 @@ def config_for(upstream_url: str, tmp_path: Path, **overrides: Any) -> dict[str,
                 "kind": "read",
                 "match": {
                     "method": "POST",
-                    "path": "/open/v1/services",
+                    "path": SERVICES,
                     "headers": {"method": QUERY},
                 },
             },
@@ -85,22 +88,26 @@ def config_for(upstream_url: str, tmp_path: Path, **overrides: Any) -> dict[str,
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[tuple[FakeUpstream, str]]:
+async def upstream() -> AsyncIterator[FakeUpstream]:
     fake = FakeUpstream()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", fake.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
+    fake.url = str(server.make_url("")).rstrip("/") + "/base"
     try:
-        yield fake, str(server.make_url("")).rstrip("/") + "/base"
+        yield fake
     finally:
         await server.close()
+
+
+GatewayClient = TestClient[web.Request, web.Application]
 
 
 @asynccontextmanager
 async def gateway_client(
     upstream_url: str, tmp_path: Path, **overrides: Any
-) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+) -> AsyncIterator[GatewayClient]:
     config = parse_config(
         config_for(upstream_url, tmp_path, **overrides), {"TENANT_KEY": TENANT_KEY}
     )
@@ -113,36 +120,58 @@ async def gateway_client(
             await client.close()
 
 
+@pytest.fixture
+async def client(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[GatewayClient]:
+    """A gateway on the default test config, in front of the fake upstream."""
+    async with gateway_client(upstream.url, tmp_path) as client:
+        yield client
+
+
 def issue_body(order_no: str = "A-1") -> dict[str, Any]:
     return {"order": {"orderNo": order_no, "buyerName": "北京某公司", "invoiceDetail": [{}]}}
 
 
+async def post_operation(
+    client: GatewayClient,
+    operation: str,
+    *,
+    json: Any = None,
+    data: Any = None,
+    api_key: str | None = TENANT_KEY,
+    headers: dict[str, str] | None = None,
+    path: str = SERVICES,
+) -> tuple[ClientResponse, Any]:
+    """POST `operation` as the tenant (no key if None); the response and its JSON body, if any."""
+    sent = {"method": operation} if api_key is None else {"method": operation, "X-Api-Key": api_key}
+    response = await client.post(path, json=json, data=data, headers={**sent, **(headers or {})})
+    is_json = response.content_type == "application/json" or response.content_type.endswith("+json")
+    return response, await response.json(content_type=None) if is_json else None
+
+
 async def test_forwards_to_base_path_with_end_to_end_headers(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path
+    upstream: FakeUpstream, client: GatewayClient
 ) -> None:
     """A request reaches the upstream below its base path; hop-by-hop headers drop both ways."""
-    fake, url = upstream
-    async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services?x=1",
-            json=issue_body(),
-            headers={
-                "method": ISSUE,
-                "X-Api-Key": TENANT_KEY,
-                "Connection": "keep-alive, X-Client-Hop",
-                "X-Client-Hop": "secret",
-                "Keep-Alive": "timeout=5",
-                "X-Request-Id": "req-42",
-                "X-Forwarded-For": "198.51.100.7",
-            },
-        )
-        assert 200 == response.status
-        assert {"code": "E0000", "result": {"ok": True}} == await response.json()
-        assert "forwarded" == response.headers["X-Gateway-Outcome"]
-        assert "req-42" == response.headers["X-Request-Id"]
-        assert "2" == response.headers["X-End"]
-        assert "X-Hop" not in response.headers
-    [seen] = fake.seen
+    response, answer = await post_operation(
+        client,
+        ISSUE,
+        json=issue_body(),
+        path=f"{SERVICES}?x=1",
+        headers={
+            "Connection": "keep-alive, X-Client-Hop",
+            "X-Client-Hop": "secret",
+            "Keep-Alive": "timeout=5",
+            "X-Request-Id": "req-42",
+            "X-Forwarded-For": "198.51.100.7",
+        },
+    )
+    assert (200, "application/json") == (response.status, response.content_type)
+    assert {"code": "E0000", "result": {"ok": True}} == answer
+    assert "forwarded" == response.headers["X-Gateway-Outcome"]
+    assert "req-42" == response.headers["X-Request-Id"]
+    assert "2" == response.headers["X-End"]
+    assert "X-Hop" not in response.headers
+    [seen] = upstream.seen
     assert "/base/open/v1/services?x=1" == seen["path"]
     sent = {k.lower(): v for k, v in seen["headers"].items()}
     assert "x-client-hop" not in sent
@@ -155,127 +184,83 @@ async def test_forwards_to_base_path_with_end_to_end_headers(
 
 
 async def test_request_id_generated_when_absent(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path
+    upstream: FakeUpstream, client: GatewayClient
 ) -> None:
     """Without a client X-Request-Id the gateway makes one and sends the same one upstream."""
-    fake, url = upstream
-    async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services", json={}, headers={"method": QUERY, "X-Api-Key": TENANT_KEY}
-        )
-        rid = response.headers["X-Request-Id"]
-    assert rid == {k.lower(): v for k, v in fake.seen[0]["headers"].items()}["x-request-id"]
+    response, _ = await post_operation(client, QUERY, json={})
+    rid = response.headers["X-Request-Id"]
+    assert rid == {k.lower(): v for k, v in upstream.seen[0]["headers"].items()}["x-request-id"]
 
 
 @pytest.mark.parametrize(
-    ("headers", "detail"),
-    [({}, "send your tenant API key"), ({"X-Api-Key": "wrong"}, "not a known tenant key")],
+    ("api_key", "detail"),
+    [(None, "send your tenant API key"), ("wrong", "not a known tenant key")],
 )
 async def test_unauthenticated_is_401_and_never_forwarded(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path, headers: dict[str, str], detail: str
+    upstream: FakeUpstream, client: GatewayClient, api_key: str | None, detail: str
 ) -> None:
     """A missing or wrong tenant key gets 401 problem+json; nothing reaches the upstream."""
-    fake, url = upstream
-    async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services", json=issue_body(), headers={"method": ISSUE, **headers}
-        )
-        problem = await response.json(content_type="application/problem+json")
-    assert 401 == response.status
+    response, problem = await post_operation(client, ISSUE, json=issue_body(), api_key=api_key)
+    assert (401, PROBLEM_JSON) == (response.status, response.content_type)
     assert detail in problem["detail"]
     assert "rejected" == response.headers["X-Gateway-Outcome"]
-    assert [] == fake.seen
+    assert [] == upstream.seen
 
 
-async def test_malformed_json_submit_is_400(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path
-) -> None:
+async def test_malformed_json_submit_is_400(upstream: FakeUpstream, client: GatewayClient) -> None:
     """A submit whose body is not JSON gets 400 problem+json and is not forwarded."""
-    fake, url = upstream
-    async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services",
-            data=b"{not json",
-            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
-        )
-        problem = await response.json(content_type="application/problem+json")
-    assert 400 == response.status
+    response, problem = await post_operation(client, ISSUE, data=b"{not json")
+    assert (400, PROBLEM_JSON) == (response.status, response.content_type)
     assert {"type", "title", "status", "detail", "request_id"} <= set(problem)
     assert "urn:invoice-gateway:problem:bad-request" == problem["type"]
     assert response.headers["X-Request-Id"] == problem["request_id"]
-    assert [] == fake.seen
+    assert [] == upstream.seen
 
 
 async def test_submit_without_business_key_is_400(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path
+    upstream: FakeUpstream, client: GatewayClient
 ) -> None:
     """A submit missing its business key (the order number) is refused before sending."""
-    fake, url = upstream
-    async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services",
-            json={"order": {}},
-            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
-        )
-        problem = await response.json(content_type="application/problem+json")
-    assert 400 == response.status
+    response, problem = await post_operation(client, ISSUE, json={"order": {}})
+    assert (400, PROBLEM_JSON) == (response.status, response.content_type)
     assert "/order/orderNo" in problem["detail"]
-    assert [] == fake.seen
+    assert [] == upstream.seen
 
 
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_body_over_limit_is_413(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path, chunked: bool
+    upstream: FakeUpstream, client: GatewayClient, chunked: bool
 ) -> None:
     """A body over limits.max_body_bytes gets 413, with or without Content-Length."""
-    fake, url = upstream
     big = b'{"pad":"' + b"x" * 4096 + b'"}'
 
     async def stream() -> AsyncIterator[bytes]:
         yield big
 
-    async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services",
-            data=stream() if chunked else big,
-            headers={"method": QUERY, "X-Api-Key": TENANT_KEY},
-        )
-        problem = await response.json(content_type="application/problem+json")
-    assert 413 == response.status
+    response, problem = await post_operation(client, QUERY, data=stream() if chunked else big)
+    assert (413, PROBLEM_JSON) == (response.status, response.content_type)
     assert "2048" in problem["detail"]
-    assert [] == fake.seen
+    assert [] == upstream.seen
 
 
 async def test_unknown_method_passes_through_by_default(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path
+    upstream: FakeUpstream, client: GatewayClient
 ) -> None:
     """An unknown operation is forwarded once when unmatched=passthrough."""
-    fake, url = upstream
-    async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services",
-            json={},
-            headers={"method": "nuonuo.Unknown.op", "X-Api-Key": TENANT_KEY},
-        )
+    response, _ = await post_operation(client, "nuonuo.Unknown.op", json={})
     assert 200 == response.status
-    assert 1 == len(fake.seen)
+    assert 1 == len(upstream.seen)
 
 
 async def test_unknown_method_rejected_when_configured(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path
+    upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """With unmatched=reject an unknown operation gets 404 problem+json, never forwarded."""
-    fake, url = upstream
-    async with gateway_client(url, tmp_path, unmatched="reject") as client:
-        response = await client.post(
-            "/open/v1/services",
-            json={},
-            headers={"method": "nuonuo.Unknown.op", "X-Api-Key": TENANT_KEY},
-        )
-        problem = await response.json(content_type="application/problem+json")
-    assert 404 == response.status
+    async with gateway_client(upstream.url, tmp_path, unmatched="reject") as client:
+        response, problem = await post_operation(client, "nuonuo.Unknown.op", json={})
+    assert (404, PROBLEM_JSON) == (response.status, response.content_type)
     assert "urn:invoice-gateway:problem:unknown-operation" == problem["type"]
-    assert [] == fake.seen
+    assert [] == upstream.seen
 
 
 async def raw_request(port: int, target: str, extra: str = "") -> bytes:
@@ -302,27 +287,20 @@ async def raw_request(port: int, target: str, extra: str = "") -> bytes:
     ],
 )
 async def test_escapes_never_reach_upstream(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path, target: str
+    upstream: FakeUpstream, client: GatewayClient, target: str
 ) -> None:
     """Traversal attempts and absolute-form targets get 400; the upstream sees nothing."""
-    fake, url = upstream
-    async with gateway_client(url, tmp_path) as client:
-        status_line = await raw_request(client.port, target)  # type: ignore[arg-type]
+    status_line = await raw_request(client.port, target)  # type: ignore[arg-type]
     assert b" 400 " in status_line
-    assert [] == fake.seen
+    assert [] == upstream.seen
 
 
 async def test_unreachable_upstream_is_503_problem(tmp_path: Path) -> None:
     """A refused connection is retried, then a 503 problem+json says nothing was sent."""
     url = f"http://127.0.0.1:{free_port()}"
     async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services",
-            json=issue_body(),
-            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
-        )
-        problem = await response.json(content_type="application/problem+json")
-    assert 503 == response.status
+        response, problem = await post_operation(client, ISSUE, json=issue_body())
+    assert (503, PROBLEM_JSON) == (response.status, response.content_type)
     assert "urn:invoice-gateway:problem:upstream-unreachable" == problem["type"]
     assert "refused" == problem["failure_class"]
     assert "nothing was sent" in problem["detail"]
@@ -330,33 +308,27 @@ async def test_unreachable_upstream_is_503_problem(tmp_path: Path) -> None:
 
 
 async def test_answer_lost_on_submit_is_504_outcome_unknown(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path
+    upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """A submit whose answer never comes is 504 'outcome unknown', never resent blindly."""
-    fake, url = upstream
 
     async def hang(_request: web.Request) -> web.Response:
         await asyncio.sleep(30)
         return web.Response()
 
-    fake.reply = hang
+    upstream.reply = hang
+    url = upstream.url
     async with gateway_client(url, tmp_path, upstream={"url": url, "timeout": "300ms"}) as client:
-        response = await client.post(
-            "/open/v1/services",
-            json=issue_body(),
-            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
-        )
-        problem = await response.json(content_type="application/problem+json")
-    assert 504 == response.status
+        response, problem = await post_operation(client, ISSUE, json=issue_body())
+    assert (504, PROBLEM_JSON) == (response.status, response.content_type)
     assert "urn:invoice-gateway:problem:outcome-unknown" == problem["type"]
-    assert 1 == len(fake.seen)
+    assert 1 == len(upstream.seen)
 
 
 async def test_truncated_answer_on_read_is_502(
-    upstream: tuple[FakeUpstream, str], tmp_path: Path
+    upstream: FakeUpstream, client: GatewayClient
 ) -> None:
     """A read whose answer is cut off gets 502 'bad answer'."""
-    fake, url = upstream
 
     async def truncate(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Length": "100"})
@@ -366,21 +338,15 @@ async def test_truncated_answer_on_read_is_502(
         request.transport.close()
         return response
 
-    fake.reply = truncate
-    async with gateway_client(url, tmp_path) as client:
-        response = await client.post(
-            "/open/v1/services", json={}, headers={"method": QUERY, "X-Api-Key": TENANT_KEY}
-        )
-        problem = await response.json(content_type="application/problem+json")
-    assert 502 == response.status
+    upstream.reply = truncate
+    response, problem = await post_operation(client, QUERY, json={})
+    assert (502, PROBLEM_JSON) == (response.status, response.content_type)
     assert "urn:invoice-gateway:problem:upstream-bad-answer" == problem["type"]
 
 
-async def test_health_and_ready(upstream: tuple[FakeUpstream, str], tmp_path: Path) -> None:
+async def test_health_and_ready(client: GatewayClient) -> None:
     """/healthz answers, /readyz reports the store writable; neither needs a tenant key."""
-    _, url = upstream
-    async with gateway_client(url, tmp_path) as client:
-        health = await client.get("/healthz")
-        ready = await client.get("/readyz")
-        assert 200 == health.status
-        assert {"status": "ready", "store": "writable"} == await ready.json()
+    health = await client.get("/healthz")
+    ready = await client.get("/readyz")
+    assert 200 == health.status
+    assert {"status": "ready", "store": "writable"} == await ready.json()

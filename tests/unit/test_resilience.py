@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from multidict import CIMultiDict
 
 from gateway.breaker import BreakerRegistry
-from gateway.config import BreakerConfig, BusinessCodesConfig, RetryBudgetConfig, RetryPolicyConfig
+from gateway.config import (
+    BreakerConfig,
+    BusinessCodesConfig,
+    RetryableClassName,
+    RetryBudgetConfig,
+    RetryPolicyConfig,
+)
 from gateway.errors import UpstreamTimeout, UpstreamUnreachable
 from gateway.failures import FailureClass, FailureClassifier
 from gateway.jsonpointer import JsonPointer
@@ -26,19 +32,7 @@ OK = platform_answer({"code": "E0000"})
 BUSY = platform_answer({"code": "040102"})
 DOWN = platform_answer({"error": "x"}, status=503)
 TOKEN_REJECTED = platform_answer({"code": "070301"})
-ALL_RETRYABLE = [
-    "refused",
-    "connect_timeout",
-    "token_unavailable",
-    "timeout",
-    "connection_lost",
-    "truncated",
-    "unparsable",
-    "http_5xx",
-    "http_429",
-    "busy",
-    "quota",
-]
+ALL_RETRYABLE: list[str] = list(get_args(RetryableClassName))
 
 
 def make(
