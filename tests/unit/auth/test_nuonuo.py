@@ -25,6 +25,7 @@ from gateway.upstream import UpstreamRequest
 from tests.support.fakes import FakeClock, MemoryTokenStore
 
 ENV = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
+TOKEN_KEY = "nuonuo-hmac:the-app-key"
 
 
 def test_signature_matches_the_documented_formula() -> None:
@@ -45,6 +46,9 @@ def test_signature_matches_the_documented_formula() -> None:
 
 @dataclass
 class TokenEndpoint:
+    """The platform's token endpoint at `url`: counts calls, keeps the forms, answers tokens."""
+
+    url: str = ""
     calls: int = 0
     fail: bool = False
     delay: float = 0.0
@@ -64,14 +68,15 @@ class TokenEndpoint:
 
 
 @pytest.fixture
-async def endpoint() -> AsyncIterator[tuple[TokenEndpoint, str]]:
+async def endpoint() -> AsyncIterator[TokenEndpoint]:
     state = TokenEndpoint()
     app = web.Application()
     app.router.add_post("/accessToken", state.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
+    state.url = str(server.make_url("")).rstrip("/")
     try:
-        yield state, str(server.make_url("")).rstrip("/")
+        yield state
     finally:
         await server.close()
 
@@ -103,6 +108,29 @@ def make_auth(
     return NuonuoHmacAuth(config, base_url=base_url, session=session, tokens=store, clock=clock)
 
 
+@dataclass
+class Rig:
+    """What the scheme runs against: the token endpoint, a session, a token store, a fake clock."""
+
+    endpoint: TokenEndpoint
+    session: aiohttp.ClientSession
+    store: MemoryTokenStore = field(default_factory=MemoryTokenStore)
+    clock: FakeClock = field(default_factory=FakeClock)
+
+    def auth(self, **extra: Any) -> NuonuoHmacAuth:
+        """The scheme on this rig; `extra` goes into its config."""
+        return make_auth(self.endpoint.url, self.session, self.store, self.clock, **extra)
+
+    def hold_token(self, value: str, *, age: float, expires_in: float) -> None:
+        """Put `value` in the store as if obtained `age` seconds ago (e.g. before a restart)."""
+        self.store.tokens[TOKEN_KEY] = StoredToken(value, self.clock.wall() - age, expires_in)
+
+
+@pytest.fixture
+def rig(endpoint: TokenEndpoint, session: aiohttp.ClientSession) -> Rig:
+    return Rig(endpoint, session)
+
+
 def request(body: bytes = b'{"x":1}') -> UpstreamRequest:
     return UpstreamRequest(
         method="POST",
@@ -115,18 +143,14 @@ def request(body: bytes = b'{"x":1}') -> UpstreamRequest:
     )
 
 
-async def test_prepare_signs_freshly_each_time(
-    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
-) -> None:
+async def test_prepare_signs_freshly_each_time(rig: Rig) -> None:
     """Each prepared request has its own senid/nonce and a valid signature; client values go."""
-    state, url = endpoint
-    clock = FakeClock()
-    auth = make_auth(url, session, MemoryTokenStore(), clock)
+    auth = rig.auth()
     first, second = await auth.prepare(request()), await auth.prepare(request())
     q1, q2 = dict(first.query), dict(second.query)
     assert q1["senid"] != q2["senid"]
     assert "me" == q1["keep"]
-    assert str(int(clock.wall())) == q1["timestamp"]
+    assert str(int(rig.clock.wall())) == q1["timestamp"]
     assert "the-app-key" == q1["appkey"]
     assert "token-1" == first.headers["accessToken"]
     assert ["token-1"] == first.headers.getall("accessToken")
@@ -140,103 +164,77 @@ async def test_prepare_signs_freshly_each_time(
         body=b'{"x":1}',
     )
     assert expected == first.headers["X-Nuonuo-Sign"]
-    assert 1 == state.calls
+    assert 1 == rig.endpoint.calls
     assert {
         "client_id": "the-app-key",
         "client_secret": "the-app-secret",
         "grant_type": "client_credentials",
-    } == state.forms[0]
+    } == rig.endpoint.forms[0]
 
 
-async def test_stored_token_is_reused(
-    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
-) -> None:
+async def test_stored_token_is_reused(rig: Rig) -> None:
     """A token in the store (e.g. from before a restart) is used without calling the endpoint."""
-    state, url = endpoint
-    clock = FakeClock()
-    store = MemoryTokenStore()
-    store.tokens["nuonuo-hmac:the-app-key"] = StoredToken("kept", clock.wall() - 100, 86400)
-    prepared = await make_auth(url, session, store, clock).prepare(request())
+    rig.hold_token("kept", age=100, expires_in=86400)
+    prepared = await rig.auth().prepare(request())
     assert "kept" == prepared.headers["accessToken"]
-    assert 0 == state.calls
+    assert 0 == rig.endpoint.calls
 
 
-async def test_concurrent_first_use_fetches_once(
-    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
-) -> None:
+async def test_concurrent_first_use_fetches_once(rig: Rig) -> None:
     """Fifty concurrent requests with no token cause one token call (single-flight)."""
-    state, url = endpoint
-    state.delay = 0.05
-    store = MemoryTokenStore()
-    auth = make_auth(url, session, store, FakeClock())
+    rig.endpoint.delay = 0.05
+    auth = rig.auth()
     prepared = await asyncio.gather(*(auth.prepare(request()) for _ in range(50)))
-    assert 1 == state.calls
+    assert 1 == rig.endpoint.calls
     assert {"token-1"} == {p.headers["accessToken"] for p in prepared}
-    assert 1 == store.saves
+    assert 1 == rig.store.saves
 
 
-async def test_refresh_near_expiry_in_background(
-    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
-) -> None:
+async def test_refresh_near_expiry_in_background(rig: Rig) -> None:
     """Past 90 % of its life the token is renewed once, while the old one keeps serving."""
-    state, url = endpoint
-    clock = FakeClock()
-    store = MemoryTokenStore()
-    store.tokens["nuonuo-hmac:the-app-key"] = StoredToken("old", clock.wall() - 91, 100)
-    auth = make_auth(url, session, store, clock)
+    rig.hold_token("old", age=91, expires_in=100)
+    auth = rig.auth()
     prepared = await asyncio.gather(*(auth.prepare(request()) for _ in range(10)))
     assert {"old"} == {p.headers["accessToken"] for p in prepared}
     for _ in range(100):
         if auth.token is not None and auth.token.value != "old":
             break
         await asyncio.sleep(0.01)
-    assert 1 == state.calls
+    assert 1 == rig.endpoint.calls
     assert "token-1" == (await auth.prepare(request())).headers["accessToken"]
 
 
-async def test_expired_token_is_replaced_before_use(
-    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
-) -> None:
+async def test_expired_token_is_replaced_before_use(rig: Rig) -> None:
     """An expired stored token is never sent."""
-    state, url = endpoint
-    clock = FakeClock()
-    store = MemoryTokenStore()
-    store.tokens["nuonuo-hmac:the-app-key"] = StoredToken("dead", clock.wall() - 200, 100)
-    prepared = await make_auth(url, session, store, clock).prepare(request())
-    assert 1 == state.calls
+    rig.hold_token("dead", age=200, expires_in=100)
+    prepared = await rig.auth().prepare(request())
+    assert 1 == rig.endpoint.calls
     assert "token-1" == prepared.headers["accessToken"]
-    assert "token-1" == store.tokens["nuonuo-hmac:the-app-key"].value
+    assert "token-1" == rig.store.tokens[TOKEN_KEY].value
 
 
-async def test_rejected_token_refreshes_once_for_many(
-    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
-) -> None:
+async def test_rejected_token_refreshes_once_for_many(rig: Rig) -> None:
     """Many rejections of one token cause one refresh, and none within the interval."""
-    state, url = endpoint
-    state.delay = 0.02
-    clock = FakeClock()
-    auth = make_auth(url, session, MemoryTokenStore(), clock, min_refresh_interval="30s")
+    rig.endpoint.delay = 0.02
+    auth = rig.auth(min_refresh_interval="30s")
     rejected = await auth.prepare(request())
     await asyncio.gather(*(auth.credentials_rejected(rejected) for _ in range(20)))
-    assert 2 == state.calls  # the first fetch, plus exactly one forced refresh
+    assert 2 == rig.endpoint.calls  # the first fetch, plus exactly one forced refresh
     renewed = await auth.prepare(request())
     assert "token-2" == renewed.headers["accessToken"]
-    clock.advance(5)
+    rig.clock.advance(5)
     await auth.credentials_rejected(renewed)
-    assert 2 == state.calls  # within min_refresh_interval: no token storm
-    clock.advance(30)
+    assert 2 == rig.endpoint.calls  # within min_refresh_interval: no token storm
+    rig.clock.advance(30)
     await auth.credentials_rejected(renewed)
-    assert 3 == state.calls
+    assert 3 == rig.endpoint.calls
 
 
-async def test_token_refusal_is_token_unavailable(
-    endpoint: tuple[TokenEndpoint, str], session: aiohttp.ClientSession
-) -> None:
+async def test_token_refusal_is_token_unavailable(rig: Rig) -> None:
     """A refused token request raises TokenUnavailable naming the error and what to check."""
-    state, url = endpoint
-    state.fail = True
+    rig.endpoint.fail = True
     with pytest.raises(TokenUnavailable, match=r"070304.*app_secret"):
-        await make_auth(url, session, MemoryTokenStore(), FakeClock()).prepare(request())
+        await rig.auth().prepare(request())
 
 
 async def test_token_endpoint_down_is_token_unavailable(session: aiohttp.ClientSession) -> None:
