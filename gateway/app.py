@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,10 +25,12 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.errors import StoreError
 from gateway.failures import Verdict
+from gateway.intake import STATUS_PATH, Intake
 from gateway.operations import Classifier
 from gateway.probe import HealthProbe, UpstreamHealth
 from gateway.proxy import Proxy
 from gateway.resilience import ResiliencePipeline
+from gateway.retry import Backoff
 from gateway.store import Store, open_store
 from gateway.tenants import TenantDirectory
 from gateway.upstream import UpstreamClient, UpstreamRequest, trace_config
@@ -57,7 +62,7 @@ class Gateway:
 async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> AsyncIterator[Gateway]:
     """Open the store and the upstream connection pool; close both on exit."""
     clock = clock or SystemClock()
-    store = await open_store(config.store_url)
+    store = await open_store(config.store_url, config.outbox)
     upstream_config = config.upstream
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=upstream_config.pool_size, ttl_dns_cache=60),
@@ -88,10 +93,29 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         )
         health = UpstreamHealth(clock)
         probe = _health_probe(config, pipeline, breakers, health, clock)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # A single-node store: whatever a previous process left `delivering` may have been
+        # sent, so it becomes `unknown` and is reconciled before anything is resent.
+        reclaimed = await store.reclaim(now=clock.wall(), everything=True)
+        if reclaimed:
+            log.warning(
+                "submissions left in flight by a previous run will be reconciled", count=reclaimed
+            )
+        intake = Intake(
+            store=store,
+            pipeline=pipeline,
+            breakers=breakers,
+            clock=clock,
+            owner=owner,
+            lease_seconds=config.outbox.lease,
+            backoff=Backoff.from_config(config.outbox.backoff),
+        )
         proxy = Proxy(
             tenants=TenantDirectory(config.tenants),
             classifier=Classifier.from_config(config.operations, unmatched=config.unmatched),
             pipeline=pipeline,
+            intake=intake,
+            store=store,
             max_body_bytes=config.limits.max_body_bytes,
         )
         if probe is not None:
@@ -177,6 +201,7 @@ def client_app(gateway: Gateway) -> web.Application:
     health = Health(gateway)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get(STATUS_PATH, gateway.proxy.submission_status)
     app.router.add_route("*", "/{tail:.*}", gateway.proxy.handle)
     return app
 

@@ -391,6 +391,21 @@ class MatchConfig(_Model):
         return value
 
 
+class ReconcileConfig(_Model):
+    """How to learn the result of a submission whose answer was lost (SPEC §4).
+
+    The dispatcher resends it with the same business key; the platform's duplicate code proves
+    the earlier attempt succeeded, and `lookup` (a read operation) fetches what it produced.
+    """
+
+    #: The read operation that finds the result by business key.
+    lookup: str
+    #: Its body; every string equal to "{business_key}" is replaced by the submission's key.
+    body: Any
+    #: Where, in the lookup's answer, the entry for this submission is.
+    result_pointer: Pointer = Field(default_factory=lambda: JsonPointer("/result/0"))
+
+
 class OperationConfig(_Model):
     """One upstream operation the gateway recognises, and what kind it is (SPEC §3)."""
 
@@ -403,6 +418,46 @@ class OperationConfig(_Model):
     ordering_key: Pointer | None = None
     #: Overrides of `resilience.defaults[kind]` for this operation.
     policy: RetryPolicyConfig = Field(default_factory=RetryPolicyConfig)
+    #: For submits: how to resolve a lost answer. Without it such submissions wait for on-call.
+    reconcile: ReconcileConfig | None = None
+
+
+class DispatcherConfig(_Model):
+    """The background delivery of queued submissions."""
+
+    #: Submissions in flight to the platform at once.
+    concurrency: int = Field(default=8, ge=1, le=1000)
+    #: Deliveries per second at most (token bucket), so a recovering platform is not flattened.
+    rate: float = Field(default=50.0, gt=0)
+    burst: int = Field(default=10, ge=1)
+    #: How often to look for due submissions when there is no sign of new work.
+    poll_interval: Seconds = 0.5
+    #: Submissions claimed per look.
+    batch: int = Field(default=64, ge=1, le=1000)
+
+
+class OutboxConfig(_Model):
+    """The durable outbox (SPEC §4)."""
+
+    #: How long a claimed or in-flight submission stays leased before it is presumed abandoned.
+    lease: Seconds = 60.0
+    #: Delivery attempts before a submission is `dead`.
+    max_attempts: int = Field(default=100, ge=1)
+    #: Age after which an undelivered submission is `dead`.
+    max_age: Seconds = 72 * 3600.0
+    #: Per-submission back-off between delivery attempts (full jitter).
+    backoff: BackoffConfig = Field(default_factory=lambda: BackoffConfig(base=1.0, cap=300.0))
+    #: Delivered, failed and discarded submissions (and their idempotency keys) are kept this long.
+    retention: Seconds = 72 * 3600.0
+    #: How often retention and lease-expiry sweeps run.
+    sweep_interval: Seconds = 60.0
+    dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
+    #: SQLite `synchronous` pragma: FULL (default) fsyncs every commit.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: Concurrent writes share a commit; `window` is how long a commit waits for company.
+    group_commit: bool = True
+    commit_window: Seconds = 0.001
+    commit_batch_cap: int = Field(default=256, ge=1, le=10_000)
 
 
 class LimitsConfig(_Model):
@@ -439,6 +494,7 @@ class GatewayConfig(_Model):
     upstream: UpstreamConfig
     operations: list[OperationConfig] = Field(default_factory=list)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
 
     @field_validator("store_url")
     @classmethod
@@ -461,11 +517,25 @@ class GatewayConfig(_Model):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{label}: duplicate names {dupes}")
+        by_name = {op.name: op for op in self.operations}
         probe = self.resilience.probe
-        if probe is not None and probe.operation not in {op.name for op in self.operations}:
+        if probe is not None and probe.operation not in by_name:
             raise ValueError(
                 f"resilience.probe.operation: {probe.operation!r} is not one of 'operations'"
             )
+        for i, op in enumerate(self.operations):
+            if op.reconcile is None:
+                continue
+            lookup = by_name.get(op.reconcile.lookup)
+            if lookup is None or lookup.kind != "read":
+                raise ValueError(
+                    f"operations[{i}].reconcile.lookup: {op.reconcile.lookup!r} must name a "
+                    "'read' operation"
+                )
+            if op.business_key is None:
+                raise ValueError(
+                    f"operations[{i}].reconcile: needs a business_key to look the result up by"
+                )
         return self
 
     def sqlite_path(self) -> Path:

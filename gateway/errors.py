@@ -6,7 +6,10 @@
     │   ├── Unauthenticated         missing or unknown X-Api-Key            401
     │   ├── BadRequest              malformed body, unsafe path, ...        400
     │   ├── PayloadTooLarge         body over `limits.max_body_bytes`       413
-    │   └── OperationNotAllowed     unmatched request while unmatched=reject 404
+    │   ├── OperationNotAllowed     unmatched request while unmatched=reject 404
+    │   ├── NotFound                no such submission (for this tenant)    404
+    │   ├── RequestInFlight         same idempotency key, first still running 409
+    │   └── IdempotencyKeyReused    same idempotency key, different body    422
     ├── UpstreamError               talking to the invoice platform failed
     │   ├── UpstreamUnreachable     never reached it (refused, DNS, TLS): provably not sent
     │   ├── UpstreamTimeout         no answer in time; `sent` says whether the request left
@@ -71,6 +74,24 @@ class OperationNotAllowed(ClientRequestError):
     status = 404
     slug = "unknown-operation"
     title = "Unknown operation"
+
+
+class NotFound(ClientRequestError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class RequestInFlight(ClientRequestError):
+    status = 409
+    slug = "request-in-flight"
+    title = "The first request with this idempotency key is still in flight"
+
+
+class IdempotencyKeyReused(ClientRequestError):
+    status = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency key reused with a different body"
 
 
 class UpstreamError(GatewayError):

@@ -48,27 +48,33 @@ def respond(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.R
     response = verdict.response
     if response is not None:
         exchange.upstream_status = response.status
-    relay = response is not None and (
-        failure is None
-        or (failure in _VERDICTS and not _duplicate_of_own_attempt(outcome))
-        or (operation.kind is OperationKind.PASSTHROUGH and failure is not FailureClass.AUTH)
-    )
-    if relay and response is not None:
+    if relays(outcome, operation) and response is not None:
         exchange.outcome = "forwarded"
         return web.Response(
             status=response.status, body=response.body, headers=end_to_end(response.headers)
         )
-    return _problem(outcome, operation, exchange)
+    return problem_for(outcome, operation, exchange)
 
 
-def _duplicate_of_own_attempt(outcome: Outcome) -> bool:
+def relays(outcome: Outcome, operation: Operation) -> bool:
+    """Whether the platform's own answer goes to the client as it came."""
+    failure = outcome.verdict.failure
+    return outcome.verdict.response is not None and (
+        failure is None
+        or (failure in _VERDICTS and not duplicate_of_own_attempt(outcome))
+        or (operation.kind is OperationKind.PASSTHROUGH and failure is not FailureClass.AUTH)
+    )
+
+
+def duplicate_of_own_attempt(outcome: Outcome) -> bool:
     """E9106 after an earlier attempt of ours that may have been processed: ours succeeded."""
     return outcome.verdict.failure is FailureClass.DUPLICATE and any(
         f.sent for f in outcome.failures[:-1]
     )
 
 
-def _problem(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.Response:
+def problem_for(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.Response:
+    """The problem+json a client gets when the platform's answer is not relayed."""
     verdict = outcome.verdict
     failure = verdict.failure
     assert failure is not None
@@ -99,7 +105,7 @@ def _problem(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.
             "sent. Retry later; if it persists the operator should check the credentials"
         )
         retry_after = max(retry_after, 30.0)
-    elif submit and (failure.answer_lost or _duplicate_of_own_attempt(outcome)):
+    elif submit and (failure.answer_lost or duplicate_of_own_attempt(outcome)):
         status, slug, title = 504, "outcome-unknown", "Outcome unknown"
         detail = (
             "the invoice platform received the submission but its answer was lost "

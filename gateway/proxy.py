@@ -1,25 +1,29 @@
 """The client-facing request path, top to bottom:
 
-    authenticate tenant → read body → classify → resilience pipeline → respond
+    authenticate tenant → read body → classify
+        → submit: intake (idempotency → durable admission → pipeline → record or queue)
+        → read / passthrough: resilience pipeline
+    → respond
 
 Every response carries `X-Request-Id` and `X-Gateway-Outcome`, and produces one access log line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
 
-from gateway.errors import BadRequest, ClientRequestError, PayloadTooLarge
+from gateway.errors import BadRequest, ClientRequestError, NotFound, PayloadTooLarge, StoreError
 from gateway.headers import REQUEST_ID, add_forwarded, end_to_end, request_id
+from gateway.intake import Intake
 from gateway.operations import Classifier, Operation, OperationKind, RequestBody
 from gateway.outcomes import OUTCOME, Exchange, respond
 from gateway.problem import problem_response
 from gateway.resilience import ResiliencePipeline
+from gateway.store import OutboxStore
 from gateway.tenants import API_KEY_HEADER, TenantDirectory
 from gateway.upstream import UpstreamRequest, upstream_path
 
@@ -33,11 +37,15 @@ class Proxy:
         tenants: TenantDirectory,
         classifier: Classifier,
         pipeline: ResiliencePipeline,
+        intake: Intake,
+        store: OutboxStore,
         max_body_bytes: int,
     ) -> None:
         self._tenants = tenants
         self._classifier = classifier
         self._pipeline = pipeline
+        self._intake = intake
+        self._store = store
         self._max_body_bytes = max_body_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -53,6 +61,19 @@ class Proxy:
                 title=exc.title,
                 detail=exc.detail,
                 request_id=exchange.request_id,
+            )
+        except StoreError as exc:
+            exchange.error_class = "store-unavailable"
+            response = problem_response(
+                status=503,
+                slug="store-unavailable",
+                title="Cannot store the submission",
+                detail=(
+                    "the gateway could not durably store this submission, so it was not "
+                    f"accepted and nothing was sent ({exc}). Retry later with the same key"
+                ),
+                request_id=exchange.request_id,
+                headers={"Retry-After": "5"},
             )
         response.headers[REQUEST_ID] = exchange.request_id
         response.headers[OUTCOME] = exchange.outcome
@@ -96,11 +117,40 @@ class Proxy:
             operation=operation.name,
         )
         if operation.kind is OperationKind.SUBMIT:
-            # A submission's upstream call finishes even if the client goes away (SPEC §4).
-            outcome = await asyncio.shield(self._pipeline.execute(outgoing, operation))
-        else:
-            outcome = await self._pipeline.execute(outgoing, operation)
+            return await self._intake.submit(request, outgoing, operation, body, exchange)
+        outcome = await self._pipeline.execute(outgoing, operation)
         return respond(outcome, operation, exchange)
+
+    async def submission_status(self, request: web.Request) -> web.Response:
+        """`GET /gateway/v1/submissions/{id}`: a tenant sees only its own submissions."""
+        exchange = Exchange(request_id=request_id(request.headers))
+        try:
+            tenant = self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
+            submission = await self._store.get(request.match_info["id"])
+            if submission is None or submission.tenant != tenant:
+                raise NotFound(
+                    "no submission with this id for your tenant; check the id from the 202 answer"
+                )
+            response = web.json_response(submission.public_view())
+        except StoreError as exc:
+            response = problem_response(
+                status=503,
+                slug="store-unavailable",
+                title="Cannot read the store",
+                detail=f"the gateway cannot read its store right now ({exc}); retry later",
+                request_id=exchange.request_id,
+                headers={"Retry-After": "5"},
+            )
+        except ClientRequestError as exc:
+            response = problem_response(
+                status=exc.status,
+                slug=exc.slug,
+                title=exc.title,
+                detail=exc.detail,
+                request_id=exchange.request_id,
+            )
+        response.headers[REQUEST_ID] = exchange.request_id
+        return response
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self._max_body_bytes

@@ -118,16 +118,28 @@ class ResiliencePipeline:
     def policy_for(self, operation: Operation) -> RetryPolicy:
         return self._policies.get(operation.name) or self._kind_policies[operation.kind]
 
-    async def execute(self, request: UpstreamRequest, operation: Operation) -> Outcome:
-        """Run `request` through attempts until it succeeds or a stop condition holds."""
-        policy = self.policy_for(operation)
+    async def execute(
+        self,
+        request: UpstreamRequest,
+        operation: Operation,
+        *,
+        policy: RetryPolicy | None = None,
+        live: bool = True,
+    ) -> Outcome:
+        """Run `request` through attempts until it succeeds or a stop condition holds.
+
+        `policy` overrides the operation's; `live=False` (outbox deliveries) keeps the request
+        out of the retry budget's count of live traffic.
+        """
+        policy = policy or self.policy_for(operation)
         run = _Run(
             operation=operation,
             policy=policy,
             deadline_at=self._clock.monotonic() + policy.deadline,
             outcome=Outcome(verdict=Verdict(None)),
         )
-        self.budget.record_request()
+        if live:
+            self.budget.record_request()
         retrying = AsyncRetrying(
             sleep=self._clock.sleep,
             retry=retry_if_result(lambda verdict: self._retryable(verdict, run)),

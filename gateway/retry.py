@@ -14,8 +14,26 @@ from collections import deque
 from dataclasses import dataclass
 
 from gateway.clock import Clock
-from gateway.config import RetryBudgetConfig, RetryPolicyConfig
+from gateway.config import BackoffConfig, RetryBudgetConfig, RetryPolicyConfig
 from gateway.failures import FailureClass
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential back-off with full jitter."""
+
+    base: float
+    cap: float
+    multiplier: float = 2.0
+
+    @classmethod
+    def from_config(cls, config: BackoffConfig) -> Backoff:
+        return cls(base=config.base, cap=config.cap, multiplier=config.multiplier)
+
+    def delay(self, retry_number: int, rng: random.Random) -> float:
+        """Sleep before retry `retry_number` (1-based): full jitter up to min(cap, base*m**(n-1))."""
+        exponent = min(retry_number - 1, 64)
+        return rng.uniform(0.0, min(self.cap, self.base * self.multiplier**exponent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +70,7 @@ class RetryPolicy:
 
     def backoff(self, retry_number: int, rng: random.Random) -> float:
         """Sleep before retry `retry_number` (1-based): full jitter under the exponential cap."""
-        exponent = min(retry_number - 1, 64)
-        ceiling = min(self.cap, self.base * self.multiplier**exponent)
-        return rng.uniform(0.0, ceiling)
+        return Backoff(self.base, self.cap, self.multiplier).delay(retry_number, rng)
 
 
 class RetryBudget:

@@ -93,6 +93,10 @@ class NuonuoHmacAuth:
         current = self._token
         if current is None or rejected != current.value:
             return  # already renewed since that request was signed
+        if self._refresh is not None:
+            # A renewal is already running (ours or a near-expiry one): wait for it too.
+            await self._single_flight_refresh()
+            return
         now = self._clock.monotonic()
         if now - self._last_forced < self._min_refresh_interval:
             log.warning(

@@ -1,15 +1,31 @@
-"""The embedded SQLite store (WAL, synchronous=FULL) on aiosqlite."""
+"""The embedded SQLite store: WAL, `synchronous=FULL`, `BEGIN IMMEDIATE`, group commit.
+
+Writes go through one connection and the `GroupCommitter`; reads use a second, read-only
+connection (WAL lets it read while a write is in progress).
+"""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
 from gateway.errors import StoreError
-from gateway.store import StoredToken
+from gateway.store import Admission, OutboxCounts, StoredToken
+from gateway.store.group_commit import CommitStats, GroupCommitter
+from gateway.submissions import (
+    UNRESOLVED_STATES,
+    NewSubmission,
+    StoredResponse,
+    Submission,
+    SubmissionState,
+    Transition,
+    new_submission_id,
+)
 
 #: Each entry migrates the schema from version i to i + 1. Never edit one that has shipped.
 MIGRATIONS: Sequence[str] = (
@@ -21,88 +37,462 @@ MIGRATIONS: Sequence[str] = (
         expires_in REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE submission (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        idempotency_key TEXT,
+        fingerprint TEXT NOT NULL,
+        business_key TEXT,
+        ordering_key TEXT,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        query TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        request_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        acknowledged INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        maybe_sent INTEGER NOT NULL DEFAULT 0,
+        last_error_class TEXT,
+        last_error TEXT,
+        response TEXT,
+        result TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        next_attempt_at REAL,
+        delivered_at REAL,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        fence INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX submission_idempotency
+        ON submission (tenant, operation, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX submission_due ON submission (state, next_attempt_at);
+    CREATE INDEX submission_ordering
+        ON submission (tenant, ordering_key, seq) WHERE ordering_key IS NOT NULL;
+    CREATE INDEX submission_updated ON submission (state, updated_at);
+    """,
+)
+
+_UNRESOLVED = ", ".join(f"'{s.value}'" for s in UNRESOLVED_STATES)
+_COLUMNS = (
+    "id, tenant, operation, idempotency_key, fingerprint, business_key, ordering_key, method, "
+    "path, query, headers, body, request_id, state, acknowledged, attempts, maybe_sent, "
+    "last_error_class, last_error, response, result, created_at, updated_at, next_attempt_at, "
+    "lease_owner, lease_expires_at, fence, delivered_at"
 )
 
 
-class SqliteStore:
-    """One aiosqlite connection; writes use `BEGIN IMMEDIATE` so lock waits happen up front."""
+def _translate(exc: sqlite3.Error, what: str) -> StoreError:
+    return StoreError(f"{what}: {exc}")
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
-        self._db = connection
+
+class SqliteStore:
+    """The embedded store; one gateway process per database file."""
+
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        committer: GroupCommitter,
+    ) -> None:
+        self._db = writer
+        self._reader = reader
         self.path = path
+        self._committer = committer
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        return self._committer.stats
 
     @classmethod
-    async def open(cls, path: str | Path, *, busy_timeout_ms: int = 5000) -> SqliteStore:
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "FULL",
+        group_commit: bool = True,
+        commit_window: float = 0.001,
+        batch_cap: int = 256,
+    ) -> SqliteStore:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            connection = await aiosqlite.connect(path, isolation_level=None)
+            writer = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}") from exc
-        store = cls(connection, path)
+        reader: aiosqlite.Connection | None = None
         try:
-            await connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            await connection.execute("PRAGMA journal_mode = WAL")
-            await connection.execute("PRAGMA synchronous = FULL")
-            await connection.execute("PRAGMA foreign_keys = ON")
-            await store._migrate()
+            await writer.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute(f"PRAGMA synchronous = {synchronous}")
+            await writer.execute("PRAGMA foreign_keys = ON")
+            await _migrate(writer, path)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await reader.execute("PRAGMA query_only = 1")
         except sqlite3.Error as exc:
-            await connection.close()
+            await writer.close()
+            if reader is not None:
+                await reader.close()
             raise StoreError(f"cannot prepare the store at {path}: {exc}") from exc
-        return store
+        committer = GroupCommitter(
+            writer, enabled=group_commit, window=commit_window, batch_cap=batch_cap
+        )
+        committer.start()
+        return cls(writer, reader, path, committer)
 
-    async def _migrate(self) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            await self._db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+    async def close(self) -> None:
+        await self._committer.close()
+        await self._reader.close()
+        await self._db.close()
+
+    async def check_writable(self) -> None:
+        async def probe(db: aiosqlite.Connection) -> None:
+            # A real (harmless) write through the group commit: proves the disk takes writes.
+            await db.execute(
+                "INSERT INTO upstream_token (key, value, obtained_at, expires_in) "
+                "VALUES ('readyz', '', 0, 1) ON CONFLICT (key) DO UPDATE SET obtained_at = 0"
             )
-            async with self._db.execute("SELECT version FROM schema_version") as cursor:
-                row = await cursor.fetchone()
-            version = row[0] if row else 0
-            if row is None:
-                await self._db.execute("INSERT INTO schema_version (version) VALUES (0)")
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"the store at {self.path} has schema version {version}, newer than this "
-                    f"gateway knows ({len(MIGRATIONS)}); run a newer gateway"
-                )
-            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    await self._db.execute(statement)
-                await self._db.execute("UPDATE schema_version SET version = ?", (target,))
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
+
+        await self._committer.submit(probe)
+
+    # -- tokens ---------------------------------------------------------------------------
 
     async def load_token(self, key: str) -> StoredToken | None:
         try:
-            async with self._db.execute(
+            async with self._reader.execute(
                 "SELECT value, obtained_at, expires_in FROM upstream_token WHERE key = ?", (key,)
             ) as cursor:
                 row = await cursor.fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the upstream token: {exc}") from exc
+            raise _translate(exc, "cannot read the upstream token") from exc
         return StoredToken(row[0], row[1], row[2]) if row else None
 
     async def save_token(self, key: str, token: StoredToken) -> None:
-        try:
-            await self._db.execute(
+        async def write(db: aiosqlite.Connection) -> None:
+            await db.execute(
                 "INSERT INTO upstream_token (key, value, obtained_at, expires_in) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
                 "obtained_at = excluded.obtained_at, expires_in = excluded.expires_in",
                 (key, token.value, token.obtained_at, token.expires_in),
             )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot save the upstream token: {exc}") from exc
 
-    async def check_writable(self) -> None:
+        await self._committer.submit(write)
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        new: NewSubmission,
+        *,
+        queue: bool,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+    ) -> Admission:
+        async def write(db: aiosqlite.Connection) -> Admission:
+            if new.idempotency_key is not None:
+                existing = await _fetch_one(
+                    db,
+                    f"SELECT {_COLUMNS} FROM submission "
+                    "WHERE tenant = ? AND operation = ? AND idempotency_key = ?",
+                    (new.tenant, new.operation, new.idempotency_key),
+                )
+                if existing is not None:
+                    return Admission(existing, created=False)
+            blocked = False
+            if new.ordering_key is not None:
+                async with db.execute(
+                    "SELECT 1 FROM submission WHERE tenant = ? AND ordering_key = ? "
+                    f"AND state IN ({_UNRESOLVED}) LIMIT 1",
+                    (new.tenant, new.ordering_key),
+                ) as cursor:
+                    blocked = await cursor.fetchone() is not None
+            queued = queue or blocked
+            submission = Submission(
+                id=new_submission_id(now),
+                tenant=new.tenant,
+                operation=new.operation,
+                idempotency_key=new.idempotency_key,
+                fingerprint=new.fingerprint,
+                business_key=new.business_key,
+                ordering_key=new.ordering_key,
+                method=new.method,
+                path=new.path,
+                query=new.query,
+                headers=new.headers,
+                body=new.body,
+                request_id=new.request_id,
+                state=SubmissionState.QUEUED if queued else SubmissionState.DELIVERING,
+                acknowledged=queued,
+                attempts=0,
+                maybe_sent=False,
+                last_error_class="ordering" if blocked and not queue else None,
+                last_error=(
+                    "waiting behind an earlier submission with the same ordering key"
+                    if blocked and not queue
+                    else None
+                ),
+                response=None,
+                result=None,
+                created_at=now,
+                updated_at=now,
+                next_attempt_at=now if queued else None,
+                lease_owner=None if queued else owner,
+                lease_expires_at=None if queued else now + lease_seconds,
+                fence=0,
+            )
+            await db.execute(
+                f"INSERT INTO submission ({_COLUMNS}) VALUES ({', '.join('?' * 28)})",
+                _row(submission),
+            )
+            return Admission(submission, created=True)
+
+        return await self._committer.submit(write)
+
+    async def transition(
+        self, submission_id: str, fence: int, change: Transition, *, now: float
+    ) -> Submission | None:
+        async def write(db: aiosqlite.Connection) -> Submission | None:
+            sets = [
+                "state = :state",
+                "attempts = attempts + :attempts",
+                "updated_at = :now",
+                "next_attempt_at = :next",
+            ]
+            params: dict[str, Any] = {
+                "id": submission_id,
+                "fence": fence,
+                "state": change.state.value,
+                "attempts": change.attempts_delta,
+                "now": now,
+                "next": change.next_attempt_at,
+            }
+            if change.state is not SubmissionState.DELIVERING:
+                sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
+            if change.maybe_sent is not None:
+                sets.append("maybe_sent = :maybe_sent")
+                params["maybe_sent"] = int(change.maybe_sent)
+            if change.acknowledged is not None:
+                sets.append("acknowledged = :ack")
+                params["ack"] = int(change.acknowledged)
+            if change.clear_error:
+                sets += ["last_error_class = NULL", "last_error = NULL"]
+            if change.error_class is not None:
+                sets += ["last_error_class = :error_class", "last_error = :error"]
+                params["error_class"] = change.error_class
+                params["error"] = change.error
+            if change.response is not None:
+                sets.append("response = :response")
+                params["response"] = json.dumps(change.response.to_json(), ensure_ascii=False)
+            if change.result is not None:
+                sets.append("result = :result")
+                params["result"] = json.dumps(change.result, ensure_ascii=False)
+            if change.state is SubmissionState.DELIVERED:
+                sets.append("delivered_at = :now")
+            cursor = await db.execute(
+                f"UPDATE submission SET {', '.join(sets)} WHERE id = :id AND fence = :fence",
+                params,
+            )
+            if cursor.rowcount == 0:
+                return None
+            return await _fetch_one(
+                db, f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,)
+            )
+
+        return await self._committer.submit(write)
+
+    async def claim_due(
+        self, *, now: float, limit: int, owner: str, lease_seconds: float
+    ) -> Sequence[Submission]:
+        async def write(db: aiosqlite.Connection) -> list[Submission]:
+            async with db.execute(
+                f"""
+                WITH due AS (
+                    SELECT s.seq, s.tenant FROM submission s
+                    WHERE s.state IN ('queued', 'unknown')
+                      AND s.next_attempt_at IS NOT NULL AND s.next_attempt_at <= :now
+                      AND (s.ordering_key IS NULL OR NOT EXISTS (
+                          SELECT 1 FROM submission p
+                          WHERE p.tenant = s.tenant AND p.ordering_key = s.ordering_key
+                            AND p.seq < s.seq AND p.state IN ({_UNRESOLVED})))
+                ),
+                ranked AS (
+                    SELECT seq, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY seq) AS turn
+                    FROM due
+                )
+                SELECT seq FROM ranked ORDER BY turn, seq LIMIT :limit
+                """,
+                {"now": now, "limit": limit},
+            ) as cursor:
+                seqs = [row[0] for row in await cursor.fetchall()]
+            if not seqs:
+                return []
+            marks = ", ".join("?" * len(seqs))
+            await db.execute(
+                f"UPDATE submission SET state = 'delivering', lease_owner = ?, "
+                f"lease_expires_at = ?, fence = fence + 1, updated_at = ? WHERE seq IN ({marks})",
+                (owner, now + lease_seconds, now, *seqs),
+            )
+            async with db.execute(
+                f"SELECT {_COLUMNS} FROM submission WHERE seq IN ({marks}) ORDER BY seq", seqs
+            ) as cursor:
+                return [_submission(row) for row in await cursor.fetchall()]
+
+        return await self._committer.submit(write)
+
+    async def reclaim(self, *, now: float, everything: bool = False) -> int:
+        async def write(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "UPDATE submission SET state = 'unknown', maybe_sent = 1, acknowledged = 1, "
+                "lease_owner = NULL, lease_expires_at = NULL, fence = fence + 1, "
+                "next_attempt_at = :now, updated_at = :now, "
+                "last_error_class = 'lease_expired', "
+                "last_error = 'the gateway stopped while delivering it; it may have been sent' "
+                "WHERE state = 'delivering' AND (:everything OR lease_expires_at <= :now)",
+                {"now": now, "everything": int(everything)},
+            )
+            return int(cursor.rowcount)
+
+        return await self._committer.submit(write)
+
+    async def get(self, submission_id: str) -> Submission | None:
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            await self._db.execute("ROLLBACK")
+            return await _fetch_one(
+                self._reader, f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,)
+            )
         except sqlite3.Error as exc:
-            raise StoreError(f"the store at {self.path} is not writable: {exc}") from exc
+            raise _translate(exc, "cannot read the submission") from exc
 
-    async def close(self) -> None:
-        await self._db.close()
+    async def counts(self) -> OutboxCounts:
+        try:
+            async with self._reader.execute(
+                "SELECT state, COUNT(*) FROM submission GROUP BY state"
+            ) as cursor:
+                rows = await cursor.fetchall()
+            async with self._reader.execute(
+                "SELECT MIN(created_at) FROM submission WHERE state = 'queued'"
+            ) as cursor:
+                oldest = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot count the outbox") from exc
+        by_state = {state: 0 for state in SubmissionState}
+        for state, count in rows:
+            by_state[SubmissionState(state)] = int(count)
+        return OutboxCounts(by_state=by_state, oldest_queued_at=oldest[0] if oldest else None)
+
+    async def purge(self, *, finished_before: float) -> int:
+        async def write(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "DELETE FROM submission WHERE state IN ('delivered', 'failed', 'discarded') "
+                "AND updated_at < ?",
+                (finished_before,),
+            )
+            return int(cursor.rowcount)
+
+        return await self._committer.submit(write)
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT version FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
+        if row is None:
+            await db.execute("INSERT INTO schema_version (version) VALUES (0)")
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the store at {path} has schema version {version}, newer than this gateway "
+                f"knows ({len(MIGRATIONS)}); run a newer gateway"
+            )
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in filter(str.strip, script.split(";")):
+                await db.execute(statement)
+            await db.execute("UPDATE schema_version SET version = ?", (target,))
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+
+
+def _row(s: Submission) -> tuple[Any, ...]:
+    return (
+        s.id,
+        s.tenant,
+        s.operation,
+        s.idempotency_key,
+        s.fingerprint,
+        s.business_key,
+        s.ordering_key,
+        s.method,
+        s.path,
+        json.dumps(s.query),
+        json.dumps(s.headers, ensure_ascii=False),
+        s.body,
+        s.request_id,
+        s.state.value,
+        int(s.acknowledged),
+        s.attempts,
+        int(s.maybe_sent),
+        s.last_error_class,
+        s.last_error,
+        json.dumps(s.response.to_json(), ensure_ascii=False) if s.response else None,
+        json.dumps(s.result, ensure_ascii=False) if s.result is not None else None,
+        s.created_at,
+        s.updated_at,
+        s.next_attempt_at,
+        s.lease_owner,
+        s.lease_expires_at,
+        s.fence,
+        s.delivered_at,
+    )
+
+
+def _submission(row: Sequence[Any]) -> Submission:
+    return Submission(
+        id=row[0],
+        tenant=row[1],
+        operation=row[2],
+        idempotency_key=row[3],
+        fingerprint=row[4],
+        business_key=row[5],
+        ordering_key=row[6],
+        method=row[7],
+        path=row[8],
+        query=tuple((str(k), str(v)) for k, v in json.loads(row[9])),
+        headers=tuple((str(k), str(v)) for k, v in json.loads(row[10])),
+        body=bytes(row[11]),
+        request_id=row[12],
+        state=SubmissionState(row[13]),
+        acknowledged=bool(row[14]),
+        attempts=int(row[15]),
+        maybe_sent=bool(row[16]),
+        last_error_class=row[17],
+        last_error=row[18],
+        response=StoredResponse.from_json(json.loads(row[19])) if row[19] else None,
+        result=json.loads(row[20]) if row[20] else None,
+        created_at=row[21],
+        updated_at=row[22],
+        next_attempt_at=row[23],
+        lease_owner=row[24],
+        lease_expires_at=row[25],
+        fence=int(row[26]),
+        delivered_at=row[27],
+    )
+
+
+async def _fetch_one(
+    db: aiosqlite.Connection, sql: str, params: Sequence[Any]
+) -> Submission | None:
+    async with db.execute(sql, params) as cursor:
+        row = await cursor.fetchone()
+    return _submission(row) if row else None

@@ -295,11 +295,11 @@ async def test_escapes_never_reach_upstream(
     assert [] == upstream.seen
 
 
-async def test_unreachable_upstream_is_503_problem(tmp_path: Path) -> None:
-    """A refused connection is retried, then a 503 problem+json says nothing was sent."""
+async def test_unreachable_upstream_read_is_503_problem(tmp_path: Path) -> None:
+    """A read to a refused upstream is retried, then a 503 problem+json says nothing was sent."""
     url = f"http://127.0.0.1:{free_port()}"
     async with gateway_client(url, tmp_path) as client:
-        response, problem = await post_operation(client, ISSUE, json=issue_body())
+        response, problem = await post_operation(client, QUERY, json={})
     assert (503, PROBLEM_JSON) == (response.status, response.content_type)
     assert "urn:invoice-gateway:problem:upstream-unreachable" == problem["type"]
     assert "refused" == problem["failure_class"]
@@ -307,10 +307,23 @@ async def test_unreachable_upstream_is_503_problem(tmp_path: Path) -> None:
     assert "Retry-After" in response.headers
 
 
-async def test_answer_lost_on_submit_is_504_outcome_unknown(
+async def test_unreachable_upstream_submit_is_queued(tmp_path: Path) -> None:
+    """A submission the platform cannot take is stored and acknowledged with 202 and an id."""
+    url = f"http://127.0.0.1:{free_port()}"
+    async with gateway_client(url, tmp_path) as client:
+        response, accepted = await post_operation(client, ISSUE, json=issue_body())
+        assert (202, "queued") == (response.status, response.headers["X-Gateway-Outcome"])
+        status = await client.get(accepted["status_url"], headers={"X-Api-Key": TENANT_KEY})
+        view = await status.json()
+    assert accepted["submission_id"] == view["submission_id"]
+    assert "queued" == view["status"]
+    assert "refused" == view["last_error_class"]
+
+
+async def test_answer_lost_on_submit_is_queued_as_unknown(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    """A submit whose answer never comes is 504 'outcome unknown', never resent blindly."""
+    """A submit whose answer never comes is 202 and `unknown`: reconciled, never resent blindly."""
 
     async def hang(_request: web.Request) -> web.Response:
         await asyncio.sleep(30)
@@ -319,9 +332,11 @@ async def test_answer_lost_on_submit_is_504_outcome_unknown(
     upstream.reply = hang
     url = upstream.url
     async with gateway_client(url, tmp_path, upstream={"url": url, "timeout": "300ms"}) as client:
-        response, problem = await post_operation(client, ISSUE, json=issue_body())
-    assert (504, PROBLEM_JSON) == (response.status, response.content_type)
-    assert "urn:invoice-gateway:problem:outcome-unknown" == problem["type"]
+        response, accepted = await post_operation(client, ISSUE, json=issue_body())
+        status = await client.get(accepted["status_url"], headers={"X-Api-Key": TENANT_KEY})
+        view = await status.json()
+    assert 202 == response.status
+    assert ("unknown", "timeout") == (view["status"], view["last_error_class"])
     assert 1 == len(upstream.seen)
 
 

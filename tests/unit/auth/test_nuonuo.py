@@ -244,3 +244,22 @@ async def test_token_endpoint_down_is_token_unavailable(session: aiohttp.ClientS
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TokenUnavailable, match="cannot reach the token endpoint"):
         await make_auth(url, session, MemoryTokenStore(), FakeClock()).prepare(request())
+
+
+async def test_rejections_during_a_renewal_wait_for_it(rig: Rig) -> None:
+    """Requests rejected while the renewal is still running get the new token, not the old one."""
+    rig.endpoint.delay = 0.05
+    auth = rig.auth()
+    rejected = await auth.prepare(request())
+    first = asyncio.create_task(auth.credentials_rejected(rejected))
+    await asyncio.sleep(0.01)  # the renewal is now in flight
+
+    async def rejected_again() -> str | None:
+        await auth.credentials_rejected(rejected)
+        return auth.token.value if auth.token else None  # what a resend would now carry
+
+    seen = await asyncio.gather(*(rejected_again() for _ in range(10)))
+    await first
+    assert ["token-2"] * 10 == seen
+    assert 2 == rig.endpoint.calls
+    assert "token-2" == (await auth.prepare(request())).headers["accessToken"]

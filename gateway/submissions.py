@@ -1,0 +1,189 @@
+"""Submissions: what the outbox keeps for every `submit` request (SPEC §4).
+
+    queued ──claim──▶ delivering ──▶ delivered | failed            (final)
+       ▲                  │
+       └── back-off ◀─────┤          unknown  (answer lost: reconcile before any resend)
+                          └────────▶ dead     (attempts or age exhausted: on-call)
+    any unresolved state ──on-call──▶ discarded (with a reason)
+
+A submission is written durably *before* the platform is called, so a crash at any point
+leaves a row that says what may have happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class SubmissionState(StrEnum):
+    QUEUED = "queued"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    DEAD = "dead"
+    DISCARDED = "discarded"
+
+    @property
+    def final(self) -> bool:
+        """No further delivery will happen."""
+        return self in _FINAL
+
+    @property
+    def unresolved(self) -> bool:
+        """Still holds back later submissions with the same ordering key."""
+        return not self.final
+
+
+_FINAL = frozenset({SubmissionState.DELIVERED, SubmissionState.FAILED, SubmissionState.DISCARDED})
+UNRESOLVED_STATES = tuple(s for s in SubmissionState if not s.final)
+
+
+def new_submission_id(now: float | None = None) -> str:
+    """A sortable id: milliseconds since the epoch (hex) then 10 random bytes."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"sub_{millis:012x}{secrets.token_hex(10)}"
+
+
+def fingerprint(body: bytes) -> str:
+    """SHA-256 of the canonical JSON body (sorted keys, no whitespace); raw bytes if not JSON."""
+    try:
+        canonical = json.dumps(
+            json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        canonical = body
+    return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """An upstream answer, kept to be replayed to a client retrying with the same key."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "headers": [list(h) for h in self.headers],
+            "body": self.body.decode("utf-8", "replace"),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoredResponse:
+        return cls(
+            status=int(data["status"]),
+            headers=tuple((str(k), str(v)) for k, v in data["headers"]),
+            body=str(data["body"]).encode(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewSubmission:
+    """A submission as accepted from a client, before the store gives it an id."""
+
+    tenant: str
+    operation: str
+    idempotency_key: str | None
+    fingerprint: str
+    business_key: str | None
+    ordering_key: str | None
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A submission as stored."""
+
+    id: str
+    tenant: str
+    operation: str
+    idempotency_key: str | None
+    fingerprint: str
+    business_key: str | None
+    ordering_key: str | None
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    request_id: str
+    state: SubmissionState
+    #: A 202 was sent: a client retrying with the same key gets this id back.
+    acknowledged: bool
+    attempts: int
+    #: An attempt may have reached the platform without a definite answer; a duplicate code
+    #: from the platform then proves that attempt succeeded.
+    maybe_sent: bool
+    last_error_class: str | None
+    last_error: str | None
+    #: The platform's final answer (or what reconciliation found).
+    response: StoredResponse | None
+    #: Extra facts recorded with the final state (e.g. the reconciliation lookup).
+    result: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+    next_attempt_at: float | None
+    lease_owner: str | None
+    lease_expires_at: float | None
+    #: Incremented on every claim; a stale holder's write (wrong fence) is refused.
+    fence: int
+    delivered_at: float | None = None
+
+    def public_view(self) -> dict[str, Any]:
+        """What `GET /gateway/v1/submissions/{id}` shows its tenant."""
+        view: dict[str, Any] = {
+            "submission_id": self.id,
+            "operation": self.operation,
+            "status": self.state.value,
+            "attempts": self.attempts,
+            "last_error_class": self.last_error_class,
+            "last_error": self.last_error,
+            "business_key": self.business_key,
+            "accepted_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "next_attempt_at": _iso(self.next_attempt_at) if self.next_attempt_at else None,
+            "delivered_at": _iso(self.delivered_at) if self.delivered_at else None,
+        }
+        if self.state.final and self.response is not None:
+            try:
+                answer: Any = json.loads(self.response.body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                answer = self.response.body.decode("utf-8", "replace")
+            view["response"] = {"status": self.response.status, "body": answer}
+        if self.result:
+            view["result"] = self.result
+        return view
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change to one submission, applied only while its fence still matches."""
+
+    state: SubmissionState
+    attempts_delta: int = 0
+    maybe_sent: bool | None = None
+    acknowledged: bool | None = None
+    error_class: str | None = None
+    error: str | None = None
+    response: StoredResponse | None = None
+    result: dict[str, Any] | None = None
+    next_attempt_at: float | None = None
+    clear_error: bool = False
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
