@@ -31,7 +31,7 @@ class Backoff:
         return cls(base=config.base, cap=config.cap, multiplier=config.multiplier)
 
     def delay(self, retry_number: int, rng: random.Random) -> float:
-        """Sleep before retry `retry_number` (1-based): full jitter up to min(cap, base*m**(n-1))."""
+        """The sleep before retry `retry_number` (1-based), with full jitter."""
         exponent = min(retry_number - 1, 64)
         return rng.uniform(0.0, min(self.cap, self.base * self.multiplier**exponent))
 
