@@ -23,6 +23,7 @@ from gateway.auth import UpstreamAuth, build_auth
 from gateway.breaker import BreakerRegistry
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
+from gateway.dispatcher import Dispatcher
 from gateway.errors import StoreError
 from gateway.failures import Verdict
 from gateway.intake import STATUS_PATH, Intake
@@ -54,6 +55,7 @@ class Gateway:
     pipeline: ResiliencePipeline
     breakers: BreakerRegistry
     health: UpstreamHealth
+    dispatcher: Dispatcher
     proxy: Proxy
     started_at: float
 
@@ -71,6 +73,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         skip_auto_headers=("User-Agent",),
     )
     probe: HealthProbe | None = None
+    dispatcher: Dispatcher | None = None
     try:
         auth = build_auth(
             upstream_config.auth,
@@ -101,6 +104,14 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             log.warning(
                 "submissions left in flight by a previous run will be reconciled", count=reclaimed
             )
+        dispatcher = Dispatcher.from_config(
+            config,
+            store=store,
+            pipeline=pipeline,
+            breakers=breakers,
+            clock=clock,
+            owner=f"{owner}:dispatcher",
+        )
         intake = Intake(
             store=store,
             pipeline=pipeline,
@@ -109,6 +120,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             owner=owner,
             lease_seconds=config.outbox.lease,
             backoff=Backoff.from_config(config.outbox.backoff),
+            wake_dispatcher=dispatcher.wake,
         )
         proxy = Proxy(
             tenants=TenantDirectory(config.tenants),
@@ -120,6 +132,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         )
         if probe is not None:
             probe.start()
+        dispatcher.start()
         yield Gateway(
             config=config,
             clock=clock,
@@ -130,10 +143,13 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             pipeline=pipeline,
             breakers=breakers,
             health=health,
+            dispatcher=dispatcher,
             proxy=proxy,
             started_at=clock.wall(),
         )
     finally:
+        if dispatcher is not None:
+            await dispatcher.stop()
         if probe is not None:
             await probe.stop()
         await session.close()

@@ -171,7 +171,7 @@ class Intake:
                 error=f"{error}: the platform may have issued it; reconciling before any resend",
                 next_attempt_at=now,
             )
-        if relays(outcome, operation) or failure is FailureClass.AUTH:
+        if relays(outcome, operation):
             return Transition(
                 SubmissionState.FAILED,
                 attempts_delta=outcome.attempts,

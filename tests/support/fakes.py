@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import Callable
 from typing import Any, Union
@@ -104,3 +105,87 @@ def platform_answer(
     raw = json.dumps({"code": "E0000"} if body is None else body).encode()
     head = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", **(headers or {})}))
     return UpstreamResponse(status=status, headers=head, body=raw, request=request)
+
+
+class ManualClock(FakeClock):
+    """A `FakeClock` whose `sleep` waits until `advance` moves time past its end.
+
+    For code that runs in the background (the dispatcher's loop): with `FakeClock` its idle
+    waits would return at once and spin; here they wait until the test moves time on.
+    """
+
+    def __init__(self, wall: float = 1_800_000_000.0) -> None:
+        super().__init__(wall)
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self.monotonic() + seconds, waiter)
+        self._sleepers.append(entry)
+        try:
+            await waiter
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        now = self.monotonic()
+        for deadline, waiter in list(self._sleepers):
+            if deadline <= now and not waiter.done():
+                waiter.set_result(None)
+
+
+class HandlerUpstream:
+    """A fake transport that answers each request with `handler(request)`.
+
+    Like httpx's `MockTransport`: the handler returns a response, an exception to raise, or an
+    awaitable of either (to hold a request in flight). Each request is first prepared by `auth`
+    (signed, as the real client does), and recorded as sent in `requests`, with the clock's
+    monotonic time in `sent_at`.
+    """
+
+    def __init__(
+        self,
+        clock: FakeClock,
+        handler: Callable[[Any], Any],
+        *,
+        auth: Any = None,
+        duration: float = 0.0,
+    ) -> None:
+        self.auth = auth if auth is not None else FakeAuth()
+        self._clock = clock
+        self._handler = handler
+        self._duration = duration
+        self.requests: list[Any] = []
+        self.sent_at: list[float] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def sent(self, method: str) -> list[Any]:
+        """The requests sent with this `method` header (the operation, on the reference API)."""
+        return [r for r in self.requests if r.headers.get("method") == method]
+
+    async def send(self, request: Any, *, time_limit: float | None = None) -> Any:
+        signed = await self.auth.prepare(request)
+        self.requests.append(signed)
+        self.sent_at.append(self._clock.monotonic())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self._duration:
+                spent = self._duration if time_limit is None else min(self._duration, time_limit)
+                self._clock.advance(spent)
+            await asyncio.sleep(0)
+            reply = self._handler(signed)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        finally:
+            self.in_flight -= 1

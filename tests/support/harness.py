@@ -95,13 +95,26 @@ class Gateway:
         process.wait_ready(f"{gateway.url}/healthz")
         return gateway
 
-    def restart(self) -> None:
-        """Stop gracefully and start again on the same config and store."""
-        self.process.stop()
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop (gracefully, or with SIGKILL) and start again on the same config and store."""
+        if kill:
+            self.process.kill9()
+        else:
+            self.process.stop()
         self.process = ManagedProcess(
             self.process.name, self.process.argv, self.env, self.process.workdir
         ).start()
         self.process.wait_ready(f"{self.url}/healthz")
+
+    def status(self, submission_id: str, *, api_key: str = TENANT_KEY) -> dict[str, Any]:
+        """The submission's status as its tenant sees it."""
+        status, _, body = http_json(
+            "GET",
+            f"{self.url}/gateway/v1/submissions/{submission_id}",
+            headers={"X-Api-Key": api_key},
+        )
+        assert status == 200, body
+        return dict(body)
 
     def call(
         self,

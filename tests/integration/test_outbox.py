@@ -1,0 +1,328 @@
+"""The durable outbox end to end: real gateway process, real simulator, SQLite file."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import sqlite3
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
+from tests.support.harness import Gateway, Simulator
+from tests.support.processes import wait_until
+
+RED = "nuonuo.OpeMplatform.fastInvoiceRed"
+#: Fast back-off and drain so tests wait seconds, not minutes.
+FAST_OUTBOX = {
+    "lease": "10s",
+    "backoff": {"base": "100ms", "cap": "500ms"},
+    "dispatcher": {"concurrency": 8, "rate": 200, "burst": 50, "poll_interval": "100ms"},
+}
+FAST_RESILIENCE = {
+    "defaults": {
+        "read": {"deadline": "3s", "attempts": 2, "backoff": {"base": "20ms", "cap": "100ms"}},
+        "submit": {"deadline": "3s", "attempts": 2, "backoff": {"base": "20ms", "cap": "100ms"}},
+    },
+    "breaker": {"failure_threshold": 3, "reset_timeout": "500ms"},
+}
+OVERRIDES = {"outbox": FAST_OUTBOX, "resilience": FAST_RESILIENCE, "upstream.timeout": "2s"}
+
+
+@pytest.fixture
+def sim_no_dedupe(tmp_path: Path) -> Iterator[Simulator]:
+    """A simulator that issues a repeated order number again: any blind resend shows as a double."""
+    sim = Simulator.start(tmp_path / "sim", "--no-duplicate-detection", "--issue-delay", "0.2")
+    try:
+        yield sim
+    finally:
+        sim.process.stop()
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Simulator]:
+    """A simulator with the platform's duplicate detection (what reconciliation relies on)."""
+    sim = Simulator.start(tmp_path / "sim", "--issue-delay", "0.2")
+    try:
+        yield sim
+    finally:
+        sim.process.stop()
+
+
+def start_gateway(tmp_path: Path, sim: Simulator, **extra: Any) -> Gateway:
+    return Gateway.start(tmp_path / "gw", sim.url, overrides={**OVERRIDES, **extra})
+
+
+def wait_delivered(gw: Gateway, ids: list[str], timeout: float = 40.0) -> dict[str, dict[str, Any]]:
+    """Poll until every submission is delivered; their final views."""
+    views: dict[str, dict[str, Any]] = {}
+
+    def all_delivered() -> bool:
+        for submission_id in ids:
+            if submission_id in views:
+                continue
+            view = gw.status(submission_id)
+            assert view["status"] not in ("failed", "dead", "discarded"), view
+            if view["status"] == "delivered":
+                views[submission_id] = view
+        return len(views) == len(ids)
+
+    wait_until(all_delivered, timeout=timeout, interval=0.2, what=f"{len(ids)} deliveries")
+    return views
+
+
+def serial_of(view: dict[str, Any]) -> str:
+    """The invoice serial number a delivered submission recorded (directly or by lookup)."""
+    body = view.get("response", {}).get("body", {})
+    if isinstance(body, dict) and body.get("code") == "E0000":
+        return str(body["result"]["invoiceSerialNum"])
+    return str(view["result"]["lookup"]["serialNo"])
+
+
+def test_outage_queues_then_delivers_each_exactly_once(
+    tmp_path: Path, sim_no_dedupe: Simulator
+) -> None:
+    """Submissions during an outage get 202 ids; after recovery each is issued exactly once."""
+    gw = start_gateway(tmp_path, sim_no_dedupe)
+    try:
+        sim_no_dedupe.fault(kind="http_error", status=503)
+        bodies = [invoice() for _ in range(30)]
+        ids = []
+        for body in bodies:
+            status, headers, answer = gw.call(ISSUE, body)
+            assert 202 == status, answer
+            assert "queued" == headers["X-Gateway-Outcome"]
+            assert answer["status_url"].endswith(answer["submission_id"])
+            ids.append(answer["submission_id"])
+        # Queued (or being tried by the dispatcher): never delivered while the platform is down.
+        assert {gw.status(i)["status"] for i in ids} <= {"queued", "delivering"}
+        sim_no_dedupe.clear_faults()
+        views = wait_delivered(gw, ids)
+        ledger = sim_no_dedupe.ledger()
+        for body, submission_id in zip(bodies, ids, strict=True):
+            order = ledger["orders"][body["order"]["orderNo"]]
+            assert 1 == order["issued"]
+            assert order["serialNos"] == [serial_of(views[submission_id])]
+        assert 0 == ledger["totals"]["doubles"]
+    finally:
+        gw.process.stop()
+
+
+def test_answer_lost_is_reconciled_not_resent(tmp_path: Path, sim: Simulator) -> None:
+    """The platform issues then drops the answer: one invoice; the submission learns its serial."""
+    gw = start_gateway(tmp_path, sim)
+    try:
+        gw.call(QUERY, {"orderNos": ["warm-up"]})
+        sim.fault(kind="answer_lost", operations=[ISSUE], count=1)
+        body = invoice()
+        status, _, answer = gw.call(ISSUE, body)
+        assert 202 == status, answer
+        [view] = wait_delivered(gw, [answer["submission_id"]]).values()
+        order = sim.ledger()["orders"][body["order"]["orderNo"]]
+        assert 1 == order["issued"]
+        assert order["serialNos"] == [serial_of(view)]
+        assert view["result"]["reconciled"] is True
+    finally:
+        gw.process.stop()
+
+
+def test_red_letter_waits_behind_its_original(tmp_path: Path, sim: Simulator) -> None:
+    """A red-letter submitted while its original is queued is delivered after it."""
+    gw = start_gateway(tmp_path, sim)
+    try:
+        sim.fault(kind="http_error", status=503, operations=[ISSUE])
+        original = invoice()
+        order_no = original["order"]["orderNo"]
+        status, _, first = gw.call(ISSUE, original)
+        assert 202 == status
+        sim.clear_faults()
+        red = {"orderNo": f"{order_no}-R", "originalOrderNo": order_no, "redReason": "1"}
+        status, _, second = gw.call(RED, red)
+        assert 202 == status, second  # healthy platform, but it must wait behind the original
+        views = wait_delivered(gw, [first["submission_id"], second["submission_id"]])
+        invoices = {entry["orderNo"]: entry for entry in sim.ledger()["invoices"]}
+        assert "red" == invoices[f"{order_no}-R"]["kind"]
+        assert invoices[order_no]["acceptedAt"] < invoices[f"{order_no}-R"]["acceptedAt"]
+        delivered = [views[first["submission_id"]], views[second["submission_id"]]]
+        assert delivered[0]["delivered_at"] < delivered[1]["delivered_at"]
+    finally:
+        gw.process.stop()
+
+
+def test_same_key_twice_gives_one_invoice_and_the_same_answer(
+    gateway: Gateway, simulator: Simulator
+) -> None:
+    """A client retrying with the same key gets the stored answer, marked as a replay."""
+    body = invoice()
+    first = gateway.call(ISSUE, body)
+    second = gateway.call(ISSUE, body)
+    assert 200 == first[0] == second[0]
+    assert first[2] == second[2]
+    assert "true" == second[1]["Idempotent-Replayed"]
+    assert "replayed" == second[1]["X-Gateway-Outcome"]
+    assert 1 == simulator.ledger()["orders"][body["order"]["orderNo"]]["issued"]
+
+
+def test_idempotency_key_header_and_different_body(gateway: Gateway, simulator: Simulator) -> None:
+    """The Idempotency-Key header scopes the key; the same key with another body is 422."""
+    headers = {"Idempotency-Key": "erp-batch-7-line-1"}
+    status, _, _ = gateway.call(ISSUE, invoice(), headers=headers)
+    assert 200 == status
+    status, _, problem = gateway.call(ISSUE, invoice(), headers=headers)
+    assert 422 == status
+    assert "idempotency-key-reused" in problem["type"]
+    assert 1 == simulator.ledger()["totals"]["accepted"]
+
+
+def test_concurrent_same_key_gets_one_409(gateway: Gateway, simulator: Simulator) -> None:
+    """While the first request is in flight, the second with the same key gets 409."""
+    gateway.call(QUERY, {"orderNos": ["warm-up"]})
+    simulator.fault(kind="slow", delay_s=1.5, operations=[ISSUE], count=1)
+    body = invoice()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(gateway.call, ISSUE, body)
+        wait_until(
+            lambda: simulator.ledger()["counters"]["calls"].get(ISSUE, 0) >= 1,
+            timeout=5,
+            what="the first request to reach the platform",
+        )
+        status, _, problem = gateway.call(ISSUE, body)
+        assert 409 == status
+        assert "request-in-flight" in problem["type"]
+        assert 200 == first.result()[0]
+    assert 1 == simulator.ledger()["orders"][body["order"]["orderNo"]]["issued"]
+
+
+def test_status_is_private_to_its_tenant(tmp_path: Path, sim: Simulator) -> None:
+    """Another tenant cannot see a submission: 404, as if it did not exist."""
+    gw = start_gateway(tmp_path, sim)
+    try:
+        sim.fault(kind="http_error", status=503)
+        _, _, answer = gw.call(ISSUE, invoice())
+        from tests.support.processes import OTHER_TENANT_KEY, http_json
+
+        status, _, _ = http_json(
+            "GET", gw.url + answer["status_url"], headers={"X-Api-Key": OTHER_TENANT_KEY}
+        )
+        assert 404 == status
+    finally:
+        gw.process.stop()
+
+
+def store_states(db: Path) -> dict[str, int]:
+    """Submissions per state, read straight from the gateway's SQLite file."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        rows = connection.execute("SELECT state, COUNT(*) FROM submission GROUP BY state")
+        return {state: count for state, count in rows}
+
+
+def _mount_small_fs(where: Path, size: str = "4m") -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+
+
+def _fill(where: Path) -> Path:
+    filler = where / "filler"
+    chunk = b"\0" * 65536
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(chunk)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_disk_gives_503_never_202(tmp_path: Path, sim: Simulator) -> None:
+    """With the disk full a submission is refused with 503; nothing is acknowledged or sent."""
+    disk = tmp_path / "small-disk"
+    _mount_small_fs(disk)
+    try:
+        gw = Gateway.start(
+            tmp_path / "gw",
+            sim.url,
+            overrides={**OVERRIDES, "store_url": f"sqlite:///{disk / 'gw.db'}"},
+        )
+        try:
+            assert 200 == gw.call(QUERY, {"orderNos": ["warm-up"]})[0]
+            filler = _fill(disk)
+            calls_before = sim.ledger()["counters"]["calls"].get(ISSUE, 0)
+            refused = [gw.call(ISSUE, invoice()) for _ in range(5)]
+            assert [503] * 5 == [status for status, _, _ in refused]
+            assert {"store-unavailable"} == {p["type"].rsplit(":", 1)[1] for _, _, p in refused}
+            assert calls_before == sim.ledger()["counters"]["calls"].get(ISSUE, 0)
+            filler.unlink()
+            status, _, answer = gw.call(ISSUE, invoice())
+            assert 200 == status, answer  # space again: business as usual
+        finally:
+            gw.process.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _submit_all(
+    gw: Gateway,
+    bodies: list[dict[str, Any]],
+    results: dict[str, tuple[int, Any]],
+    stop: threading.Event,
+) -> None:
+    for body in bodies:
+        if stop.is_set():
+            return
+        try:
+            status, _, answer = gw.call(ISSUE, body)
+        except OSError:
+            continue  # the gateway died mid-request: the client will retry
+        results[body["order"]["orderNo"]] = (status, answer)
+
+
+def test_kill_9_while_accepting_and_draining_loses_nothing(tmp_path: Path, sim: Simulator) -> None:
+    """kill -9 while accepting and while draining: every acknowledged submission issued once."""
+    rng = random.Random(4)
+    gw = start_gateway(tmp_path, sim)
+    bodies = [invoice() for _ in range(120)]
+    results: dict[str, tuple[int, Any]] = {}
+    try:
+        sim.fault(kind="http_error", status=503, operations=[ISSUE])
+        stop = threading.Event()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            chunks = [bodies[i::4] for i in range(4)]
+            futures = [pool.submit(_submit_all, gw, chunk, results, stop) for chunk in chunks]
+            wait_until(
+                lambda: len(results) >= rng.randint(20, 50), timeout=30, what="some acceptances"
+            )
+            gw.process.kill9()  # while accepting
+            stop.set()
+            for future in futures:
+                future.result()
+        gw.restart()
+        # Clients retry whatever got no answer, with the same order number.
+        for body in bodies:
+            if body["order"]["orderNo"] not in results:
+                status, _, answer = gw.call(ISSUE, body)
+                results[body["order"]["orderNo"]] = (status, answer)
+        sim.clear_faults()
+        wait_until(
+            lambda: sim.ledger()["totals"]["accepted"] >= 30, timeout=30, what="the drain to start"
+        )
+        gw.restart(kill=True)  # while draining
+        acknowledged = {
+            order_no: answer["submission_id"]
+            for order_no, (status, answer) in results.items()
+            if status == 202
+        }
+        assert {202} == {status for status, _ in results.values()}
+        wait_delivered(gw, list(acknowledged.values()), timeout=60)
+        assert {"delivered": len(bodies)} == store_states(tmp_path / "gw" / "gateway.db")
+        ledger = sim.ledger()
+        assert 0 == ledger["totals"]["doubles"]
+        for order_no in acknowledged:
+            assert 1 == ledger["orders"][order_no]["issued"], order_no
+    finally:
+        gw.process.stop()
