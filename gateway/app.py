@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from gateway import __version__
 from gateway.auth import UpstreamAuth, build_auth
 from gateway.breaker import BreakerRegistry
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, SteadyClock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
 from gateway.errors import StoreError
@@ -99,7 +99,9 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         # A single-node store: whatever a previous process left `delivering` may have been
         # sent, so it becomes `unknown` and is reconciled before anything is resent.
-        reclaimed = await store.reclaim(now=clock.wall(), everything=True)
+        # Outbox schedules (back-off, leases, ages) run on a clock that steps cannot move.
+        steady = SteadyClock(clock)
+        reclaimed = await store.reclaim(now=steady.wall(), everything=True)
         if reclaimed:
             log.warning(
                 "submissions left in flight by a previous run will be reconciled", count=reclaimed
@@ -109,14 +111,14 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             store=store,
             pipeline=pipeline,
             breakers=breakers,
-            clock=clock,
+            clock=steady,
             owner=f"{owner}:dispatcher",
         )
         intake = Intake(
             store=store,
             pipeline=pipeline,
             breakers=breakers,
-            clock=clock,
+            clock=steady,
             owner=owner,
             lease_seconds=config.outbox.lease,
             backoff=Backoff.from_config(config.outbox.backoff),

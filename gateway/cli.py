@@ -84,6 +84,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.bench import run_bench
+
+    return run_bench(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -91,6 +97,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.bench import configure_parser as configure_bench
     from gateway.demo import configure_parser as configure_demo
     from gateway.simulator.cli import configure_parser as configure_simulator
 
@@ -140,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configure_demo(demo)
     demo.set_defaults(handler=_cmd_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure the gateway against SPEC targets (durable acceptance, ...)",
+        description="Run a named benchmark scenario against a fresh simulator and gateway and "
+        "report the figures. Never part of the tests: timing belongs here.",
+    )
+    configure_bench(bench)
+    bench.set_defaults(handler=_cmd_bench)
     return parser
 
 

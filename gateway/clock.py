@@ -32,3 +32,25 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+class SteadyClock:
+    """Wall time that never jumps: `base`'s wall clock when created, plus monotonic time since.
+
+    For times the gateway stores to schedule itself (back-off, leases, ages): a clock step
+    (NTP, an operator) during the process's life then neither fires retries early nor stalls
+    them. Signatures and token lifetimes use the real wall clock, which the platform shares.
+    """
+
+    def __init__(self, base: Clock) -> None:
+        self._base = base
+        self._offset = base.wall() - base.monotonic()
+
+    def monotonic(self) -> float:
+        return self._base.monotonic()
+
+    def wall(self) -> float:
+        return self._offset + self._base.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await self._base.sleep(seconds)

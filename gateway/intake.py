@@ -208,6 +208,8 @@ class Intake:
                 status=stored.status, body=stored.body, headers=list(stored.headers)
             )
             response.headers[REPLAYED] = "true"
+            # Where the full record is, e.g. what reconciliation found when the answer was lost.
+            response.headers["Location"] = STATUS_PATH.format(id=submission.id)
             return response
         if submission.acknowledged or submission.state is not SubmissionState.DELIVERING:
             return accepted(submission, exchange, replayed=True)

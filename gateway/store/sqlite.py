@@ -141,10 +141,12 @@ class SqliteStore:
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             await reader.execute("PRAGMA query_only = 1")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             await writer.close()
             if reader is not None:
                 await reader.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot prepare the store at {path}: {exc}") from exc
         committer = GroupCommitter(
             writer, enabled=group_commit, window=commit_window, batch_cap=batch_cap
