@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.support.harness import Gateway, Simulator
-from tests.support.processes import wait_until
+from tests.support.processes import TENANT_KEY, http_json, wait_until
 
 RED = "nuonuo.OpeMplatform.fastInvoiceRed"
 #: Fast back-off and drain so tests wait seconds, not minutes.
@@ -204,7 +204,7 @@ def test_status_is_private_to_its_tenant(tmp_path: Path, sim: Simulator) -> None
     try:
         sim.fault(kind="http_error", status=503)
         _, _, answer = gw.call(ISSUE, invoice())
-        from tests.support.processes import OTHER_TENANT_KEY, http_json
+        from tests.support.processes import OTHER_TENANT_KEY
 
         status, _, _ = http_json(
             "GET", gw.url + answer["status_url"], headers={"X-Api-Key": OTHER_TENANT_KEY}
@@ -326,3 +326,27 @@ def test_kill_9_while_accepting_and_draining_loses_nothing(tmp_path: Path, sim: 
             assert 1 == ledger["orders"][order_no]["issued"], order_no
     finally:
         gw.process.stop()
+
+
+def test_client_disconnect_does_not_lose_the_result(gateway: Gateway, simulator: Simulator) -> None:
+    """A client that hangs up mid-forward gets the result on retry; the invoice exists once."""
+    gateway.call(QUERY, {"orderNos": ["warm-up"]})
+    simulator.fault(kind="slow", delay_s=1.0, operations=[ISSUE], count=1)
+    body = invoice()
+    with pytest.raises(OSError):  # the client gives up after 0.2 s and closes the connection
+        http_json(
+            "POST",
+            gateway.url + "/open/v1/services",
+            body,
+            headers={"method": ISSUE, "X-Api-Key": TENANT_KEY},
+            timeout=0.2,
+        )
+
+    def replayed() -> tuple[int, dict[str, str], Any] | None:
+        status, headers, answer = gateway.call(ISSUE, body)
+        return (status, headers, answer) if status != 409 else None
+
+    status, headers, answer = wait_until(replayed, timeout=10, what="the first request to finish")
+    assert (200, "true") == (status, headers.get("Idempotent-Replayed"))
+    assert "E0000" == answer["code"]
+    assert 1 == simulator.ledger()["orders"][body["order"]["orderNo"]]["issued"]
