@@ -333,7 +333,7 @@ def test_client_disconnect_does_not_lose_the_result(gateway: Gateway, simulator:
     gateway.call(QUERY, {"orderNos": ["warm-up"]})
     simulator.fault(kind="slow", delay_s=1.0, operations=[ISSUE], count=1)
     body = invoice()
-    with pytest.raises(OSError):  # the client gives up after 0.2 s and closes the connection
+    with pytest.raises(TimeoutError):  # the client gives up after 0.2 s, closing the connection
         http_json(
             "POST",
             gateway.url + "/open/v1/services",
