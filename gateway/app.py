@@ -27,6 +27,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.errors import StoreError
 from gateway.failures import Verdict
 from gateway.intake import STATUS_PATH, Intake
+from gateway.oncall import OnCall
 from gateway.operations import Classifier
 from gateway.probe import HealthProbe, UpstreamHealth
 from gateway.proxy import Proxy
@@ -56,6 +57,7 @@ class Gateway:
     breakers: BreakerRegistry
     health: UpstreamHealth
     dispatcher: Dispatcher
+    oncall: OnCall
     proxy: Proxy
     started_at: float
 
@@ -124,6 +126,15 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             backoff=Backoff.from_config(config.outbox.backoff),
             wake_dispatcher=dispatcher.wake,
         )
+        oncall = OnCall(
+            store=store,
+            clock=steady,
+            wake_dispatcher=dispatcher.wake,
+            protected_pointers={
+                op.name: tuple(p for p in (op.business_key, op.ordering_key) if p is not None)
+                for op in config.operations
+            },
+        )
         proxy = Proxy(
             tenants=TenantDirectory(config.tenants),
             classifier=Classifier.from_config(config.operations, unmatched=config.unmatched),
@@ -146,6 +157,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             breakers=breakers,
             health=health,
             dispatcher=dispatcher,
+            oncall=oncall,
             proxy=proxy,
             started_at=clock.wall(),
         )

@@ -495,7 +495,7 @@ class Dispatcher:
                 "this gateway; fix the configuration and requeue it, or discard it",
             )
         now = self._clock.wall()
-        age = now - submission.created_at
+        age = now - (submission.age_from or submission.created_at)
         if age >= self._config.max_age:
             return self._dead(
                 submission,

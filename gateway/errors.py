@@ -9,6 +9,7 @@
     │   ├── OperationNotAllowed     unmatched request while unmatched=reject 404
     │   ├── NotFound                no such submission (for this tenant)    404
     │   ├── RequestInFlight         same idempotency key, first still running 409
+    │   ├── ActionNotAllowed        on-call action not possible in this state 409
     │   └── IdempotencyKeyReused    same idempotency key, different body    422
     ├── UpstreamError               talking to the invoice platform failed
     │   ├── UpstreamUnreachable     never reached it (refused, DNS, TLS): provably not sent
@@ -86,6 +87,12 @@ class RequestInFlight(ClientRequestError):
     status = 409
     slug = "request-in-flight"
     title = "The first request with this idempotency key is still in flight"
+
+
+class ActionNotAllowed(ClientRequestError):
+    status = 409
+    slug = "action-not-allowed"
+    title = "Not possible in the submission's current state"
 
 
 class IdempotencyKeyReused(ClientRequestError):

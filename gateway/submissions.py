@@ -12,6 +12,8 @@ leaves a row that says what may have happened.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import secrets
@@ -74,7 +76,7 @@ class StoredResponse:
         return {
             "status": self.status,
             "headers": [list(h) for h in self.headers],
-            "body": self.body.decode("utf-8", "replace"),
+            "body_b64": base64.b64encode(self.body).decode(),
         }
 
     @classmethod
@@ -82,7 +84,7 @@ class StoredResponse:
         return cls(
             status=int(data["status"]),
             headers=tuple((str(k), str(v)) for k, v in data["headers"]),
-            body=str(data["body"]).encode(),
+            body=base64.b64decode(data["body_b64"]),
         )
 
 
@@ -142,6 +144,40 @@ class Submission:
     #: Incremented on every claim; a stale holder's write (wrong fence) is refused.
     fence: int
     delivered_at: float | None = None
+    #: Where `max_age` counts from: acceptance, or the last time on-call requeued it.
+    age_from: float | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """Every field, JSON-safe (the body in base64): the export/import format, lossless."""
+        record: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name == "body":
+                value = base64.b64encode(value).decode()
+            elif name == "state":
+                value = value.value
+            elif name == "response":
+                value = value.to_json() if value is not None else None
+            elif name in ("query", "headers"):
+                value = [list(pair) for pair in value]
+            record[name] = value
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Submission:
+        """The inverse of `to_record`; raises ValueError on a malformed record."""
+        try:
+            data = dict(record)
+            data["body"] = base64.b64decode(data["body"], validate=True)
+            data["state"] = SubmissionState(data["state"])
+            data["response"] = (
+                StoredResponse.from_json(data["response"]) if data.get("response") else None
+            )
+            data["query"] = tuple((str(k), str(v)) for k, v in data["query"])
+            data["headers"] = tuple((str(k), str(v)) for k, v in data["headers"])
+            return cls(**data)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise ValueError(f"not a submission record: {exc}") from exc
 
     def public_view(self) -> dict[str, Any]:
         """What `GET /gateway/v1/submissions/{id}` shows its tenant."""
@@ -183,7 +219,58 @@ class Transition:
     result: dict[str, Any] | None = None
     next_attempt_at: float | None = None
     clear_error: bool = False
+    #: On-call actions: start counting attempts and age afresh, replace the payload.
+    reset_attempts: bool = False
+    restart_age: bool = False
+    body: bytes | None = None
 
 
 def _iso(wall: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionQuery:
+    """A filter over submissions, as on-call asks for them (every field optional)."""
+
+    states: tuple[SubmissionState, ...] = ()
+    tenant: str | None = None
+    operation: str | None = None
+    error_class: str | None = None
+    accepted_after: float | None = None
+    accepted_before: float | None = None
+    #: Substring of the business key (e.g. part of an order number).
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: tuple[Submission, ...]
+    #: Pass back to get the next page; None on the last one.
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """Who did what to which submissions, and why (SPEC §5)."""
+
+    actor: str
+    role: str
+    action: str
+    submission_ids: tuple[str, ...] = ()
+    reason: str | None = None
+    details: dict[str, Any] | None = None
+    at: float = 0.0
+    seq: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": _iso(self.at),
+            "actor": self.actor,
+            "role": self.role,
+            "action": self.action,
+            "submission_ids": list(self.submission_ids),
+            "reason": self.reason,
+            "details": self.details or {},
+        }

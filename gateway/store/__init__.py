@@ -6,11 +6,19 @@ store (embedded default) lives in `gateway.store.sqlite`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.submissions import NewSubmission, Submission, SubmissionState, Transition
+from gateway.submissions import (
+    AuditEntry,
+    NewSubmission,
+    Page,
+    Submission,
+    SubmissionQuery,
+    SubmissionState,
+    Transition,
+)
 
 if TYPE_CHECKING:
     from gateway.config import OutboxConfig
@@ -89,11 +97,18 @@ class OutboxStore(Protocol):
         ...
 
     async def transition(
-        self, submission_id: str, fence: int, change: Transition, *, now: float
+        self,
+        submission_id: str,
+        fence: int,
+        change: Transition,
+        *,
+        now: float,
+        audit: AuditEntry | None = None,
     ) -> Submission | None:
         """Apply `change` if the row's fence still equals `fence` (durably); else None.
 
-        Leaving `delivering` clears the lease.
+        Leaving `delivering` clears the lease. An on-call change bumps the fence (so a holder
+        that raced it cannot write) and records `audit` in the same transaction.
         """
         ...
 
@@ -119,6 +134,33 @@ class OutboxStore(Protocol):
 
     async def purge(self, *, finished_before: float) -> int:
         """Delete delivered, failed and discarded rows last updated before `finished_before`."""
+        ...
+
+    async def query(self, query: SubmissionQuery, *, limit: int, cursor: str | None) -> Page:
+        """Submissions matching `query`, newest first, a page at a time."""
+        ...
+
+    async def count(self, query: SubmissionQuery) -> int:
+        """How many submissions match `query` (what a bulk action would touch)."""
+        ...
+
+    def stream(self, query: SubmissionQuery) -> AsyncIterator[Submission]:
+        """Every matching submission, oldest first, without holding them all in memory."""
+        ...
+
+    async def import_rows(self, rows: Sequence[Submission], *, audit: AuditEntry) -> int:
+        """Insert exported rows into an empty store (as one transaction); `StoreError` if the
+        store already holds submissions."""
+        ...
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Durably append an audit entry; returns it with its sequence number and time."""
+        ...
+
+    async def audit_log(
+        self, *, limit: int, cursor: str | None
+    ) -> tuple[list[AuditEntry], str | None]:
+        """Audit entries, newest first, a page at a time."""
         ...
 
 

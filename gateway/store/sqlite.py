@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,12 @@ from gateway.store import Admission, OutboxCounts, StoredToken
 from gateway.store.group_commit import CommitStats, GroupCommitter
 from gateway.submissions import (
     UNRESOLVED_STATES,
+    AuditEntry,
     NewSubmission,
+    Page,
     StoredResponse,
     Submission,
+    SubmissionQuery,
     SubmissionState,
     Transition,
     new_submission_id,
@@ -80,6 +85,19 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX submission_state_tenant ON submission (state, tenant);
     CREATE INDEX submission_tenant_due ON submission (tenant, state, seq);
     """,
+    """
+    ALTER TABLE submission ADD COLUMN age_from REAL;
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        submission_ids TEXT NOT NULL,
+        reason TEXT,
+        details TEXT
+    );
+    """,
 )
 
 _UNRESOLVED = ", ".join(f"'{s.value}'" for s in UNRESOLVED_STATES)
@@ -87,8 +105,9 @@ _COLUMNS = (
     "id, tenant, operation, idempotency_key, fingerprint, business_key, ordering_key, method, "
     "path, query, headers, body, request_id, state, acknowledged, attempts, maybe_sent, "
     "last_error_class, last_error, response, result, created_at, updated_at, next_attempt_at, "
-    "lease_owner, lease_expires_at, fence, delivered_at"
+    "lease_owner, lease_expires_at, fence, delivered_at, age_from"
 )
+_PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 
 
 def _translate(exc: sqlite3.Error, what: str) -> StoreError:
@@ -256,7 +275,7 @@ class SqliteStore:
                 fence=0,
             )
             await db.execute(
-                f"INSERT INTO submission ({_COLUMNS}) VALUES ({', '.join('?' * 28)})",
+                f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                 _row(submission),
             )
             return Admission(submission, created=True)
@@ -264,12 +283,20 @@ class SqliteStore:
         return await self._committer.submit(write)
 
     async def transition(
-        self, submission_id: str, fence: int, change: Transition, *, now: float
+        self,
+        submission_id: str,
+        fence: int,
+        change: Transition,
+        *,
+        now: float,
+        audit: AuditEntry | None = None,
     ) -> Submission | None:
         async def write(db: aiosqlite.Connection) -> Submission | None:
             sets = [
                 "state = :state",
-                "attempts = attempts + :attempts",
+                "attempts = :attempts"
+                if change.reset_attempts
+                else "attempts = attempts + :attempts",
                 "updated_at = :now",
                 "next_attempt_at = :next",
             ]
@@ -303,12 +330,21 @@ class SqliteStore:
                 params["result"] = json.dumps(change.result, ensure_ascii=False)
             if change.state is SubmissionState.DELIVERED:
                 sets.append("delivered_at = :now")
+            if change.restart_age:
+                sets.append("age_from = :now")
+            if change.body is not None:
+                sets.append("body = :body")
+                params["body"] = change.body
+            if audit is not None:
+                sets.append("fence = fence + 1")  # whoever held it before cannot write now
             cursor = await db.execute(
                 f"UPDATE submission SET {', '.join(sets)} WHERE id = :id AND fence = :fence",
                 params,
             )
             if cursor.rowcount == 0:
                 return None
+            if audit is not None:
+                await _insert_audit(db, audit, now)
             return await _fetch_one(
                 db, f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,)
             )
@@ -385,6 +421,161 @@ class SqliteStore:
             return int(cursor.rowcount)
 
         return await self._committer.submit(write)
+
+    # -- on-call ----------------------------------------------------------------------------
+
+    async def query(self, query: SubmissionQuery, *, limit: int, cursor: str | None) -> Page:
+        where, params = _where(query)
+        before = _parse_cursor(cursor)
+        if before is not None:
+            where += " AND seq < ?"
+            params.append(before)
+        try:
+            async with self._reader.execute(
+                f"SELECT seq, {_COLUMNS} FROM submission WHERE {where} ORDER BY seq DESC LIMIT ?",
+                (*params, limit + 1),
+            ) as rows:
+                found = list(await rows.fetchall())
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot list submissions") from exc
+        more = len(found) > limit
+        found = found[:limit]
+        items = tuple(_submission(row[1:]) for row in found)
+        return Page(items=items, next_cursor=f"s{found[-1][0]}" if more and found else None)
+
+    async def count(self, query: SubmissionQuery) -> int:
+        where, params = _where(query)
+        try:
+            async with self._reader.execute(
+                f"SELECT COUNT(*) FROM submission WHERE {where}", params
+            ) as rows:
+                row = await rows.fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot count submissions") from exc
+        return int(row[0]) if row else 0
+
+    async def stream(self, query: SubmissionQuery) -> AsyncIterator[Submission]:
+        where, params = _where(query)
+        after = 0
+        while True:
+            try:
+                async with self._reader.execute(
+                    f"SELECT seq, {_COLUMNS} FROM submission WHERE {where} AND seq > ? "
+                    "ORDER BY seq LIMIT 500",
+                    (*params, after),
+                ) as rows:
+                    batch = list(await rows.fetchall())
+            except sqlite3.Error as exc:
+                raise _translate(exc, "cannot read submissions") from exc
+            if not batch:
+                return
+            for row in batch:
+                yield _submission(row[1:])
+            after = int(batch[-1][0])
+
+    async def import_rows(self, rows: Sequence[Submission], *, audit: AuditEntry) -> int:
+        async def write(db: aiosqlite.Connection) -> int:
+            async with db.execute("SELECT 1 FROM submission LIMIT 1") as cursor:
+                if await cursor.fetchone() is not None:
+                    raise StoreError(
+                        "the store already holds submissions; import only into an empty store"
+                    )
+            await db.executemany(
+                f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
+                [_row(submission) for submission in rows],
+            )
+            await _insert_audit(db, audit, time.time())
+            return len(rows)
+
+        return await self._committer.submit(write)
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        async def write(db: aiosqlite.Connection) -> AuditEntry:
+            return await _insert_audit(db, entry, time.time())
+
+        return await self._committer.submit(write)
+
+    async def audit_log(
+        self, *, limit: int, cursor: str | None
+    ) -> tuple[list[AuditEntry], str | None]:
+        before = _parse_cursor(cursor)
+        try:
+            async with self._reader.execute(
+                "SELECT seq, at, actor, role, action, submission_ids, reason, details "
+                "FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                (before if before is not None else 2**62, limit + 1),
+            ) as rows:
+                found = [_audit(row) for row in await rows.fetchall()]
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot read the audit log") from exc
+        more = len(found) > limit
+        found = found[:limit]
+        return found, (f"s{found[-1].seq}" if more and found else None)
+
+
+def _where(query: SubmissionQuery) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.states:
+        clauses.append(f"state IN ({', '.join('?' * len(query.states))})")
+        params += [s.value for s in query.states]
+    for column, value in (
+        ("tenant", query.tenant),
+        ("operation", query.operation),
+        ("last_error_class", query.error_class),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.accepted_after is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.accepted_after)
+    if query.accepted_before is not None:
+        clauses.append("created_at < ?")
+        params.append(query.accepted_before)
+    if query.text:
+        clauses.append("instr(business_key, ?) > 0")
+        params.append(query.text)
+    return (" AND ".join(clauses) or "1"), params
+
+
+def _parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.startswith("s") or not cursor[1:].isdigit():
+        raise ValueError(f"not a cursor from this API: {cursor!r}")
+    return int(cursor[1:])
+
+
+async def _insert_audit(db: aiosqlite.Connection, entry: AuditEntry, now: float) -> AuditEntry:
+    at = entry.at or now
+    cursor = await db.execute(
+        "INSERT INTO audit_log (at, actor, role, action, submission_ids, reason, details) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            at,
+            entry.actor,
+            entry.role,
+            entry.action,
+            json.dumps(list(entry.submission_ids)),
+            entry.reason,
+            json.dumps(entry.details or {}, ensure_ascii=False),
+        ),
+    )
+    return replace(entry, at=at, seq=int(cursor.lastrowid or 0))
+
+
+def _audit(row: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(
+        seq=int(row[0]),
+        at=float(row[1]),
+        actor=row[2],
+        role=row[3],
+        action=row[4],
+        submission_ids=tuple(json.loads(row[5])),
+        reason=row[6],
+        details=json.loads(row[7]) if row[7] else None,
+    )
 
 
 async def _due_heads(db: aiosqlite.Connection, *, now: float, limit: int) -> list[int]:
@@ -485,6 +676,7 @@ def _row(s: Submission) -> tuple[Any, ...]:
         s.lease_expires_at,
         s.fence,
         s.delivered_at,
+        s.age_from,
     )
 
 
@@ -518,6 +710,7 @@ def _submission(row: Sequence[Any]) -> Submission:
         lease_expires_at=row[25],
         fence=int(row[26]),
         delivered_at=row[27],
+        age_from=row[28],
     )
 
 
