@@ -33,6 +33,7 @@ from gateway.probe import HealthProbe, UpstreamHealth
 from gateway.proxy import Proxy
 from gateway.resilience import ResiliencePipeline
 from gateway.retry import Backoff
+from gateway.status_page import StatusPage
 from gateway.store import Store, open_store
 from gateway.tenants import TenantDirectory
 from gateway.upstream import UpstreamClient, UpstreamRequest, trace_config
@@ -232,6 +233,7 @@ def client_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get(STATUS_PATH, gateway.proxy.submission_status)
+    app.router.add_get("/status", StatusPage(gateway).handle)
     app.router.add_route("*", "/{tail:.*}", gateway.proxy.handle)
     return app
 

@@ -350,3 +350,23 @@ def test_client_disconnect_does_not_lose_the_result(gateway: Gateway, simulator:
     assert (200, "true") == (status, headers.get("Idempotent-Replayed"))
     assert "E0000" == answer["code"]
     assert 1 == simulator.ledger()["orders"][body["order"]["orderNo"]]["issued"]
+
+
+def test_status_page_shows_the_outbox(tmp_path: Path, sim: Simulator) -> None:
+    """During an outage /status shows the circuit open and the queued submissions."""
+    gw = start_gateway(tmp_path, sim)
+    try:
+        sim.fault(kind="http_error", status=503)
+        for _ in range(5):
+            assert 202 == gw.call(ISSUE, invoice())[0]
+        status, _, facts = http_json("GET", gw.url + "/status?format=json")
+        assert 200 == status
+        counts = facts["outbox"]["counts"]
+        assert 5 == counts["queued"] + counts["delivering"] + counts["unknown"]
+        assert facts["outbox"]["oldest_queued_age_s"] is not None
+        status, headers, page = http_json("GET", gw.url + "/status")
+        assert headers["Content-Type"].startswith("text/html")
+        assert "Outbox" in page
+        assert TENANT_KEY not in page
+    finally:
+        gw.process.stop()
