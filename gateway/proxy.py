@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.errors import BadRequest, ClientRequestError, NotFound, PayloadTooLarge, StoreError
 from gateway.headers import REQUEST_ID, add_forwarded, end_to_end, request_id
 from gateway.intake import Intake
+from gateway.metrics import Metrics
 from gateway.operations import Classifier, Operation, OperationKind, RequestBody
 from gateway.outcomes import OUTCOME, Exchange, respond
 from gateway.problem import problem_response
@@ -40,7 +41,9 @@ class Proxy:
         intake: Intake,
         store: OutboxStore,
         max_body_bytes: int,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._tenants = tenants
         self._classifier = classifier
         self._pipeline = pipeline
@@ -51,6 +54,7 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         exchange = Exchange(request_id=request_id(request.headers))
+        self._metrics.in_flight.inc()
         try:
             response = await self._serve(request, exchange)
         except ClientRequestError as exc:
@@ -75,8 +79,19 @@ class Proxy:
                 request_id=exchange.request_id,
                 headers={"Retry-After": "5"},
             )
+        finally:
+            self._metrics.in_flight.dec()
         response.headers[REQUEST_ID] = exchange.request_id
         response.headers[OUTCOME] = exchange.outcome
+        elapsed = time.perf_counter() - started
+        self._metrics.request_done(
+            operation=exchange.operation.name,
+            tenant=exchange.tenant,
+            outcome=exchange.outcome,
+            status=response.status,
+            error_class=exchange.error_class,
+            seconds=elapsed,
+        )
         access_log.info(
             "request",
             request_id=exchange.request_id,
@@ -90,7 +105,7 @@ class Proxy:
             outcome=exchange.outcome,
             error_class=exchange.error_class,
             attempts=exchange.attempts,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            latency_ms=round(elapsed * 1000, 3),
         )
         return response
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result
@@ -32,6 +33,16 @@ log = structlog.get_logger("gateway.resilience")
 
 #: An attempt is not started with less than this left of the deadline.
 MIN_ATTEMPT_SECONDS = 0.05
+
+
+class AttemptObserver(Protocol):
+    def attempt(self, operation: str, verdict: Verdict, seconds: float) -> None:
+        """One upstream attempt ended with `verdict` after `seconds`."""
+        ...
+
+    def retry(self, operation: str) -> None:
+        """A retry of `operation` is about to be made."""
+        ...
 
 
 @dataclass(slots=True)
@@ -75,8 +86,11 @@ class ResiliencePipeline:
         attempt_timeout: float,
         clock: Clock,
         rng: random.Random | None = None,
+        observer: AttemptObserver | None = None,
     ) -> None:
         self._upstream = upstream
+        #: Told about every attempt and every retry (metrics).
+        self.observer = observer
         self._classifier = classifier
         self.breakers = breakers
         self.budget = budget
@@ -189,11 +203,16 @@ class ResiliencePipeline:
 
     async def send_once(self, request: UpstreamRequest, *, time_limit: float) -> Verdict:
         """One classified attempt outside the breaker and the retries (for health probes)."""
+        started = self._clock.monotonic()
         try:
             response = await self._upstream.send(request, time_limit=time_limit)
         except GatewayError as exc:
-            return self._classifier.of_error(exc)
-        return self._classifier.of_response(response)
+            verdict = self._classifier.of_error(exc)
+        else:
+            verdict = self._classifier.of_response(response)
+        if self.observer is not None:
+            self.observer.attempt(request.operation, verdict, self._clock.monotonic() - started)
+        return verdict
 
     def _retryable(self, verdict: Verdict, run: _Run) -> bool:
         failure = verdict.failure
@@ -228,9 +247,10 @@ class ResiliencePipeline:
         run.outcome.stopped_by = reason
         return reason is not None
 
-    @staticmethod
-    def _log_retry(state: RetryCallState, run: _Run) -> None:
+    def _log_retry(self, state: RetryCallState, run: _Run) -> None:
         verdict: Verdict | None = state.outcome.result() if state.outcome else None
+        if self.observer is not None:
+            self.observer.retry(run.operation.name)
         log.info(
             "retrying",
             operation=run.operation.name,

@@ -55,8 +55,9 @@ class NuonuoHmacAuth:
         self._load_lock = asyncio.Lock()
         self._refresh: asyncio.Task[StoredToken] | None = None
         self._last_forced = -math.inf
-        #: Token requests sent to the platform by this process.
+        #: Token requests sent to the platform by this process, and how many failed.
         self.refresh_count = 0
+        self.refresh_failures = 0
 
     @property
     def token(self) -> StoredToken | None:
@@ -135,6 +136,7 @@ class NuonuoHmacAuth:
     def _refresh_done(self, task: asyncio.Task[StoredToken]) -> None:
         self._refresh = None
         if not task.cancelled() and task.exception() is not None:
+            self.refresh_failures += 1
             log.warning("upstream token refresh failed", error=str(task.exception()))
 
     async def _single_flight_refresh(self) -> StoredToken:

@@ -6,7 +6,7 @@ store (embedded default) lives in `gateway.store.sqlite`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -169,6 +169,10 @@ class Store(TokenStore, OutboxStore, Protocol):
 
     async def check_writable(self) -> None:
         """Raise `StoreError` unless a write transaction can be started right now."""
+        ...
+
+    def observe_commits(self, callback: Callable[[int, float], None]) -> None:
+        """Call `callback(writes, seconds)` after every durable commit (for metrics)."""
         ...
 
     async def close(self) -> None: ...

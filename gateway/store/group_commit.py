@@ -63,6 +63,8 @@ class GroupCommitter:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.stats = CommitStats()
+        #: Called after every successful commit with (writes in it, seconds it took).
+        self.on_commit: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -142,6 +144,8 @@ class GroupCommitter:
         self.stats.writes += len(batch)
         self.stats.last_batch = len(batch)
         self.stats.last_commit_seconds = loop.time() - started
+        if self.on_commit is not None:
+            self.on_commit(len(batch), self.stats.last_commit_seconds)
         for pending, ok, value in outcomes:
             if pending.future.done():
                 continue

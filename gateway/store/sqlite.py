@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,9 @@ class SqliteStore:
     @property
     def commit_stats(self) -> CommitStats:
         return self._committer.stats
+
+    def observe_commits(self, callback: Callable[[int, float], None]) -> None:
+        self._committer.on_commit = callback
 
     @classmethod
     async def open(
