@@ -5,7 +5,9 @@
     TrafficGenerator  sends at a steady rate through one aiohttp session, bounded in flight
 
 The outcome of every answer is read from the gateway's `X-Gateway-Outcome` header, so new
-outcomes (queued, replayed) show up without changes here.
+outcomes (queued, replayed) show up without changes here. A 202 carries the submission id the
+outbox gave it; `TrafficGenerator(on_result=...)` hands every answer, with its order number, to
+whoever follows the submissions (the demo's outbox tracker).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ SUBMIT_OPERATION: Final = "nuonuo.OpeMplatform.requestBillingNew"
 QUERY_OPERATION: Final = "nuonuo.OpeMplatform.queryInvoiceResult"
 SERVICES_PATH: Final = "/open/v1/services"
 OUTCOME_HEADER: Final = "X-Gateway-Outcome"
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+PROBLEM_TYPE_PREFIX: Final = "urn:invoice-gateway:problem:"
 
 #: The outcomes of SPEC §3, in the order they are shown.
 OUTCOMES: Final = ("forwarded", "queued", "replayed", "rejected")
@@ -41,6 +45,10 @@ UNLABELLED: Final = "unlabelled"
 
 #: The gateway's problem type (suffix) for a submission whose answer was lost upstream.
 OUTCOME_UNKNOWN_PROBLEM: Final = ":outcome-unknown"
+#: The problem (slug) of a request refused at once because the circuit is open.
+CIRCUIT_OPEN_PROBLEM: Final = "circuit-open"
+#: What a 202 says, in a few words.
+QUEUED_DETAIL: Final = "queued in the outbox"
 
 RequestKind = Literal["submit", "read"]
 
@@ -207,6 +215,14 @@ class Result:
     detail: str = ""
     #: A submission whose answer was lost: the platform may or may not have issued it.
     uncertain: bool = False
+    #: The order number of a submission (set by the sender, not read from the answer).
+    order_no: str | None = None
+    #: The outbox's id for a submission answered 202 (queued, or a replay of one).
+    submission_id: str | None = None
+    #: The answer was a replay (`Idempotent-Replayed: true`): the same submission sent again.
+    replayed: bool = False
+    #: The gateway's problem type without its prefix (`circuit-open`), for problem answers.
+    problem: str = ""
 
 
 def outcome_of(headers: Mapping[str, str]) -> str:
@@ -216,15 +232,22 @@ def outcome_of(headers: Mapping[str, str]) -> str:
 
 
 def read_answer(
-    kind: RequestKind, status: int, headers: Mapping[str, str], body: bytes, latency_s: float
+    kind: RequestKind,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    latency_s: float,
+    *,
+    order_no: str | None = None,
 ) -> Result:
-    """Classify one HTTP answer of the gateway."""
+    """Classify one HTTP answer of the gateway (`order_no`: the submission's, if one)."""
     document: Any = None
     with contextlib.suppress(ValueError):
         document = json.loads(body)
     detail = ""
     code = None
     problem_type = ""
+    submission_id = None
     if isinstance(document, dict):
         problem_type = str(document.get("type", ""))
         if isinstance(document.get("title"), str):
@@ -232,9 +255,24 @@ def read_answer(
         elif isinstance(document.get("code"), str):
             code = document["code"]
             detail = f"platform code {code}"
+        if status == 202 and isinstance(document.get("submission_id"), str):
+            submission_id = document["submission_id"]
+            detail = detail or QUEUED_DETAIL
     accepted = kind == "submit" and (status == 202 or (status == 200 and code == "E0000"))
     uncertain = kind == "submit" and problem_type.endswith(OUTCOME_UNKNOWN_PROBLEM)
-    return Result(kind, outcome_of(headers), status, latency_s, accepted, detail, uncertain)
+    return Result(
+        kind,
+        outcome_of(headers),
+        status,
+        latency_s,
+        accepted,
+        detail,
+        uncertain,
+        order_no=order_no if kind == "submit" else None,
+        submission_id=submission_id,
+        replayed=headers.get(REPLAYED_HEADER, "").strip().lower() == "true",
+        problem=problem_type.removeprefix(PROBLEM_TYPE_PREFIX) if problem_type else "",
+    )
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -331,7 +369,9 @@ class TrafficGenerator:
         max_in_flight: int = 64,
         timeout_s: float = 30.0,
         seed: int | None = None,
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
+        """`on_result` is called with every answer after `stats` has counted it."""
         if rate <= 0:
             raise ValueError("rate must be positive")
         self._session = session
@@ -346,6 +386,7 @@ class TrafficGenerator:
         self._rng = random.Random(seed)
         self._accepted_orders: deque[str] = deque(maxlen=500)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._on_result = on_result
 
     async def run(self, stop: asyncio.Event, *, drain_s: float = 10.0) -> None:
         """Send until `stop` is set, then wait up to `drain_s` for the answers still due."""
@@ -383,14 +424,18 @@ class TrafficGenerator:
             else:
                 kind, operation = "submit", SUBMIT_OPERATION
                 order_no, body = self._factory.submission()
-            result = await self._post(kind, operation, body)
+            result = await self._post(kind, operation, body, order_no)
             self._stats.record(result)
+            if self._on_result is not None:
+                self._on_result(result)
             if result.accepted and order_no is not None:
                 self._accepted_orders.append(order_no)
         finally:
             self._slots.release()
 
-    async def _post(self, kind: RequestKind, operation: str, body: dict[str, Any]) -> Result:
+    async def _post(
+        self, kind: RequestKind, operation: str, body: dict[str, Any], order_no: str | None
+    ) -> Result:
         headers = {
             "method": operation,
             "X-Api-Key": self._api_key,
@@ -406,7 +451,15 @@ class TrafficGenerator:
         except (aiohttp.ClientError, TimeoutError) as exc:
             latency = time.perf_counter() - started
             return Result(
-                kind, NO_ANSWER, 0, latency, detail=type(exc).__name__, uncertain=kind == "submit"
+                kind,
+                NO_ANSWER,
+                0,
+                latency,
+                detail=type(exc).__name__,
+                uncertain=kind == "submit",
+                order_no=order_no,
             )
         latency = time.perf_counter() - started
-        return read_answer(kind, response.status, response.headers, payload, latency)
+        return read_answer(
+            kind, response.status, response.headers, payload, latency, order_no=order_no
+        )

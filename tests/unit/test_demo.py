@@ -1,4 +1,5 @@
-"""The demo: its traffic generator and statistics, its plan and wording, and one real run."""
+"""The demo: its traffic generator and statistics, its outbox tracking, its plan and wording,
+and one real run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,21 +21,32 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
+from gateway.config import load_config
 from gateway.demo import (
+    DEMO_OVERRIDES,
     Child,
     ChildStartError,
     DemoError,
+    Endpoints,
     LedgerTotals,
+    OutboxTracker,
     Plan,
+    Scenario,
+    StatusPoller,
     describe_ledger,
     describe_outage,
     stop_children,
     wait_ready,
+    write_gateway_config,
 )
+from gateway.demo.outbox import STATUS_PATH, parse_time
+from gateway.demo.view import DemoState, Event, PlainView, describe_drain, is_alert
+from gateway.intake import STATUS_PATH as GATEWAY_STATUS_PATH
 from gateway.loadgen import (
     NO_ANSWER,
     OUTCOMES,
     QUERY_OPERATION,
+    QUEUED_DETAIL,
     SUBMIT_OPERATION,
     UNLABELLED,
     InvoiceFactory,
@@ -114,15 +127,37 @@ def test_forwarded_success_is_an_accepted_submission() -> None:
 
 
 def test_queued_submission_is_accepted() -> None:
-    """A 202 (queued in the outbox) counts as accepted."""
+    """A 202 (queued in the outbox) counts as accepted, with its submission id and order number."""
     result = read_answer(
         "submit",
         202,
         CIMultiDict({"X-Gateway-Outcome": "queued"}),
-        b'{"submission_id": "s1", "status": "queued"}',
+        b'{"submission_id": "s1", "status": "queued", "status_url": "/gateway/v1/submissions/s1"}',
         0.002,
+        order_no="D1",
     )
-    assert ("queued", True) == (result.outcome, result.accepted)
+    assert ("queued", True, "s1", "D1", QUEUED_DETAIL, False) == (
+        result.outcome,
+        result.accepted,
+        result.submission_id,
+        result.order_no,
+        result.detail,
+        result.replayed,
+    )
+
+
+def test_replayed_202_is_marked_as_a_replay() -> None:
+    """A 202 with `Idempotent-Replayed: true` is the same submission answered again."""
+    headers = CIMultiDict({"X-Gateway-Outcome": "replayed", "Idempotent-Replayed": "true"})
+    result = read_answer("submit", 202, headers, b'{"submission_id": "s1"}', 0.001)
+    assert (True, True, "s1") == (result.replayed, result.accepted, result.submission_id)
+
+
+def test_circuit_open_answer_names_its_problem() -> None:
+    """A 503 refused at once because the circuit is open carries the problem's slug."""
+    body = b'{"type": "urn:invoice-gateway:problem:circuit-open", "title": "Unavailable"}'
+    result = read_answer("read", 503, CIMultiDict({"X-Gateway-Outcome": "rejected"}), body, 0.001)
+    assert ("circuit-open", None) == (result.problem, result.order_no)
 
 
 def test_problem_answer_is_rejected_with_its_title() -> None:
@@ -316,23 +351,363 @@ async def test_generator_sends_at_the_rate_and_counts_answers() -> None:
     app = web.Application()
     app.router.add_post("/open/v1/services", handle)
     stop = asyncio.Event()
+    handed: list[Result] = []
     async with TestServer(app) as server, aiohttp.ClientSession() as session:
         stats = TrafficStats()
         generator = TrafficGenerator(
             session,
             str(server.make_url("/")),
             "k",
-            InvoiceFactory(SELLER, seed=1),
+            InvoiceFactory(SELLER, seed=1, prefix="T"),
             stats,
             rate=100,
             seed=1,
+            on_result=handed.append,
         )
         asyncio.get_running_loop().call_later(0.5, stop.set)
         await generator.run(stop)
     assert 35 <= stats.total <= 60
-    assert stats.total == stats.outcomes["forwarded"] == len(seen)
+    assert stats.total == stats.outcomes["forwarded"] == len(seen) == len(handed)
     assert SUBMIT_OPERATION in seen
     assert QUERY_OPERATION in seen
+    submitted = [r.order_no for r in handed if r.kind == "submit"]
+    assert all(n and n.startswith("T") for n in submitted)
+    assert len(submitted) == len(set(submitted))
+    assert all(r.order_no is None for r in handed if r.kind == "read")
+
+
+# -- the outbox as the client sees it -----------------------------------------------------------
+
+
+def forwarded(order_no: str) -> Result:
+    return Result("submit", "forwarded", 200, 0.01, accepted=True, order_no=order_no)
+
+
+def queued(order_no: str, submission_id: str, *, replayed: bool = False) -> Result:
+    outcome = "replayed" if replayed else "queued"
+    return Result(
+        "submit",
+        outcome,
+        202,
+        0.01,
+        accepted=True,
+        order_no=order_no,
+        submission_id=submission_id,
+        replayed=replayed,
+    )
+
+
+def circuit_open_read() -> Result:
+    return Result("read", "rejected", 503, 0.001, problem="circuit-open")
+
+
+def tracker_with(*results: Result) -> OutboxTracker:
+    tracker = OutboxTracker(wall=lambda: 1000.0)
+    for result in results:
+        tracker.observe(result)
+    return tracker
+
+
+def test_tracker_counts_forwarded_as_delivered_and_202_as_queued() -> None:
+    """A 200 with the platform's success code is delivered; a 202 waits in the outbox."""
+    tracker = tracker_with(forwarded("D1"), forwarded("D2"), queued("D3", "s3"))
+    assert (3, 2, 1, 2, 1, ["s3"]) == (
+        tracker.accepted,
+        tracker.forwarded,
+        tracker.queued_total,
+        tracker.delivered,
+        tracker.queued_now,
+        tracker.pending(),
+    )
+
+
+def test_tracker_counts_a_replayed_submission_once() -> None:
+    """The same order number answered again (a replayed 202) is one accepted submission."""
+    tracker = tracker_with(queued("D1", "s1"), queued("D1", "s1", replayed=True))
+    assert (1, 1, 1) == (tracker.accepted, tracker.queued_total, tracker.replays)
+
+
+def test_tracker_ignores_what_was_not_accepted() -> None:
+    """Refused submissions and reads are not the outbox's; a circuit-open 503 is counted."""
+    tracker = tracker_with(
+        Result("submit", "rejected", 503, 0.01, order_no="D1"),
+        Result("read", "forwarded", 200, 0.01),
+        circuit_open_read(),
+    )
+    assert (0, 1) == (tracker.accepted, tracker.circuit_open_answers)
+
+
+def test_replayed_final_answer_marks_a_queued_submission_delivered() -> None:
+    """A later 200 for a queued order number (its stored answer, replayed) means delivered."""
+    tracker = tracker_with(queued("D1", "s1"), forwarded("D1"))
+    assert (1, 1, 0, []) == (
+        tracker.accepted,
+        tracker.delivered,
+        tracker.queued_now,
+        tracker.pending(),
+    )
+
+
+def test_tracker_follows_status_updates() -> None:
+    """Delivered and failed are final; unknown is still pending; unknown ids are ignored."""
+    tracker = tracker_with(queued("D1", "s1"), queued("D2", "s2"), queued("D3", "s3"))
+    changed = [
+        tracker.update("s1", "delivered", 999.0),
+        tracker.update("s1", "delivered", 999.5),
+        tracker.update("s2", "failed"),
+        tracker.update("s3", "unknown"),
+        tracker.update("nope", "delivered"),
+    ]
+    assert [True, False, True, True, False] == changed
+    assert (1, 2, 1, ["s3"], Counter({"unknown": 1}), False) == (
+        tracker.drained,
+        tracker.final,
+        tracker.queued_now,
+        tracker.pending(),
+        tracker.unfinished(),
+        tracker.settled,
+    )
+
+
+def test_dead_submissions_settle_but_stay_unfinished() -> None:
+    """A dead submission changes no more without on-call: nothing to wait for, yet undelivered."""
+    tracker = tracker_with(queued("D1", "s1"), forwarded("D2"))
+    tracker.update("s1", "dead")
+    assert (True, [], Counter({"dead": 1}), 1) == (
+        tracker.settled,
+        tracker.pending(),
+        tracker.unfinished(),
+        tracker.queued_now,
+    )
+
+
+def test_pending_lists_the_oldest_first_up_to_a_limit() -> None:
+    """Only unsettled submissions are asked about, in acceptance order."""
+    tracker = tracker_with(*(queued(f"D{n}", f"s{n}") for n in range(6)))
+    tracker.update("s1", "delivered", 999.0)
+    assert ["s0", "s2", "s3"] == tracker.pending(3)
+
+
+def test_drain_rate_over_the_last_window() -> None:
+    """Deliveries in the last window per second; older ones no longer count."""
+    tracker = OutboxTracker(window_s=3.0, wall=lambda: 1000.0)
+    for n in range(40):
+        tracker.observe(queued(f"D{n}", f"s{n}"))
+    for n in range(10):  # long ago
+        tracker.update(f"s{n}", "delivered", 900.0)
+    for n in range(10, 40):  # 30 in the last 2 s
+        tracker.update(f"s{n}", "delivered", 998.0 + (n - 10) / 30)
+    assert 15.0 == tracker.drain_rate()
+
+
+def test_drain_rate_early_in_a_drain_uses_the_time_so_far() -> None:
+    """Twenty deliveries in the last second are 20/s, not 20 over the whole window."""
+    tracker = OutboxTracker(window_s=3.0, wall=lambda: 1000.0)
+    for n in range(20):
+        tracker.observe(queued(f"D{n}", f"s{n}"))
+        tracker.update(f"s{n}", "delivered", 999.0 + n / 20)
+    assert 20.0 == tracker.drain_rate()
+
+
+def test_overall_drain_rate_needs_a_few_deliveries() -> None:
+    """Eleven deliveries over a quarter second are 40/s; one delivery gives no rate."""
+    tracker = tracker_with(*(queued(f"D{n}", f"s{n}") for n in range(11)))
+    tracker.update("s0", "delivered", 100.0)
+    alone = tracker.overall_drain_rate()
+    for n in range(1, 11):
+        tracker.update(f"s{n}", "delivered", 100.0 + n * 0.025)
+    rate = tracker.overall_drain_rate()
+    assert alone is None
+    assert rate == pytest.approx(40.0)
+
+
+def test_status_times_are_read_as_utc() -> None:
+    """The status endpoint's timestamps are UTC with milliseconds; anything else is None."""
+    assert (1714550400.25, None, None) == (
+        parse_time("2024-05-01T08:00:00.250Z"),
+        parse_time(None),
+        parse_time("yesterday"),
+    )
+
+
+def test_status_path_is_the_gateways() -> None:
+    """The demo asks where the gateway answers."""
+    assert GATEWAY_STATUS_PATH == STATUS_PATH
+
+
+async def test_poller_asks_only_about_unsettled_submissions() -> None:
+    """Each round asks the oldest unsettled ones, with the tenant's key, a few at a time."""
+    asked: list[str] = []
+    in_flight, most = 0, 0
+    statuses = {"s0": "delivered", "s1": "queued", "s2": "failed", "s3": "delivering"}
+
+    async def status(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        assert request.headers["X-Api-Key"] == "k"
+        submission_id = request.match_info["id"]
+        asked.append(submission_id)
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        if submission_id not in statuses:
+            return web.json_response({"title": "not found"}, status=404)
+        delivered = "2024-05-01T08:00:00.250Z" if statuses[submission_id] == "delivered" else None
+        return web.json_response(
+            {
+                "submission_id": submission_id,
+                "status": statuses[submission_id],
+                "delivered_at": delivered,
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/gateway/v1/submissions/{id}", status)
+    tracker = tracker_with(forwarded("F"), *(queued(f"D{n}", f"s{n}") for n in range(6)))
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        poller = StatusPoller(
+            session, str(server.make_url("/")), "k", tracker, concurrency=2, batch=5
+        )
+        first = await poller.poll_once()
+        asked_first = sorted(asked)
+        asked.clear()
+        second = await poller.poll_once()
+    assert ((5, 2), ["s0", "s1", "s2", "s3", "s4"]) == (first, asked_first)
+    assert ((4, 0), ["s1", "s3", "s4", "s5"]) == (second, sorted(asked))
+    assert 2 == most
+    assert (1, 1, ["s1", "s3", "s4", "s5"]) == (
+        tracker.drained,
+        tracker.statuses()["failed"],
+        tracker.pending(),
+    )
+
+
+class RecordingView:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def start(self) -> None: ...
+    def tick(self) -> None: ...
+    def stop(self) -> None: ...
+
+    def event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+def scenario_for_narration(tmp_path: Path) -> tuple[Scenario, DemoState, RecordingView]:
+    """A scenario whose narration can be driven by hand (nothing runs)."""
+    state = DemoState(
+        plan(),
+        Endpoints(1, 2, 3, 4),
+        TrafficStats(clock=FakeClock()),
+        tmp_path,
+        keep=False,
+        outbox=OutboxTracker(wall=lambda: 1000.0),
+    )
+    view = RecordingView()
+    nothing: Any = None
+    scenario = Scenario(state, view, nothing, nothing, nothing, [], asyncio.Event())
+    return scenario, state, view
+
+
+def feed(state: DemoState, *results: Result) -> None:
+    for result in results:
+        state.stats.record(result)
+        state.outbox.observe(result)
+
+
+def test_narration_of_an_outage_and_the_drain(tmp_path: Path) -> None:
+    """First queued answer: circuit opened; queued ones delivered: the outage and the drain."""
+    scenario, state, view = scenario_for_narration(tmp_path)
+    feed(state, forwarded("D0"))
+    scenario.watch_outbox()
+    quiet = list(view.events)
+    feed(state, queued("D1", "s1"), circuit_open_read())
+    scenario.watch_outbox()
+    opened = state.circuit_open
+    feed(state, queued("D2", "s2"), queued("D3", "s3"))
+    scenario.watch_outbox()
+    for n in (1, 2, 3):
+        state.outbox.update(f"s{n}", "delivered", 998.0 + n * 0.5)
+    scenario.watch_outbox()
+    assert ([], True, False) == (quiet, opened, state.circuit_open)
+    assert [
+        "platform down — circuit opened",
+        "queued 3 submissions during the outage",
+        "platform back — draining ~2/s",
+    ] == [event.text for event in view.events]
+
+
+def test_forwarding_again_means_the_circuit_closed(tmp_path: Path) -> None:
+    """A submission forwarded at once after the circuit opened: closed, the drain not yet told."""
+    scenario, state, view = scenario_for_narration(tmp_path)
+    feed(state, queued("D1", "s1"))
+    scenario.watch_outbox()
+    opened = state.circuit_open
+    feed(state, forwarded("D2"))
+    scenario.watch_outbox()
+    assert (True, False, ["platform down — circuit opened"]) == (
+        opened,
+        state.circuit_open,
+        [event.text for event in view.events],
+    )
+
+
+def test_after_a_recovery_only_circuit_open_reopens(tmp_path: Path) -> None:
+    """A stray 202 after the drain (an answer lost on the way back) is no new outage."""
+    scenario, state, view = scenario_for_narration(tmp_path)
+    feed(state, queued("D1", "s1"))
+    scenario.watch_outbox()
+    state.outbox.update("s1", "delivered", 999.0)
+    scenario.watch_outbox()
+    told = len(view.events)
+    feed(state, queued("D2", "s2"))
+    scenario.watch_outbox()
+    stray = len(view.events)
+    feed(state, circuit_open_read())
+    scenario.watch_outbox()
+    assert (told, "platform down — circuit opened") == (stray, view.events[-1].text)
+
+
+class NoLedger:
+    async def ledger(self) -> None:
+        return None
+
+
+async def test_settle_gives_up_after_its_timeout_and_says_what_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain that does not finish is reported prominently, by status, when time is up."""
+    monkeypatch.setattr("gateway.demo.scenario.SETTLE_TIMEOUT_S", 0.3)
+    state = DemoState(
+        plan(),
+        Endpoints(1, 2, 3, 4),
+        TrafficStats(clock=FakeClock()),
+        tmp_path,
+        keep=False,
+        outbox=tracker_with(queued("D1", "s1"), queued("D2", "s2"), forwarded("D3")),
+    )
+    state.outbox.update("s2", "unknown")
+    view = RecordingView()
+    nothing: Any = None
+    control: Any = NoLedger()
+    scenario = Scenario(state, view, control, nothing, nothing, [], asyncio.Event())
+    started = time.monotonic()
+    await scenario.settle()
+    assert time.monotonic() - started < 2
+    assert [
+        ("draining: 0 of 2 delivered", False),
+        ("NOT SETTLED after 0.3 s — still in the outbox: 1 queued, 1 unknown", True),
+    ] == [(event.text, event.alert) for event in view.events]
+
+
+def test_plain_view_marks_alerts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An alert stands out in plain output."""
+    _, state, _ = scenario_for_narration(tmp_path)
+    view = PlainView(state)
+    view.event(Event(61.0, "NOT SETTLED: 1 accepted", alert=True))
+    view.event(Event(62.0, "all delivered", alert=False))
+    assert "[01:01] !! NOT SETTLED: 1 accepted\n[01:02] all delivered\n" == capsys.readouterr().out
 
 
 # -- plan and wording ---------------------------------------------------------------------------
@@ -397,6 +772,54 @@ def test_ledger_line_allows_for_lost_answers() -> None:
     assert describe_ledger(10, 1, ledger).startswith("all delivered: 10 accepted, 11 issued")
 
 
+def test_ledger_line_with_submissions_still_in_the_outbox() -> None:
+    """Submissions not yet delivered make the check NOT SETTLED, naming them by status."""
+    ledger = LedgerTotals(accepted=8, issued=8, issuing=0, failed=0, doubles=0)
+    line = describe_ledger(10, 0, ledger, unfinished=Counter({"queued": 1, "unknown": 1}))
+    assert line == (
+        "NOT SETTLED: 10 accepted, 8 issued, 0 issued twice (2 not delivered: 1 queued, 1 unknown)"
+    )
+    assert is_alert(line)
+
+
+def test_ledger_line_with_submissions_the_platform_refused() -> None:
+    """A queued submission the platform refused for good is settled, not missing."""
+    ledger = LedgerTotals(accepted=10, issued=9, issuing=0, failed=0, doubles=0)
+    line = describe_ledger(10, 0, ledger, failed=1)
+    assert line.startswith("all settled: 10 accepted, 9 issued, 0 issued twice")
+    assert not is_alert(line)
+
+
+def test_drain_wording() -> None:
+    """The drain is told with its rate when one could be measured."""
+    assert ("platform back — draining ~38/s", "platform back — draining the outbox") == (
+        describe_drain(38.4),
+        describe_drain(None),
+    )
+
+
+def test_demo_profile_is_valid_and_lively(tmp_path: Path) -> None:
+    """The default profile plus the demo timings passes validation with the demo's values."""
+    path = write_gateway_config(tmp_path, Endpoints(1, 2, 3, 4), DEMO_OVERRIDES)
+    env = {
+        "NUONUO_APP_KEY": "k",
+        "NUONUO_APP_SECRET": "s",
+        "NUONUO_USER_TAX": SELLER,
+        "GATEWAY_DEMO_API_KEY": "demo-key",
+    }
+    config = load_config(path, env)
+    probe = config.resilience.probe
+    assert probe is not None
+    assert (1.0, 2, 3.0, 0.2, 2.0, 40.0) == (
+        probe.interval,
+        probe.healthy_threshold,
+        config.resilience.breaker.reset_timeout,
+        config.outbox.backoff.base,
+        config.outbox.backoff.cap,
+        config.outbox.dispatcher.rate,
+    )
+
+
 def test_ledger_line_flags_doubles_and_missing_invoices() -> None:
     """Doubles and missing invoices are called out, unfinished issuance is not a loss."""
     doubled = LedgerTotals(accepted=11, issued=11, issuing=0, failed=0, doubles=1)
@@ -449,7 +872,8 @@ def process_gone(pid: int) -> bool:
 
 @pytest.mark.integration
 def test_demo_runs_through_an_outage_and_cleans_up() -> None:
-    """A short demo exits 0, tells of the outage and the ledger, and leaves nothing behind."""
+    """A short demo exits 0, queues during the outage, drains after it, checks the ledger
+    (accepted = issued, none twice), and leaves nothing behind."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "gateway", "demo", "--duration", "8"]
     argv += ["--outage-at", "2", "--outage-for", "3", "--seed", "1"]
@@ -459,10 +883,15 @@ def test_demo_runs_through_an_outage_and_cleans_up() -> None:
     out = completed.stdout
     assert 0 == completed.returncode, completed.stderr + out
     assert "\x1b" not in out
-    assert "platform down — outage injected" in out
-    assert "platform back" in out
-    assert re.search(r"(submissions refused|queued \d+ submissions) during the outage", out)
-    assert re.search(r"all delivered: \d+ accepted, \d+ issued, 0 issued twice", out), out
+    assert "outage injected" in out
+    assert "platform down — circuit opened" in out
+    assert re.search(r"platform back — draining", out), out
+    queued = re.search(r"queued (\d+) submissions during the outage", out)
+    assert queued is not None, out
+    assert int(queued.group(1)) > 0
+    ledger = re.search(r"all delivered: (\d+) accepted, (\d+) issued, 0 issued twice", out)
+    assert ledger is not None, out
+    assert int(ledger.group(1)) == int(ledger.group(2)) > 0
     pids = [int(pid) for pid in re.findall(r"\bpid (\d+)", out)]
     assert 2 == len(pids), out
     assert all(process_gone(pid) for pid in pids)
