@@ -124,7 +124,9 @@ def problem_for(outcome: Outcome, operation: Operation, exchange: Exchange) -> w
         status, slug, title = 504, "upstream-timeout", "Invoice platform did not answer"
         detail = f"the invoice platform did not answer in time {tried}"
     elif failure.answer_lost:
-        status, slug, title = 502, "upstream-bad-answer", "Bad answer from the invoice platform"
+        # SPEC §3: a passthrough whose answer was lost is a 504 (it was sent once, not retried).
+        status = 504 if operation.kind is OperationKind.PASSTHROUGH else 502
+        slug, title = "upstream-bad-answer", "Bad answer from the invoice platform"
         detail = (
             f"the invoice platform's answer was cut off or unreadable {tried} ({failure.value})"
         )
