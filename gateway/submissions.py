@@ -107,22 +107,10 @@ class NewSubmission:
 
 
 @dataclass(frozen=True, slots=True)
-class Submission:
-    """A submission as stored."""
+class Submission(NewSubmission):
+    """A submission as stored: what the client sent, plus where it is in its life."""
 
     id: str
-    tenant: str
-    operation: str
-    idempotency_key: str | None
-    fingerprint: str
-    business_key: str | None
-    ordering_key: str | None
-    method: str
-    path: str
-    query: tuple[tuple[str, str], ...]
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    request_id: str
     state: SubmissionState
     #: A 202 was sent: a client retrying with the same key gets this id back.
     acknowledged: bool
