@@ -52,8 +52,13 @@ class Proxy:
         self._max_body_bytes = max_body_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
         exchange = Exchange(request_id=request_id(request.headers))
+        # Every line logged while serving this request carries its id, whoever logs it.
+        with structlog.contextvars.bound_contextvars(request_id=exchange.request_id):
+            return await self._handle(request, exchange)
+
+    async def _handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        started = time.perf_counter()
         self._metrics.in_flight.inc()
         try:
             response = await self._serve(request, exchange)
@@ -78,6 +83,20 @@ class Proxy:
                 ),
                 request_id=exchange.request_id,
                 headers={"Retry-After": "5"},
+            )
+        except Exception:  # noqa: BLE001 — the safety net: a bug must still answer properly
+            access_log.exception("unexpected error while serving a request")
+            exchange.error_class = "internal-error"
+            response = problem_response(
+                status=500,
+                slug="internal-error",
+                title="Internal error in the gateway",
+                detail=(
+                    "the gateway failed unexpectedly while serving this request; a submission "
+                    "that was acknowledged is safe in the outbox. Quote the request id to the "
+                    "operator"
+                ),
+                request_id=exchange.request_id,
             )
         finally:
             self._metrics.in_flight.dec()

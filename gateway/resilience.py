@@ -178,9 +178,16 @@ class ResiliencePipeline:
             # The token was rejected: renew it (single-flight inside the auth scheme) and
             # resend once, as part of this attempt — a renewal is not a retry of a failure.
             run.token_renewed = True
+            renewed = True
             if verdict.response is not None and verdict.response.request is not None:
-                await self._upstream.auth.credentials_rejected(verdict.response.request)
-            verdict = await self._guarded_send(request, run)
+                try:
+                    await self._upstream.auth.credentials_rejected(verdict.response.request)
+                except GatewayError as exc:
+                    # No new token (the token endpoint is down): nothing more was sent.
+                    verdict = self._classifier.of_error(exc)
+                    renewed = False
+            if renewed:
+                verdict = await self._guarded_send(request, run)
         if not verdict.ok:
             run.outcome.failures.append(verdict.failure)  # type: ignore[arg-type]
         return verdict

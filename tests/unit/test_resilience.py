@@ -242,3 +242,18 @@ async def test_open_circuit_fails_fast_without_sending() -> None:
     assert 0 < outcome.verdict.retry_after <= 30.0
     assert 3 == len(upstream.calls)
     assert not outcome.sent
+
+
+async def test_failed_token_renewal_is_token_unavailable_not_a_crash() -> None:
+    """When renewing a rejected token fails, the attempt ends as token_unavailable (retryable)."""
+    from gateway.errors import TokenUnavailable
+
+    pipeline, upstream, _ = make([platform_answer({"code": "070301"}, request=request()), OK])
+
+    async def no_token(_request: object) -> None:
+        raise TokenUnavailable("the token endpoint is busy")
+
+    upstream.auth.credentials_rejected = no_token  # type: ignore[method-assign]
+    outcome = await pipeline.execute(request(), READ)
+    assert [FailureClass.TOKEN_UNAVAILABLE] == outcome.failures[:1]
+    assert outcome.ok  # retried, and the platform answered the retry
