@@ -7,12 +7,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint unit integration clean
+.PHONY: help demo test lint unit integration clean system
 
 help:
 	@echo "make demo   - run the simulator + gateway through an outage and recovery"
 	@echo "make test   - lint (ruff, mypy) and run every test"
 	@echo "make lint   - ruff and mypy only"
+	@echo "make system - install the Debian packages the tests need (as root)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; set PYTHON=/path/to/python3.11")'
@@ -24,12 +25,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m gateway demo
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests
-	$(VENV)/bin/ruff format --check gateway tests
-	$(VENV)/bin/mypy
+system:
+	bash scripts/bootstrap-system.sh
 
-test: lint
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway tests dashboards
+	$(VENV)/bin/ruff format --check gateway tests dashboards
+	$(VENV)/bin/mypy
+	$(PY) dashboards/generate.py --check
+
+test: system lint
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
 	$(VENV)/bin/pytest --cov --cov-report=term:skip-covered
 
 unit: $(STAMP)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests need, when they are missing. Idempotent: once
+# everything is there it installs nothing and touches no network.
+#
+#   bash scripts/bootstrap-system.sh
+#
+# `make test` runs it first (the `system` target). As root it runs `apt-get update` once and
+# then `apt-get install -y`; as anyone else it prints the command to run and exits non-zero.
+set -euo pipefail
+
+# One entry per Debian package: "package:command[,command...]" — the package counts as
+# installed when every command is on PATH.
+REQUIRED=(
+    # promtool (`check rules`, `test rules`) and the server for tests/observability.
+    "prometheus:prometheus,promtool"
+    # Headless browser for the /status page test (tests/observability/test_status_chromium.py).
+    "chromium:chromium"
+)
+
+missing=()
+for entry in "${REQUIRED[@]}"; do
+    package=${entry%%:*}
+    IFS=, read -r -a commands <<<"${entry#*:}"
+    for command in "${commands[@]}"; do
+        if ! command -v "$command" >/dev/null 2>&1; then
+            missing+=("$package")
+            break
+        fi
+    done
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "system packages: all present"
+    exit 0
+fi
+
+install=(apt-get install -y --no-install-recommends "${missing[@]}")
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "system packages missing: ${missing[*]}" >&2
+    echo "this is not a Debian-like system; install them with its package manager" >&2
+    exit 1
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "system packages missing: ${missing[*]}" >&2
+    echo "run as root:  apt-get update && ${install[*]}" >&2
+    exit 1
+fi
+
+echo "installing system packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+"${install[@]}"
