@@ -99,6 +99,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from gateway.bench import configure_parser as configure_bench
     from gateway.demo import configure_parser as configure_demo
+    from gateway.oncall_cli import configure_circuit, configure_outbox
     from gateway.simulator.cli import configure_parser as configure_simulator
 
     parser = argparse.ArgumentParser(
@@ -156,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configure_bench(bench)
     bench.set_defaults(handler=_cmd_bench)
+
+    configure_outbox(
+        commands.add_parser(
+            "outbox", help="see and repair the outbox: list, show, replay, discard, export, …"
+        )
+    )
+    configure_circuit(
+        commands.add_parser("circuit", help="circuit breakers: status, open, close, reset")
+    )
     return parser
 
 
