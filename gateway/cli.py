@@ -49,7 +49,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config))
     if config is None:
         return EXIT_CONFIG
-    configure_logging(config.log.format, config.log.level)
+    # Every configured secret (keys, the seller's tax number) is masked wherever it would appear.
+    configure_logging(
+        config.log.format,
+        config.log.level,
+        sensitive_values=[ref.value() for _, ref in config.secrets()],
+    )
     try:
         run_async(serve(config))
     except GatewayError as exc:

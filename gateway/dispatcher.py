@@ -419,21 +419,28 @@ class Dispatcher:
     # -- one delivery ------------------------------------------------------------------------
 
     async def _deliver(self, submission: Submission) -> None:
-        async with self._slots:
-            try:
-                decision = await self._decide(submission)
-            except Exception as exc:
-                # A bug, not a platform answer. The attempt may have gone out: reconcile it.
-                log.exception("delivery failed inside the gateway", submission_id=submission.id)
-                decision = self._retry(
-                    submission,
-                    state=SubmissionState.UNKNOWN,
-                    maybe_sent=True,
-                    error_class=INTERNAL_ERROR,
-                    error=f"the gateway failed while delivering it ({type(exc).__name__}); "
-                    "it may have been sent and will be reconciled",
-                )
-            await self._record(submission, decision)
+        # Every line of this delivery, whoever logs it, names the submission and carries the
+        # request id its client saw in `X-Request-Id` (SPEC §5: one id from intake to delivery).
+        with structlog.contextvars.bound_contextvars(
+            request_id=submission.request_id,
+            submission_id=submission.id,
+            tenant=submission.tenant,
+        ):
+            async with self._slots:
+                try:
+                    decision = await self._decide(submission)
+                except Exception as exc:
+                    # A bug, not a platform answer. The attempt may have gone out: reconcile it.
+                    log.exception("delivery failed inside the gateway")
+                    decision = self._retry(
+                        submission,
+                        state=SubmissionState.UNKNOWN,
+                        maybe_sent=True,
+                        error_class=INTERNAL_ERROR,
+                        error=f"the gateway failed while delivering it ({type(exc).__name__}); "
+                        "it may have been sent and will be reconciled",
+                    )
+                await self._record(submission, decision)
 
     async def _record(self, submission: Submission, decision: _Decision) -> None:
         fields: dict[str, Any] = {

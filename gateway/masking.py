@@ -1,0 +1,140 @@
+"""Masking of personal and banking data, shared by the admin API (for viewers) and the logs.
+
+A field is sensitive by its *name*, wherever it sits in a document: `buyerTaxNum`, `buyer_phone`,
+`email`, `salerAddress`, `bankAccount`, `idCardNo`, `userTax`, … A sensitive value keeps its
+first and last four characters (enough to tell two apart, too little to use):
+
+    91110108MA01ABCD2X  →  9111**********CD2X
+
+Free text has no names to go by, so `TextMasker` masks by *shape*: credit codes and legacy
+tax numbers (15 to 20 upper-case letters and digits, at least six of them digits — which also
+catches bank accounts and ID card numbers), Chinese mobile and landline numbers, and e-mail
+addresses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+#: Endings of normalised key names (lower case, without `_` and `-`) that hold personal data.
+SENSITIVE_SUFFIXES = (
+    "taxnum",
+    "taxno",
+    "taxnumber",
+    "taxid",
+    "usertax",
+    "phone",
+    "tel",
+    "mobile",
+    "email",
+    "mail",
+    "address",
+    "addr",
+    "account",
+    "accountno",
+    "accountnum",
+    "bankaccount",
+    "cardno",
+    "cardnum",
+    "idno",
+    "idnum",
+    "idnumber",
+    "idcard",
+    "idcardno",
+    "identitynumber",
+    "identityno",
+    "passportno",
+)
+
+_NOT_KEY_CHARS = re.compile(r"[_\-\s]")
+KNOWN_MIN_LENGTH = 8
+
+#: What personal data looks like inside free text. Every alternative is bounded so that it never
+#: bites into a longer token: order numbers such as `SO-3f9a…` and the gateway's own ids
+#: (lower-case hex) do not match.
+_SENSITIVE_TEXT = re.compile(
+    r"""
+      [A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}   # e-mail
+    | (?<![0-9A-Za-z])(?=(?:[A-Z]*[0-9]){6})[0-9A-Z]{15,20}(?![0-9A-Za-z])  # tax no., account
+    | (?<![0-9])(?:\+?86[\s\-]?)?1[3-9][0-9]{9}(?![0-9])                     # mobile
+    | (?<![0-9\-])0[1-9][0-9]{1,2}-[0-9]{7,8}(?![0-9])                      # landline
+    """,
+    re.VERBOSE,
+)
+
+
+def is_sensitive(key: str) -> bool:
+    """Whether a field with this name holds personal or banking data."""
+    name = _NOT_KEY_CHARS.sub("", key).lower()
+    return name.endswith(SENSITIVE_SUFFIXES)
+
+
+def mask_value(value: Any) -> Any:
+    """A sensitive value, masked: strings keep 4 characters at each end (2 when short)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, dict):
+        return {key: mask_value(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [mask_value(inner) for inner in value]
+    text = str(value)
+    keep = 4 if len(text) >= 12 else 2 if len(text) >= 6 else 0
+    if keep == 0:
+        return "*" * len(text)
+    return text[:keep] + "*" * (len(text) - 2 * keep) + text[-keep:]
+
+
+def mask(document: Any) -> Any:
+    """A copy of `document` with the value of every sensitive field masked, at any depth."""
+    if isinstance(document, dict):
+        return {
+            key: mask_value(value) if is_sensitive(str(key)) else mask(value)
+            for key, value in document.items()
+        }
+    if isinstance(document, list):
+        return [mask(item) for item in document]
+    return document
+
+
+class TextMasker:
+    """Masks personal data inside free text: by shape (see the module docstring), and every
+    occurrence of `known` values — configured secrets and the seller's own tax number, which
+    must not show even when they would not match a shape."""
+
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        # Longest first, so a value containing a shorter one is replaced whole. Values shorter
+        # than KNOWN_MIN_LENGTH are ignored: masking every "demo" would blind the log, and a
+        # secret that short is no secret.
+        values = sorted(
+            {value for value in known if len(value) >= KNOWN_MIN_LENGTH}, key=len, reverse=True
+        )
+        self._known = re.compile("|".join(re.escape(value) for value in values)) if values else None
+
+    def __call__(self, text: str) -> str:
+        if self._known is not None:
+            text = self._known.sub(_masked_match, text)
+        return _SENSITIVE_TEXT.sub(_masked_match, text)
+
+    def document(self, value: Any) -> Any:
+        """`value` with sensitive fields masked by name and any other text masked by shape, at
+        any depth; other objects are rendered as text first (their `str` may hold anything)."""
+        if isinstance(value, str):
+            return self(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, dict):
+            return {
+                key: mask_value(inner) if is_sensitive(str(key)) else self.document(inner)
+                for key, inner in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.document(inner) for inner in value]
+        if isinstance(value, bytes | bytearray):
+            return self(bytes(value).decode(errors="replace"))
+        return self(str(value))
+
+
+def _masked_match(match: re.Match[str]) -> str:
+    return str(mask_value(match.group(0)))

@@ -1,0 +1,159 @@
+"""`/status` as a person sees it: a real gateway and simulator through an outage, the page opened
+in headless Chromium (Debian's `chromium`, driven by Playwright; never a downloaded browser).
+
+Screenshots are saved under `test-artifacts/` (git-ignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.integration.test_core_gateway import ISSUE, invoice
+from tests.support.harness import Gateway, Simulator
+from tests.support.processes import ROOT, TENANT_KEY, USER_TAX, http_json, wait_until
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+OVERRIDES = {
+    "outbox": {
+        "lease": "10s",
+        "backoff": {"base": "100ms", "cap": "500ms"},
+        "dispatcher": {"concurrency": 8, "rate": 200, "burst": 50, "poll_interval": "100ms"},
+    },
+    "resilience": {
+        "defaults": {
+            "submit": {"deadline": "2s", "attempts": 2, "backoff": {"base": "20ms", "cap": "100ms"}}
+        },
+        "breaker": {"failure_threshold": 3, "reset_timeout": "2s"},
+    },
+    "upstream.timeout": "2s",
+}
+QUEUED = 8
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Page]:
+    """A Chromium page in a fresh profile, with JavaScript off: the page must not need it."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/bootstrap-system.sh` as root")
+    with (
+        tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile,
+        sync_playwright() as playwright,
+    ):
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            java_script_enabled=False,
+            viewport={"width": 1000, "height": 900},
+        )
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Simulator]:
+    sim = Simulator.start(tmp_path / "sim")
+    try:
+        yield sim
+    finally:
+        sim.process.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, simulator: Simulator) -> Iterator[Gateway]:
+    gw = Gateway.start(tmp_path / "gw", simulator.url, overrides=OVERRIDES)
+    try:
+        yield gw
+    finally:
+        gw.process.stop()
+
+
+def waiting(gw: Gateway) -> int:
+    status, _, facts = http_json("GET", gw.url + "/status?format=json")
+    assert 200 == status, facts
+    return int(facts["outbox"]["waiting"])
+
+
+def test_status_page_in_chromium_through_an_outage(
+    browser_page: Page, gateway: Gateway, simulator: Simulator
+) -> None:
+    """During an outage a person sees: the platform is down and submissions are queued, how many,
+    the circuit in words, the failures in plain words and the charts; after recovery, that it is
+    up again with the outage in the charts. The page loads nothing from anywhere else."""
+    page = browser_page
+    for _ in range(3):
+        assert 200 == gateway.call(ISSUE, invoice())[0]
+    simulator.fault(kind="http_error", status=503)
+    for _ in range(QUEUED):
+        status, _, answer = gateway.call(ISSUE, invoice())
+        assert 202 == status, answer
+
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    response = page.goto(gateway.url + "/status")
+    assert response is not None
+    assert 200 == response.status
+
+    headline = page.locator("h1").inner_text()
+    assert "Platform down" in headline
+    assert "submissions are being queued" in headline
+    assert re.match(r"Down since \d\d:\d\d:\d\d UTC", page.locator(".since").inner_text())
+    queued_tile = page.locator(".tile", has_text=re.compile("^Queued"))
+    assert str(QUEUED) == queued_tile.locator("b").inner_text()
+    circuit = page.locator("h2:text-is('Circuit') + table").inner_text()
+    assert re.search(
+        r"open — failing fast, submissions are queued|half-open — trying one call", circuit
+    )
+    assert page.get_by_text("platform server error").is_visible()
+    charts = page.locator("svg")
+    assert 2 == charts.count()
+    for i in range(2):
+        box = charts.nth(i).bounding_box()
+        assert box is not None
+        assert box["width"] > 300
+        assert box["height"] > 60
+    assert 1 <= page.locator("svg rect[fill='#e09b00']").count()  # a queued bar
+    assert 1 <= page.locator("svg title", has_text="platform down").count()
+    assert 1 == page.locator("meta[http-equiv='refresh']").count()
+    body = page.content()
+    assert TENANT_KEY not in body
+    assert USER_TAX not in body
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "status-outage.png"), full_page=True)
+
+    simulator.clear_faults()
+    wait_until(lambda: waiting(gateway) == 0, timeout=40, interval=0.3, what="the queue to drain")
+    page.reload()
+    assert "Platform up" == page.locator("h1").inner_text()
+    assert re.match(r"Up since \d\d:\d\d:\d\d UTC", page.locator(".since").inner_text())
+    assert (
+        str(QUEUED + 3)
+        == page.locator(".tile", has_text=re.compile("^Delivered")).locator("b").inner_text()
+    )
+    assert 1 <= page.locator("svg title", has_text="platform down").count()  # the outage, shaded
+    page.screenshot(path=str(ARTIFACTS / "status-recovered.png"), full_page=True)
+
+    assert requested
+    assert all(url.startswith(gateway.url + "/") for url in requested), requested
