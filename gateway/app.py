@@ -20,13 +20,14 @@ from multidict import CIMultiDict
 
 from gateway import __version__
 from gateway.auth import UpstreamAuth, build_auth
-from gateway.breaker import BreakerRegistry
+from gateway.breaker import BreakerRegistry, CircuitState
 from gateway.clock import Clock, SteadyClock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.dispatcher import Dispatcher
 from gateway.errors import StoreError
 from gateway.failures import Verdict
 from gateway.intake import STATUS_PATH, Intake
+from gateway.metrics import GatewayCollector, Metrics, OutboxSampler
 from gateway.oncall import OnCall
 from gateway.operations import Classifier
 from gateway.probe import HealthProbe, UpstreamHealth
@@ -60,6 +61,7 @@ class Gateway:
     dispatcher: Dispatcher
     oncall: OnCall
     proxy: Proxy
+    metrics: Metrics
     started_at: float
 
 
@@ -77,6 +79,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
     )
     probe: HealthProbe | None = None
     dispatcher: Dispatcher | None = None
+    sampler: OutboxSampler | None = None
     try:
         auth = build_auth(
             upstream_config.auth,
@@ -93,10 +96,25 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             connect_timeout=upstream_config.connect_timeout,
             max_response_bytes=upstream_config.max_response_bytes,
         )
+        codes = config.upstream.business_codes
+        metrics = Metrics(
+            operations=[op.name for op in config.operations],
+            business_codes=[
+                *codes.success,
+                *codes.retryable,
+                *codes.auth,
+                *codes.quota,
+                *codes.permanent,
+                *codes.duplicate,
+            ],
+        )
+        store.observe_commits(metrics.commit)
         breakers = BreakerRegistry(config.resilience.breaker, clock)
+        breakers.add_listener(metrics.transition)
         pipeline = ResiliencePipeline.from_config(
             config, upstream=upstream, breakers=breakers, clock=clock
         )
+        pipeline.observer = metrics
         health = UpstreamHealth(clock)
         probe = _health_probe(config, pipeline, breakers, health, clock)
         owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -127,6 +145,13 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             backoff=Backoff.from_config(config.outbox.backoff),
             wake_dispatcher=dispatcher.wake,
         )
+
+        def wake_on_recovery(_name: str, _old: CircuitState, new: CircuitState, _why: str) -> None:
+            # Start draining the moment the circuit lets traffic through, not at the next poll.
+            if new in (CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.FORCED_CLOSED):
+                dispatcher.wake()
+
+        breakers.add_listener(wake_on_recovery)
         oncall = OnCall(
             store=store,
             clock=steady,
@@ -143,11 +168,14 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             intake=intake,
             store=store,
             max_body_bytes=config.limits.max_body_bytes,
+            metrics=metrics,
         )
         if probe is not None:
             probe.start()
         dispatcher.start()
-        yield Gateway(
+        sampler = OutboxSampler(metrics, store, steady, interval=2.0)
+        sampler.start()
+        gateway = Gateway(
             config=config,
             clock=clock,
             store=store,
@@ -160,9 +188,14 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             dispatcher=dispatcher,
             oncall=oncall,
             proxy=proxy,
+            metrics=metrics,
             started_at=clock.wall(),
         )
+        metrics.registry.register(GatewayCollector(gateway))
+        yield gateway
     finally:
+        if sampler is not None:
+            await sampler.stop()
         if dispatcher is not None:
             await dispatcher.stop()
         if probe is not None:
@@ -249,12 +282,25 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from gateway.admin import admin_app  # the admin package needs this module's `Gateway`
+
     async with open_gateway(config) as gateway:
         runner = web.AppRunner(client_app(gateway), access_log=None, handle_signals=False)
+        admin_runner = web.AppRunner(admin_app(gateway), access_log=None, handle_signals=False)
         await runner.setup()
+        await admin_runner.setup()
         host, port = _split_listen(config.listen)
+        admin_host, admin_port = _split_listen(config.admin.listen)
         site = web.TCPSite(runner, host, port, reuse_address=True)
+        admin_site = web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True)
         try:
+            # The admin listener first: once clients are served, on-call can act.
+            await admin_site.start()
+            log.info(
+                "admin listening",
+                listen=config.admin.listen,
+                tokens=len(config.admin.tokens),
+            )
             await site.start()
             log.info(
                 "gateway listening",
@@ -266,3 +312,4 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
             log.info("gateway stopping")
         finally:
             await runner.cleanup()
+            await admin_runner.cleanup()

@@ -369,7 +369,8 @@ class OnCall:
     def _replay_change(self, submission: Submission) -> Transition:
         # An unknown submission stays unknown: it is reconciled, never resent blindly.
         state = S.UNKNOWN if submission.state is S.UNKNOWN or submission.maybe_sent else S.QUEUED
-        fresh = submission.state is S.DEAD
+        # Dead (out of attempts or age) and failed (refused, perhaps since edited) start afresh.
+        fresh = submission.state in (S.DEAD, S.FAILED)
         return Transition(
             state,
             acknowledged=True,

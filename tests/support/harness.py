@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.support.processes import (
     TENANT_KEY,
     ManagedProcess,
@@ -64,6 +66,8 @@ class Gateway:
     url: str
     config_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: The admin listener (`admin.listen` of the written config), e.g. for `/metrics`.
+    admin_url: str = ""
 
     @classmethod
     def start(
@@ -88,10 +92,13 @@ class Gateway:
             },
         )
         full_env = {**base_env(), **(env or {})}
+        admin_listen = yaml.safe_load(config_path.read_text())["admin"]["listen"]
         process = ManagedProcess(
             name, gateway_command("run", "--config", str(config_path)), full_env, workdir
         ).start()
-        gateway = cls(process, f"http://127.0.0.1:{port}", config_path, full_env)
+        gateway = cls(
+            process, f"http://127.0.0.1:{port}", config_path, full_env, f"http://{admin_listen}"
+        )
         process.wait_ready(f"{gateway.url}/healthz")
         return gateway
 
@@ -115,6 +122,22 @@ class Gateway:
         )
         assert status == 200, body
         return dict(body)
+
+    def admin(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None,
+        raw: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        """One admin API call (`path` below `/admin/v1`) with `token` as the bearer token."""
+        head = dict(headers or {})
+        if token is not None:
+            head["Authorization"] = f"Bearer {token}"
+        return http_json(method, f"{self.admin_url}/admin/v1{path}", body, headers=head, raw=raw)
 
     def call(
         self,

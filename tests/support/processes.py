@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -187,6 +188,7 @@ def write_gateway_config(
 ) -> Path:
     """The default profile (config/gateway.yaml) pointed at `upstream_url`, with `overrides`."""
     config = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
+    overrides = copy.deepcopy(dict(overrides or {}))  # never change the caller's dicts
     config["upstream"]["url"] = upstream_url
     config["log"] = {"format": "json", "level": "info"}
     config["tenants"].append({"id": "acme", "api_key": {"env": "GATEWAY_ACME_API_KEY"}})
