@@ -11,21 +11,15 @@ from tests.support.harness import Gateway, Simulator
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[Simulator]:
     """A real simulator process on free ports."""
-    sim = Simulator.start(tmp_path / "sim")
-    try:
+    with Simulator.start(tmp_path / "sim") as sim:
         yield sim
-    finally:
-        sim.process.stop()
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, simulator: Simulator) -> Iterator[Gateway]:
     """A real gateway process with the default profile, pointed at the simulator."""
-    gw = Gateway.start(tmp_path / "gw", simulator.url)
-    try:
+    with Gateway.start(tmp_path / "gw", simulator.url) as gw:
         yield gw
-    finally:
-        gw.process.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

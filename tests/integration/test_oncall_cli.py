@@ -30,11 +30,8 @@ MAX_ATTEMPTS = 2
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator.start(tmp_path / "sim")
-    try:
+    with Simulator.start(tmp_path / "sim") as sim:
         yield sim
-    finally:
-        sim.process.stop()
 
 
 def start_gateway(workdir: Path, upstream: str, name: str = "gateway") -> Gateway:

@@ -14,16 +14,10 @@ from typing import Any
 import pytest
 
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
-from tests.support.harness import Gateway, Simulator
+from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
 from tests.support.processes import TENANT_KEY, http_json, wait_until
 
 RED = "nuonuo.OpeMplatform.fastInvoiceRed"
-#: Fast back-off and drain so tests wait seconds, not minutes.
-FAST_OUTBOX = {
-    "lease": "10s",
-    "backoff": {"base": "100ms", "cap": "500ms"},
-    "dispatcher": {"concurrency": 8, "rate": 200, "burst": 50, "poll_interval": "100ms"},
-}
 FAST_RESILIENCE = {
     "defaults": {
         "read": {"deadline": "3s", "attempts": 2, "backoff": {"base": "20ms", "cap": "100ms"}},
@@ -37,21 +31,17 @@ OVERRIDES = {"outbox": FAST_OUTBOX, "resilience": FAST_RESILIENCE, "upstream.tim
 @pytest.fixture
 def sim_no_dedupe(tmp_path: Path) -> Iterator[Simulator]:
     """A simulator that issues a repeated order number again: any blind resend shows as a double."""
-    sim = Simulator.start(tmp_path / "sim", "--no-duplicate-detection", "--issue-delay", "0.2")
-    try:
+    with Simulator.start(
+        tmp_path / "sim", "--no-duplicate-detection", "--issue-delay", "0.2"
+    ) as sim:
         yield sim
-    finally:
-        sim.process.stop()
 
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[Simulator]:
     """A simulator with the platform's duplicate detection (what reconciliation relies on)."""
-    sim = Simulator.start(tmp_path / "sim", "--issue-delay", "0.2")
-    try:
+    with Simulator.start(tmp_path / "sim", "--issue-delay", "0.2") as sim:
         yield sim
-    finally:
-        sim.process.stop()
 
 
 def start_gateway(tmp_path: Path, sim: Simulator, **extra: Any) -> Gateway:

@@ -25,11 +25,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator.start(tmp_path / "sim", "--issue-delay", "0.2")
-    try:
+    with Simulator.start(tmp_path / "sim", "--issue-delay", "0.2") as sim:
         yield sim
-    finally:
-        sim.process.stop()
 
 
 class Client:

@@ -32,18 +32,14 @@ import yaml
 from dashboards.generate import OUTPUTS, expressions, metric_names
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.observability.conftest import PROMETHEUS_DIR, RULE_FILES
-from tests.support.harness import Gateway, Simulator
+from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
 from tests.support.processes import ManagedProcess, base_env, free_port, http_json, wait_until
 
 pytestmark = pytest.mark.integration
 
 FAST_BACKOFF = {"base": "20ms", "cap": "100ms"}
 OVERRIDES = {
-    "outbox": {
-        "lease": "10s",
-        "backoff": {"base": "100ms", "cap": "500ms"},
-        "dispatcher": {"concurrency": 8, "rate": 200, "burst": 50, "poll_interval": "100ms"},
-    },
+    "outbox": FAST_OUTBOX,
     "resilience": {
         "defaults": {
             "read": {"deadline": "2s", "attempts": 2, "backoff": FAST_BACKOFF},
@@ -258,20 +254,14 @@ def rule_queries() -> tuple[dict[str, str], dict[str, str]]:
 
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator.start(tmp_path / "sim", "--issue-delay", "0.2")
-    try:
+    with Simulator.start(tmp_path / "sim", "--issue-delay", "0.2") as sim:
         yield sim
-    finally:
-        sim.process.stop()
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, simulator: Simulator) -> Iterator[Gateway]:
-    gw = Gateway.start(tmp_path / "gw", simulator.url, overrides=OVERRIDES)
-    try:
+    with Gateway.start(tmp_path / "gw", simulator.url, overrides=OVERRIDES) as gw:
         yield gw
-    finally:
-        gw.process.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from tests.integration.test_core_gateway import ISSUE, invoice
-from tests.support.harness import Gateway, Simulator
+from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
 from tests.support.processes import ROOT, TENANT_KEY, USER_TAX, http_json, wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,11 +33,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 OVERRIDES = {
-    "outbox": {
-        "lease": "10s",
-        "backoff": {"base": "100ms", "cap": "500ms"},
-        "dispatcher": {"concurrency": 8, "rate": 200, "burst": 50, "poll_interval": "100ms"},
-    },
+    "outbox": FAST_OUTBOX,
     "resilience": {
         "defaults": {
             "submit": {"deadline": "2s", "attempts": 2, "backoff": {"base": "20ms", "cap": "100ms"}}
@@ -74,20 +70,14 @@ def browser_page() -> Iterator[Page]:
 
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator.start(tmp_path / "sim")
-    try:
+    with Simulator.start(tmp_path / "sim") as sim:
         yield sim
-    finally:
-        sim.process.stop()
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, simulator: Simulator) -> Iterator[Gateway]:
-    gw = Gateway.start(tmp_path / "gw", simulator.url, overrides=OVERRIDES)
-    try:
+    with Gateway.start(tmp_path / "gw", simulator.url, overrides=OVERRIDES) as gw:
         yield gw
-    finally:
-        gw.process.stop()
 
 
 def waiting(gw: Gateway) -> int:

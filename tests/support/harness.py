@@ -19,6 +19,13 @@ from tests.support.processes import (
     write_gateway_config,
 )
 
+#: Outbox settings for tests: fast back-off and drain, so they wait seconds, not minutes.
+FAST_OUTBOX: dict[str, Any] = {
+    "lease": "10s",
+    "backoff": {"base": "100ms", "cap": "500ms"},
+    "dispatcher": {"concurrency": 8, "rate": 200, "burst": 50, "poll_interval": "100ms"},
+}
+
 
 @dataclass
 class Simulator:
@@ -45,6 +52,12 @@ class Simulator:
         sim = cls(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control}")
         process.wait_ready(f"{sim.control_url}/_sim/health")
         return sim
+
+    def __enter__(self) -> Simulator:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.process.stop()
 
     def ledger(self) -> dict[str, Any]:
         status, _, body = http_json("GET", f"{self.control_url}/_sim/ledger")
@@ -101,6 +114,12 @@ class Gateway:
         )
         process.wait_ready(f"{gateway.url}/healthz")
         return gateway
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.process.stop()
 
     def restart(self, *, kill: bool = False) -> None:
         """Stop (gracefully, or with SIGKILL) and start again on the same config and store."""
