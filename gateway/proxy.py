@@ -130,6 +130,8 @@ class Proxy:
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         exchange.tenant = self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
+        # Every line logged for this request from here on names its tenant (SPEC §5).
+        structlog.contextvars.bind_contextvars(tenant=exchange.tenant)
         path, query = upstream_path(request.raw_path)
         body = RequestBody(await self._read_body(request))
         lowered = {k.lower(): v for k, v in request.headers.items()}

@@ -404,7 +404,10 @@ class SqliteStore:
             ) as cursor:
                 rows = await cursor.fetchall()
             async with self._reader.execute(
-                "SELECT MIN(created_at) FROM submission WHERE state = 'queued'"
+                # Waiting = queued, or unknown and due for reconciliation (parked rows wait for
+                # on-call and show up as such, not as a growing queue).
+                "SELECT MIN(created_at) FROM submission WHERE state IN ('queued', 'unknown') "
+                "AND next_attempt_at IS NOT NULL"
             ) as cursor:
                 oldest = await cursor.fetchone()
         except sqlite3.Error as exc:

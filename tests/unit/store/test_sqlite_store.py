@@ -196,3 +196,17 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
         connection.execute("UPDATE schema_version SET version = 999")
     with pytest.raises(StoreError, match="newer than this gateway knows"):
         await SqliteStore.open(tmp_path / "s.db")
+
+
+async def test_oldest_waiting_counts_unknown_rows_due_for_reconciliation(
+    store: SqliteStore,
+) -> None:
+    """An answer-lost submission waiting to be reconciled is waiting too; a parked one is not."""
+    row = (await admit(store, new("A"))).submission
+    due = Transition(SubmissionState.UNKNOWN, maybe_sent=True, next_attempt_at=NOW + 5)
+    await store.transition(row.id, row.fence, due, now=NOW)
+    assert NOW == (await store.counts()).oldest_queued_at
+    parked = await store.get(row.id)
+    assert parked is not None
+    await store.transition(parked.id, parked.fence, Transition(SubmissionState.UNKNOWN), now=NOW)
+    assert (await store.counts()).oldest_queued_at is None
