@@ -15,6 +15,8 @@ REQUIRED=(
     "prometheus:prometheus,promtool"
     # Headless browser for the /status page test (tests/observability/test_status_chromium.py).
     "chromium:chromium"
+    # The load generator of `invoice-gateway bench` (tests/unit/test_bench.py runs it once).
+    "wrk:wrk"
 )
 
 missing=()

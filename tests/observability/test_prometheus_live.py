@@ -289,22 +289,38 @@ def test_outage_through_a_real_prometheus(
         what="Prometheus to scrape the gateway",
     )
     secret = gateway.env["NUONUO_APP_SECRET"]
+
+    def seen(expr: str, what: str, timeout: float = 15) -> None:
+        """Wait until Prometheus has scraped and evaluated what the phase was meant to cause."""
+        wait_until(lambda: prometheus.query(expr), timeout=timeout, interval=0.25, what=what)
+
     with Traffic(gateway) as traffic:
-        time.sleep(3)  # healthy traffic
+        seen('sum(gateway_requests_total{outcome="forwarded"}) > 20', "healthy traffic")
 
         # The platform revokes every token while its token endpoint is busy for two calls:
         # two failed renewals, then a good one.
         simulator.fault(kind="busy", operations=["accessToken"], count=2)
         simulator.fault(kind="token_expiry")
-        time.sleep(3)
+        seen(
+            'count_over_time(gateway_token_refreshes_total{result="failure"}[1m]) >= 3 and '
+            'gateway_token_refreshes_total{result="failure"} >= 1',
+            "failed token renewals over several scrapes",
+        )
 
         # A wrong app secret is rolled out, then rolled back: signature errors (070601).
         gateway.env["NUONUO_APP_SECRET"] = "not-the-app-secret"
         gateway.restart()
-        time.sleep(3)
+        # Several scrapes of the errors, so `increase()` over them has data.
+        seen(
+            'count_over_time(gateway_upstream_business_codes_total{code="070601"}[1m]) >= 3',
+            "signature errors over several scrapes",
+        )
         gateway.env["NUONUO_APP_SECRET"] = secret
         gateway.restart()
-        time.sleep(2)
+        seen(
+            'sum(gateway_upstream_attempts_total{result="success"}) > 5',
+            "successful calls with the right secret again",
+        )
 
         # The outage: every call to the platform answered 503.
         simulator.clear_faults()
@@ -323,6 +339,7 @@ def test_outage_through_a_real_prometheus(
             interval=0.25,
             what="GatewayPlatformDown to be pending",
         )
+        # The outage lasts its planned length (the scenario's window, not a wait for a result).
         time.sleep(max(0.0, outage_started + OUTAGE_SECONDS - time.time()))
         outage_ended = time.time()
         simulator.clear_faults()
@@ -339,8 +356,9 @@ def test_outage_through_a_real_prometheus(
             interval=0.25,
             what="the backlog to drain",
         )
-        time.sleep(2)
-    time.sleep(2)  # the last scrapes and evaluations
+    stopped = time.time()
+    seen(f'timestamp(up{{job="invoice-gateway"}}) > {stopped:.3f}', "a scrape after the traffic")
+    seen(f"timestamp(gateway:platform_down) > {stopped:.3f}", "a rule evaluation after the traffic")
     ended = time.time()
     print(f"traffic: {dict(traffic.outcomes)}; scenario took {ended - started:.1f}s")
     assert traffic.outcomes["202 queued"] > 0, traffic.outcomes

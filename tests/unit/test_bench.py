@@ -220,9 +220,6 @@ async def _recording_server(order_nos: list[str]) -> TestServer:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
-)
 async def test_wrk_runs_the_generated_script_with_unique_order_numbers(tmp_path: Path) -> None:
     """Real wrk with the generated script: valid bodies, every order number new, all counted."""
     from gateway.bench import WrkGenerator

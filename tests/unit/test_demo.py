@@ -60,6 +60,7 @@ from gateway.loadgen import (
 from gateway.simulator.ledger import Ledger
 from gateway.simulator.operations import OperationContext, request_billing
 from gateway.simulator.tax_numbers import is_valid_tax_number, make_tax_number
+from tests.support.processes import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SELLER = make_tax_number(424242)
@@ -849,10 +850,14 @@ async def test_child_that_exits_at_start_reports_its_stderr(tmp_path: Path) -> N
 
 def test_child_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
     """stop_children falls back to SIGKILL when SIGTERM is ignored."""
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    ready = tmp_path / "ready"
+    code = (
+        "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
     child = python_child(tmp_path, "stubborn", code)
     child.start()
-    time.sleep(0.3)  # let it install its handler
+    wait_until(ready.exists, timeout=10, what="the child to ignore SIGTERM")
     started = time.monotonic()
     stop_children([child], timeout_s=0.5)
     assert child.exit_code() is not None
