@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.errors import ClientRequestError, StoreError
+
 PROBLEM_TYPE_BASE = "urn:invoice-gateway:problem:"
 CONTENT_TYPE = "application/problem+json"
 
@@ -37,4 +39,37 @@ def problem_response(
         body=json.dumps(body, ensure_ascii=False).encode(),
         content_type=CONTENT_TYPE,
         headers=headers,
+    )
+
+
+def client_error(
+    exc: ClientRequestError,
+    request_id: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> web.Response:
+    """The problem+json for a request the gateway refuses (the exception knows its status)."""
+    return problem_response(
+        status=exc.status,
+        slug=exc.slug,
+        title=exc.title,
+        detail=exc.detail,
+        request_id=request_id,
+        headers=headers,
+        extra=extra,
+    )
+
+
+def store_unavailable(
+    exc: StoreError, request_id: str, *, title: str, consequence: str
+) -> web.Response:
+    """503 when the store cannot be used; `consequence` says what that meant for the caller."""
+    return problem_response(
+        status=503,
+        slug="store-unavailable",
+        title=title,
+        detail=f"the gateway cannot use its store right now ({exc}); {consequence}",
+        request_id=request_id,
+        headers={"Retry-After": "5"},
     )

@@ -22,7 +22,7 @@ from gateway.intake import Intake
 from gateway.metrics import Metrics
 from gateway.operations import Classifier, Operation, OperationKind, RequestBody
 from gateway.outcomes import OUTCOME, Exchange, respond
-from gateway.problem import problem_response
+from gateway.problem import client_error, problem_response, store_unavailable
 from gateway.resilience import ResiliencePipeline
 from gateway.store import OutboxStore
 from gateway.tenants import API_KEY_HEADER, TenantDirectory
@@ -64,25 +64,15 @@ class Proxy:
             response = await self._serve(request, exchange)
         except ClientRequestError as exc:
             exchange.error_class = exc.slug
-            response = problem_response(
-                status=exc.status,
-                slug=exc.slug,
-                title=exc.title,
-                detail=exc.detail,
-                request_id=exchange.request_id,
-            )
+            response = client_error(exc, exchange.request_id)
         except StoreError as exc:
             exchange.error_class = "store-unavailable"
-            response = problem_response(
-                status=503,
-                slug="store-unavailable",
+            response = store_unavailable(
+                exc,
+                exchange.request_id,
                 title="Cannot store the submission",
-                detail=(
-                    "the gateway could not durably store this submission, so it was not "
-                    f"accepted and nothing was sent ({exc}). Retry later with the same key"
-                ),
-                request_id=exchange.request_id,
-                headers={"Retry-After": "5"},
+                consequence="so it was not accepted and nothing was sent. Retry later with the "
+                "same key",
             )
         except Exception:  # the safety net: a bug must still answer with a problem+json
             access_log.exception("unexpected error while serving a request")
@@ -169,22 +159,11 @@ class Proxy:
                 )
             response = web.json_response(submission.public_view())
         except StoreError as exc:
-            response = problem_response(
-                status=503,
-                slug="store-unavailable",
-                title="Cannot read the store",
-                detail=f"the gateway cannot read its store right now ({exc}); retry later",
-                request_id=exchange.request_id,
-                headers={"Retry-After": "5"},
+            response = store_unavailable(
+                exc, exchange.request_id, title="Cannot read the store", consequence="retry later"
             )
         except ClientRequestError as exc:
-            response = problem_response(
-                status=exc.status,
-                slug=exc.slug,
-                title=exc.title,
-                detail=exc.detail,
-                request_id=exchange.request_id,
-            )
+            response = client_error(exc, exchange.request_id)
         response.headers[REQUEST_ID] = exchange.request_id
         return response
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -134,6 +135,12 @@ class Submission(NewSubmission):
     delivered_at: float | None = None
     #: Where `max_age` counts from: acceptance, or the last time on-call requeued it.
     age_from: float | None = None
+
+    @classmethod
+    def of(cls, new: NewSubmission, **lifecycle: Any) -> Submission:
+        """`new` as stored, with its lifecycle fields (id, state, …) given by keyword."""
+        sent = {f.name: getattr(new, f.name) for f in dataclasses.fields(NewSubmission)}
+        return cls(**sent, **lifecycle)
 
     def to_record(self) -> dict[str, Any]:
         """Every field, JSON-safe (the body in base64): the export/import format, lossless."""

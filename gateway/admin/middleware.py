@@ -17,7 +17,7 @@ from gateway.admin.params import InvalidParameter
 from gateway.errors import ClientRequestError, StoreError
 from gateway.headers import REQUEST_ID, request_id
 from gateway.oncall import Actor
-from gateway.problem import problem_response
+from gateway.problem import client_error, problem_response, store_unavailable
 
 access_log = structlog.get_logger("gateway.admin")
 
@@ -70,14 +70,11 @@ def guard(tokens: AdminTokens) -> Middleware:
         except ClientRequestError as exc:
             response = _problem(exc, rid)
         except StoreError as exc:
-            response = problem_response(
-                status=503,
-                slug="store-unavailable",
+            response = store_unavailable(
+                exc,
+                rid,
                 title="Cannot use the store",
-                detail=f"the gateway cannot read or write its store right now ({exc}); nothing "
-                "was changed. Retry later",
-                request_id=rid,
-                headers={"Retry-After": "5"},
+                consequence="nothing was changed. Retry later",
             )
         except web.HTTPException as exc:
             response = _http_problem(exc, rid, request)
@@ -105,15 +102,7 @@ def _problem(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    return problem_response(
-        status=exc.status,
-        slug=exc.slug,
-        title=exc.title,
-        detail=exc.detail,
-        request_id=rid,
-        headers=headers,
-        extra=extra,
-    )
+    return client_error(exc, rid, headers=headers, extra=extra)
 
 
 def _http_problem(exc: web.HTTPException, rid: str, request: web.Request) -> web.Response:

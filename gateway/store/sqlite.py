@@ -244,20 +244,9 @@ class SqliteStore:
                 ) as cursor:
                     blocked = await cursor.fetchone() is not None
             queued = queue or blocked
-            submission = Submission(
+            submission = Submission.of(
+                new,
                 id=new_submission_id(now),
-                tenant=new.tenant,
-                operation=new.operation,
-                idempotency_key=new.idempotency_key,
-                fingerprint=new.fingerprint,
-                business_key=new.business_key,
-                ordering_key=new.ordering_key,
-                method=new.method,
-                path=new.path,
-                query=new.query,
-                headers=new.headers,
-                body=new.body,
-                request_id=new.request_id,
                 state=SubmissionState.QUEUED if queued else SubmissionState.DELIVERING,
                 acknowledged=queued,
                 attempts=0,

@@ -178,20 +178,9 @@ async def seed(
 def stored_row(order_no: str, state: SubmissionState, *, at: float) -> Submission:
     """A submission as the store would hold it, built directly (for bulk loading)."""
     new = new_submission(order_no)
-    return Submission(
+    return Submission.of(
+        new,
         id=new_submission_id(at),
-        tenant=new.tenant,
-        operation=new.operation,
-        idempotency_key=new.idempotency_key,
-        fingerprint=new.fingerprint,
-        business_key=new.business_key,
-        ordering_key=new.ordering_key,
-        method=new.method,
-        path=new.path,
-        query=new.query,
-        headers=new.headers,
-        body=new.body,
-        request_id=new.request_id,
         state=state,
         acknowledged=True,
         attempts=3,
