@@ -436,30 +436,52 @@ class TrafficGenerator:
     async def _post(
         self, kind: RequestKind, operation: str, body: dict[str, Any], order_no: str | None
     ) -> Result:
-        headers = {
-            "method": operation,
-            "X-Api-Key": self._api_key,
-            "Content-Type": "application/json; charset=utf-8",
-        }
-        data = json.dumps(body, ensure_ascii=False).encode()
-        started = time.perf_counter()
-        try:
-            async with self._session.post(
-                self._url, data=data, headers=headers, timeout=self._timeout
-            ) as response:
-                payload = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            latency = time.perf_counter() - started
-            return Result(
-                kind,
-                NO_ANSWER,
-                0,
-                latency,
-                detail=type(exc).__name__,
-                uncertain=kind == "submit",
-                order_no=order_no,
-            )
-        latency = time.perf_counter() - started
-        return read_answer(
-            kind, response.status, response.headers, payload, latency, order_no=order_no
+        return await send_operation(
+            self._session,
+            self._url,
+            self._api_key,
+            operation,
+            body,
+            kind=kind,
+            order_no=order_no,
+            limit=self._timeout,
         )
+
+
+async def send_operation(
+    session: aiohttp.ClientSession,
+    url: str,
+    api_key: str,
+    operation: str,
+    body: dict[str, Any],
+    *,
+    kind: RequestKind,
+    order_no: str | None = None,
+    limit: aiohttp.ClientTimeout,
+    headers: Mapping[str, str] | None = None,
+) -> Result:
+    """POST one platform operation to the gateway at `url` as a tenant, and read the answer
+    (no answer at all — refused, reset, timed out — is a `Result` too, with status 0)."""
+    head = {
+        "method": operation,
+        "X-Api-Key": api_key,
+        "Content-Type": "application/json; charset=utf-8",
+        **(headers or {}),
+    }
+    data = json.dumps(body, ensure_ascii=False).encode()
+    started = time.perf_counter()
+    try:
+        async with session.post(url, data=data, headers=head, timeout=limit) as response:
+            payload = await response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Result(
+            kind,
+            NO_ANSWER,
+            0,
+            time.perf_counter() - started,
+            detail=type(exc).__name__,
+            uncertain=kind == "submit",
+            order_no=order_no,
+        )
+    latency = time.perf_counter() - started
+    return read_answer(kind, response.status, response.headers, payload, latency, order_no=order_no)

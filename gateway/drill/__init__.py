@@ -1,0 +1,1 @@
+"""Reliability drills: named outage scenarios run through a real gateway, with the ledger check."""

@@ -1,0 +1,452 @@
+"""Runs a drill: simulator (or a staging upstream behind the fault relay), a real gateway
+process, the integrator's traffic, the scenario's steps, then the settle and the ledger check.
+
+    start children → traffic + steps (timeline) → traffic stops → the client retries what is
+    unsettled → the outbox drains → the platform finishes issuing → export + ledger → check
+
+Chaos tests run the same engine with steps of their own (store locks, clock jumps, random
+kills): `DrillOptions.extra_steps`, `gateway_env`, `store_dir`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import aiohttp
+
+from gateway.demo.children import (
+    Child,
+    Credentials,
+    Endpoints,
+    stop_children,
+    wait_ready,
+    write_gateway_config,
+)
+from gateway.demo.plan import DemoError
+from gateway.drill.checks import Check, Issued, check
+from gateway.drill.integrator import Book, Integrator, Order
+from gateway.drill.scenarios import DrillScenario, Step
+from gateway.loadgen import InvoiceFactory, Result
+
+#: Gateway settings for drills on top of the default profile: quick probes and back-off, a
+#: fast drain, so a drill takes a minute (production keeps the profile's values).
+DRILL_OVERRIDES: Final[Mapping[str, Any]] = {
+    "resilience.probe.interval": "1s",
+    "resilience.probe.timeout": "1s",
+    "resilience.probe.healthy_threshold": 2,
+    "resilience.breaker.reset_timeout": "3s",
+    "outbox.lease": "10s",
+    "outbox.backoff": {"base": "200ms", "cap": "2s"},
+    "outbox.dispatcher.rate": 200,
+    "outbox.dispatcher.burst": 50,
+    "outbox.dispatcher.poll_interval": "100ms",
+}
+#: Outbox states still waiting for the dispatcher.
+WAITING_STATES: Final = "queued,delivering,unknown"
+#: The simulator's time from accepting an invoice to issuing it.
+ISSUE_DELAY_S: Final = 0.5
+STATUS_EVERY_S: Final = 5.0
+ISSUING_TIMEOUT_S: Final = 15.0
+
+
+class DrillError(DemoError):
+    """The drill could not run (a child did not start, an API did not answer): the message
+    says what to do."""
+
+
+class Platform(Protocol):
+    """Where platform faults go: the simulator's control API or the fault relay."""
+
+    async def add_fault(self, rule: Mapping[str, Any]) -> str: ...
+
+
+@dataclass
+class DrillOptions:
+    scenario: DrillScenario
+    rate: float = 40.0
+    seed: int | None = None
+    workdir: Path | None = None
+    #: Chaos additions: more steps, environment for the gateway (e.g. libfaketime), where the
+    #: store lives (e.g. a small filesystem), more gateway settings.
+    extra_steps: Sequence[Step] = ()
+    gateway_env: Mapping[str, str] = field(default_factory=dict)
+    store_dir: Path | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    #: How long the client keeps retrying unsettled orders, and the outbox may take to drain,
+    #: after the traffic stopped.
+    settle_timeout_s: float = 90.0
+
+
+@dataclass
+class Event:
+    at_s: float
+    text: str
+
+
+@dataclass
+class DrillResult:
+    scenario: DrillScenario
+    options: DrillOptions
+    started_wall: float
+    book: Book
+    check: Check
+    events: list[Event]
+    #: Seconds from the platform's recovery until the last queued submission was delivered
+    #: (None: nothing was queued).
+    drain_s: float | None
+    queued_peak: int
+    crashes: int
+    #: Exits of the gateway nobody asked for (each fails the drill).
+    unexpected_exits: list[str]
+    duration_s: float
+    ledger_counters: Mapping[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return self.check.passed and not self.unexpected_exits
+
+
+class DrillStage:
+    """What steps act on: the platform, the gateway process, the timeline."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        platform: Platform,
+        gateway_argv: list[str],
+        gateway_env: dict[str, str],
+        endpoints: Endpoints,
+        session: aiohttp.ClientSession,
+        note: Callable[[str], None],
+        rng: random.Random,
+    ) -> None:
+        self.workdir = workdir
+        self.platform = platform
+        self.endpoints = endpoints
+        self.rng = rng
+        self.note = note
+        self._argv = gateway_argv
+        self._env = gateway_env
+        self._session = session
+        self._starts = 0
+        self.crashes = 0
+        self.unexpected_exits: list[str] = []
+        self.gateway = self._new_gateway()
+        self._restarting = False
+
+    def _new_gateway(self) -> Child:
+        self._starts += 1
+        name = "gateway" if self._starts == 1 else f"gateway-{self._starts}"
+        return Child(name, self._argv, self._env, self.workdir)
+
+    async def start_gateway(self) -> None:
+        self.gateway.start()
+        await wait_ready(self.gateway, self._session, f"{self.endpoints.gateway_url}/healthz")
+
+    async def crash_gateway(self) -> None:
+        """kill -9, then start again on the same config and store, and wait until it is ready."""
+        self._restarting = True
+        try:
+            self.gateway.kill()
+            self.gateway.wait(5.0)
+            self.crashes += 1
+            self.gateway = self._new_gateway()
+            await self.start_gateway()
+        finally:
+            self._restarting = False
+
+    async def watch(self) -> None:
+        """A gateway exit nobody asked for fails the drill; restart it so the check can run."""
+        while True:
+            await asyncio.sleep(0.2)
+            code = self.gateway.exit_code()
+            if code is None or self._restarting:
+                continue
+            tail = self.gateway.stderr_tail(5)
+            self.unexpected_exits.append(f"exit code {code}: {tail}")
+            self.note(f"the gateway exited by itself (exit code {code}); restarting it")
+            self._restarting = True
+            try:
+                self.gateway = self._new_gateway()
+                await self.start_gateway()
+            finally:
+                self._restarting = False
+
+    async def admin_json(self, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.endpoints.admin_port}/admin/v1{path}"
+        headers = {"Authorization": f"Bearer {self._env['GATEWAY_ADMIN_TOKEN']}"}
+        async with self._session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+        ) as response:
+            response.raise_for_status()
+            return await response.json()
+
+    async def waiting(self) -> int | None:
+        """Submissions the dispatcher still has to deliver; None when the gateway is down."""
+        try:
+            document = await self.admin_json(f"/submissions/count?state={WAITING_STATES}")
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        return int(document["count"])
+
+    async def export(self) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.endpoints.admin_port}/admin/v1/export"
+        headers = {"Authorization": f"Bearer {self._env['GATEWAY_ADMIN_TOKEN']}"}
+        async with self._session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=120)
+        ) as response:
+            response.raise_for_status()
+            text = await response.text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class SimulatorPlatform:
+    """The simulator's control API."""
+
+    def __init__(self, session: aiohttp.ClientSession, control_url: str) -> None:
+        self._session = session
+        self._url = control_url.rstrip("/") + "/_sim"
+
+    async def add_fault(self, rule: Mapping[str, Any]) -> str:
+        async with self._session.post(f"{self._url}/faults", json=dict(rule)) as response:
+            document = await response.json()
+            if response.status >= 300:
+                raise DrillError(f"the simulator refused the fault rule {dict(rule)}: {document}")
+            return str(document["id"])
+
+    async def ledger(self, *, invoices: bool) -> dict[str, Any]:
+        params = {} if invoices else {"invoices": "0"}
+        async with self._session.get(f"{self._url}/ledger", params=params) as response:
+            response.raise_for_status()
+            return dict(await response.json())
+
+
+def clock(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    return f"{int(seconds // 60):02d}:{seconds % 60:04.1f}"
+
+
+class Drill:
+    def __init__(self, options: DrillOptions, out: Callable[[str], None]) -> None:
+        self.options = options
+        self.scenario = options.scenario.with_steps(*options.extra_steps)
+        self._out = out
+        self._started = time.monotonic()
+        self.started_wall = time.time()
+        self.events: list[Event] = []
+        self.queued_peak = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def note(self, text: str) -> None:
+        event = Event(self.elapsed(), text)
+        self.events.append(event)
+        self._out(f"{clock(event.at_s)}  {text}")
+
+    async def run(self, workdir: Path) -> DrillResult:
+        options, scenario = self.options, self.scenario
+        credentials = Credentials.generate()
+        endpoints = Endpoints.allocate()
+        env = credentials.child_env()
+        env["GATEWAY_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        gateway_env = {**env, **options.gateway_env}
+        store_dir = options.store_dir or workdir
+        overrides = {
+            **DRILL_OVERRIDES,
+            **scenario.overrides,
+            **options.overrides,
+            "store_url": f"sqlite:///{store_dir / 'gateway.db'}",
+        }
+        config = write_gateway_config(workdir, endpoints, overrides)
+        command = [sys.executable, "-m", "gateway"]
+        simulator = Child(
+            "simulator",
+            [
+                *command,
+                "simulate",
+                "--listen",
+                f"127.0.0.1:{endpoints.simulator_port}",
+                "--control-listen",
+                f"127.0.0.1:{endpoints.control_port}",
+                "--issue-delay",
+                str(ISSUE_DELAY_S),
+                *(["--seed", str(options.seed)] if options.seed is not None else []),
+            ],
+            env,
+            workdir,
+        )
+        rng = random.Random(options.seed)
+        timeout = aiohttp.ClientTimeout(total=10)
+        connector = aiohttp.TCPConnector(limit=100)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            platform = SimulatorPlatform(session, endpoints.control_url)
+            stage = DrillStage(
+                workdir,
+                platform,
+                [*command, "run", "--config", str(config)],
+                gateway_env,
+                endpoints,
+                session,
+                self.note,
+                rng,
+            )
+            try:
+                simulator.start()
+                await wait_ready(simulator, session, f"{endpoints.control_url}/_sim/health")
+                await stage.start_gateway()
+                return await self._run(stage, platform, session, credentials)
+            finally:
+                stop_children([stage.gateway, simulator])
+
+    async def _run(
+        self,
+        stage: DrillStage,
+        platform: SimulatorPlatform,
+        session: aiohttp.ClientSession,
+        credentials: Credentials,
+    ) -> DrillResult:
+        options, scenario = self.options, self.scenario
+        integrator = Integrator(
+            session,
+            stage.endpoints.gateway_url,
+            credentials.tenant_key,
+            InvoiceFactory(credentials.user_tax, seed=options.seed),
+            rate=options.rate,
+            seed=options.seed,
+            on_answer=self._on_answer,
+        )
+        self._integrator = integrator
+        self.note(
+            f"simulator and gateway up; the client sends {options.rate:g} invoices/s for "
+            f"{scenario.traffic_s:g} s"
+        )
+        stop = asyncio.Event()
+        background = [
+            asyncio.create_task(stage.watch()),
+            asyncio.create_task(self._status(stage)),
+        ]
+        traffic = asyncio.create_task(integrator.run(stop))
+        try:
+            for step in scenario.steps:
+                await self._until(step.at_s)
+                self.note(step.what)
+                await step.act(stage)
+            await self._until(scenario.traffic_s)
+            stop.set()
+            await traffic
+            book = integrator.book
+            self.note(f"traffic stopped: {len(book.orders)} invoices submitted")
+            unsettled = await integrator.finish(options.settle_timeout_s)
+            if unsettled:
+                self.note(f"{unsettled} invoices never got a settling answer")
+            await self._drained(stage)
+            await self._issued(platform)
+            rows = await stage.export()
+            ledger = await platform.ledger(invoices=True)
+        finally:
+            stop.set()
+            for task in [traffic, *background]:
+                task.cancel()
+            await asyncio.gather(traffic, *background, return_exceptions=True)
+        outcome = check(integrator.book, rows, Issued.from_ledger(ledger))
+        self.note(outcome.summary())
+        return DrillResult(
+            scenario,
+            options,
+            self.started_wall,
+            integrator.book,
+            outcome,
+            self.events,
+            self._drain_s(rows),
+            self.queued_peak,
+            stage.crashes,
+            stage.unexpected_exits,
+            self.elapsed(),
+            ledger.get("counters", {}),
+        )
+
+    def _on_answer(self, order: Order, result: Result) -> None:
+        del order, result  # counted by the book; the status line reads it
+
+    async def _until(self, at_s: float) -> None:
+        delay = at_s - self.elapsed()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _status(self, stage: DrillStage) -> None:
+        last_told = 0.0
+        while True:
+            waiting = await stage.waiting()
+            if waiting is not None:
+                self.queued_peak = max(self.queued_peak, waiting)
+            now = self.elapsed()
+            if now - last_told >= STATUS_EVERY_S:
+                last_told = now
+                book = self._integrator.book
+                self._out(
+                    f"{clock(now)}  … {len(book.orders)} submitted, "
+                    f"{book.outcomes['forwarded']} forwarded, {book.outcomes['queued']} queued, "
+                    f"outbox waiting: {'gateway down' if waiting is None else waiting}"
+                )
+            await asyncio.sleep(0.25)
+
+    async def _drained(self, stage: DrillStage) -> None:
+        deadline = time.monotonic() + self.options.settle_timeout_s
+        told = 0.0
+        while time.monotonic() < deadline:
+            waiting = await stage.waiting()
+            if waiting == 0:
+                self.note("the outbox is empty: every queued submission is final")
+                return
+            if time.monotonic() - told >= STATUS_EVERY_S:
+                told = time.monotonic()
+                self.note(f"waiting for the outbox to drain: {waiting} still to deliver")
+            await asyncio.sleep(0.25)
+        self.note(f"the outbox did not drain within {self.options.settle_timeout_s:g} s")
+
+    async def _issued(self, platform: SimulatorPlatform) -> None:
+        deadline = time.monotonic() + ISSUING_TIMEOUT_S
+        while time.monotonic() < deadline:
+            ledger = await platform.ledger(invoices=False)
+            if int(ledger.get("totals", {}).get("issuing", 0)) == 0:
+                return
+            await asyncio.sleep(0.2)
+
+    def _drain_s(self, rows: list[dict[str, Any]]) -> float | None:
+        delivered = [
+            float(row["delivered_at"])
+            for row in rows
+            if row.get("acknowledged") and row.get("delivered_at") is not None
+        ]
+        if not delivered:
+            return None
+        healthy_at = self.started_wall + self.scenario.healthy_from_s
+        return max(0.0, max(delivered) - healthy_at)
+
+
+async def run_drill(
+    options: DrillOptions, out: Callable[[str], None] = print, workdir: Path | None = None
+) -> DrillResult:
+    """Run one drill in `workdir` (a fresh temporary directory otherwise, removed after)."""
+    import shutil
+    import tempfile
+
+    own = workdir is None
+    path = workdir or Path(tempfile.mkdtemp(prefix="invoice-gateway-drill-"))
+    try:
+        return await Drill(options, out).run(path)
+    finally:
+        if own:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(path)
