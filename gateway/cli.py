@@ -101,9 +101,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_drill(args: argparse.Namespace) -> int:
+    from gateway.drill.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway.bench import configure_parser as configure_bench
     from gateway.demo import configure_parser as configure_demo
+    from gateway.drill.cli import configure_parser as configure_drill
     from gateway.oncall_cli import configure_circuit, configure_outbox
     from gateway.simulator.cli import configure_parser as configure_simulator
 
@@ -162,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configure_bench(bench)
     bench.set_defaults(handler=_cmd_bench)
+
+    drill = commands.add_parser(
+        "drill",
+        help="rehearse a platform outage: a named scenario, then the report",
+        description="Run a named outage scenario through a real gateway (against the simulator, "
+        "or a staging upstream with --upstream) and print a report: what the client saw, how "
+        "long the drain took, whether anything was lost or issued twice.",
+    )
+    configure_drill(drill)
+    drill.set_defaults(handler=_cmd_drill)
 
     configure_outbox(
         commands.add_parser(

@@ -223,6 +223,8 @@ class Result:
     replayed: bool = False
     #: The gateway's problem type without its prefix (`circuit-open`), for problem answers.
     problem: str = ""
+    #: The answer's JSON document, when it was JSON.
+    document: Any = None
 
 
 def outcome_of(headers: Mapping[str, str]) -> str:
@@ -272,6 +274,7 @@ def read_answer(
         submission_id=submission_id,
         replayed=headers.get(REPLAYED_HEADER, "").strip().lower() == "true",
         problem=problem_type.removeprefix(PROBLEM_TYPE_PREFIX) if problem_type else "",
+        document=document,
     )
 
 

@@ -209,16 +209,20 @@ def set_dotted(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str
 
 
 def write_gateway_config(
-    workdir: Path, endpoints: Endpoints, overrides: Mapping[str, Any] | None = None
+    workdir: Path,
+    endpoints: Endpoints,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    profile: Path = PROFILE,
 ) -> Path:
-    """The default profile, pointed at the simulator, with everything else in `workdir` (and
-    `overrides`, dotted keys, applied on top)."""
+    """`profile` (the default profile unless told), pointed at the simulator, with everything
+    else in `workdir` (and `overrides`, dotted keys, applied on top)."""
     try:
-        config: dict[str, Any] = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))
+        config: dict[str, Any] = yaml.safe_load(profile.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DemoError(
-            f"cannot read the default profile {PROFILE}: {exc.strerror}; run the demo from a "
-            "source checkout (make demo)"
+            f"cannot read the profile {profile}: {exc.strerror}; run from a source checkout "
+            "(make demo) or name a readable config file"
         ) from None
     config["listen"] = f"127.0.0.1:{endpoints.gateway_port}"
     config.setdefault("admin", {})["listen"] = f"127.0.0.1:{endpoints.admin_port}"

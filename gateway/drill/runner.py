@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import secrets
 import sys
@@ -25,6 +26,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 
 from gateway.demo.children import (
+    PROFILE,
     Child,
     Credentials,
     Endpoints,
@@ -34,9 +36,10 @@ from gateway.demo.children import (
 )
 from gateway.demo.plan import DemoError
 from gateway.drill.checks import Check, Issued, check
-from gateway.drill.integrator import Book, Integrator, Order
+from gateway.drill.integrator import Book, Integrator
+from gateway.drill.relay import FaultRelay
 from gateway.drill.scenarios import DrillScenario, Step
-from gateway.loadgen import InvoiceFactory, Result
+from gateway.loadgen import QUERY_OPERATION, SERVICES_PATH, InvoiceFactory, send_operation
 
 #: Gateway settings for drills on top of the default profile: quick probes and back-off, a
 #: fast drain, so a drill takes a minute (production keeps the profile's values).
@@ -57,6 +60,14 @@ WAITING_STATES: Final = "queued,delivering,unknown"
 ISSUE_DELAY_S: Final = 0.5
 STATUS_EVERY_S: Final = 5.0
 ISSUING_TIMEOUT_S: Final = 15.0
+#: Order numbers per lookup against a staging upstream, and the statuses that mean issued (2)
+#: or being issued (20).
+LOOKUP_BATCH: Final = 10
+LIVE_STATUSES: Final = frozenset({"2", "20"})
+#: The drill's own tenant on a staging run (its key is made up per run).
+DRILL_TENANT: Final = "drill"
+TENANT_KEY_ENV: Final = "GATEWAY_DRILL_API_KEY"
+STAGING_ENV: Final = ("NUONUO_APP_KEY", "NUONUO_APP_SECRET", "NUONUO_USER_TAX")
 
 
 class DrillError(DemoError):
@@ -65,9 +76,18 @@ class DrillError(DemoError):
 
 
 class Platform(Protocol):
-    """Where platform faults go: the simulator's control API or the fault relay."""
+    """The platform side of a drill: where faults go (the simulator's control API or the fault
+    relay) and where the check learns what was issued (the simulator's ledger or lookups)."""
 
     async def add_fault(self, rule: Mapping[str, Any]) -> str: ...
+
+    async def settled(self) -> bool:
+        """Nothing is still being issued."""
+        ...
+
+    async def issued(self, book: Book) -> Issued:
+        """Live invoices per order number of `book`, once the drill is over."""
+        ...
 
 
 @dataclass
@@ -85,6 +105,10 @@ class DrillOptions:
     #: How long the client keeps retrying unsettled orders, and the outbox may take to drain,
     #: after the traffic stopped.
     settle_timeout_s: float = 90.0
+    #: A staging upstream to drill against instead of the simulator (behind the fault relay),
+    #: and the gateway config to use there (the default profile otherwise).
+    upstream: str | None = None
+    config: Path | None = None
 
 
 @dataclass
@@ -109,7 +133,10 @@ class DrillResult:
     #: Exits of the gateway nobody asked for (each fails the drill).
     unexpected_exits: list[str]
     duration_s: float
-    ledger_counters: Mapping[str, Any]
+    #: "the simulator" or "staging upstream URL (through the fault relay)".
+    against: str
+    #: Platform fault rules that fired, by kind.
+    faults_hit: Mapping[str, int]
 
     @property
     def passed(self) -> bool:
@@ -230,6 +257,111 @@ class SimulatorPlatform:
             response.raise_for_status()
             return dict(await response.json())
 
+    async def settled(self) -> bool:
+        ledger = await self.ledger(invoices=False)
+        return int(ledger.get("totals", {}).get("issuing", 0)) == 0
+
+    async def issued(self, book: Book) -> Issued:
+        del book  # the ledger knows every order
+        return Issued.from_ledger(await self.ledger(invoices=True))
+
+
+class StagingPlatform:
+    """A staging upstream behind the fault relay; what was issued is looked up, order by
+    order, through the gateway (`queryInvoiceResult`), as an integrator would."""
+
+    def __init__(
+        self, relay: FaultRelay, session: aiohttp.ClientSession, gateway_url: str, api_key: str
+    ) -> None:
+        self._relay = relay
+        self._session = session
+        self._url = gateway_url.rstrip("/") + SERVICES_PATH
+        self._api_key = api_key
+
+    async def add_fault(self, rule: Mapping[str, Any]) -> str:
+        return await self._relay.add_fault(rule)
+
+    async def settled(self) -> bool:
+        return True  # lookups count invoices still issuing as issued
+
+    async def issued(self, book: Book) -> Issued:
+        await self._relay.clear_faults()
+        by_order: dict[str, int] = {}
+        order_nos = list(book.orders)
+        for start in range(0, len(order_nos), LOOKUP_BATCH):
+            batch = order_nos[start : start + LOOKUP_BATCH]
+            result = await send_operation(
+                self._session,
+                self._url,
+                self._api_key,
+                QUERY_OPERATION,
+                {"serialNos": [], "orderNos": batch, "isOfferInvoiceDetail": "0"},
+                kind="read",
+                limit=aiohttp.ClientTimeout(total=30),
+            )
+            found = result.document.get("result") if isinstance(result.document, dict) else None
+            if result.status != 200 or not isinstance(found, list):
+                raise DrillError(
+                    f"looking up issued invoices failed ({result.status} {result.detail}); the "
+                    "ledger check needs queryInvoiceResult to work on the staging upstream"
+                )
+            for invoice in found:
+                if isinstance(invoice, dict) and str(invoice.get("status")) in LIVE_STATUSES:
+                    key = str(invoice.get("orderNo"))
+                    by_order[key] = by_order.get(key, 0) + 1
+        return Issued(
+            by_order=by_order,
+            doubles=sum(1 for n in by_order.values() if n > 1),
+            duplicates_rejected=0,
+            faults_hit=self._relay.faults_hit,
+        )
+
+
+def simulator_child(
+    command: list[str],
+    endpoints: Endpoints,
+    env: Mapping[str, str],
+    workdir: Path,
+    seed: int | None,
+) -> Child:
+    return Child(
+        "simulator",
+        [
+            *command,
+            "simulate",
+            "--listen",
+            f"127.0.0.1:{endpoints.simulator_port}",
+            "--control-listen",
+            f"127.0.0.1:{endpoints.control_port}",
+            "--issue-delay",
+            str(ISSUE_DELAY_S),
+            *(["--seed", str(seed)] if seed is not None else []),
+        ],
+        env,
+        workdir,
+    )
+
+
+def staging_env(generated: Credentials) -> tuple[dict[str, str], Credentials]:
+    """For a staging run: the platform credentials from our environment (the business's own),
+    and a tenant key made up for the drill's tenant."""
+    missing = [name for name in STAGING_ENV if not os.environ.get(name)]
+    if missing:
+        raise DrillError(
+            f"a drill against a staging upstream signs with your staging credentials; set "
+            f"{', '.join(missing)} (see config/gateway.yaml)"
+        )
+    credentials = Credentials(
+        app_key=os.environ["NUONUO_APP_KEY"],
+        app_secret=os.environ["NUONUO_APP_SECRET"],
+        user_tax=os.environ["NUONUO_USER_TAX"],
+        tenant_key=generated.tenant_key,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env[TENANT_KEY_ENV] = credentials.tenant_key
+    env["PYTHONUNBUFFERED"] = "1"
+    return env, credentials
+
 
 def clock(seconds: float) -> str:
     seconds = max(seconds, 0.0)
@@ -255,66 +387,71 @@ class Drill:
         self._out(f"{clock(event.at_s)}  {text}")
 
     async def run(self, workdir: Path) -> DrillResult:
-        options, scenario = self.options, self.scenario
+        options = self.options
         credentials = Credentials.generate()
         endpoints = Endpoints.allocate()
         env = credentials.child_env()
-        env["GATEWAY_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
-        gateway_env = {**env, **options.gateway_env}
-        store_dir = options.store_dir or workdir
-        overrides = {
+        overrides: dict[str, Any] = {
             **DRILL_OVERRIDES,
-            **scenario.overrides,
+            **self.scenario.overrides,
             **options.overrides,
-            "store_url": f"sqlite:///{store_dir / 'gateway.db'}",
+            "store_url": f"sqlite:///{(options.store_dir or workdir) / 'gateway.db'}",
         }
-        config = write_gateway_config(workdir, endpoints, overrides)
-        command = [sys.executable, "-m", "gateway"]
-        simulator = Child(
-            "simulator",
-            [
-                *command,
-                "simulate",
-                "--listen",
-                f"127.0.0.1:{endpoints.simulator_port}",
-                "--control-listen",
-                f"127.0.0.1:{endpoints.control_port}",
-                "--issue-delay",
-                str(ISSUE_DELAY_S),
-                *(["--seed", str(options.seed)] if options.seed is not None else []),
-            ],
-            env,
-            workdir,
+        relay: FaultRelay | None = None
+        if options.upstream is not None:
+            env, credentials = staging_env(credentials)
+            relay = FaultRelay(options.upstream)
+            overrides["upstream.url"] = await relay.start()
+            overrides["tenants"] = [{"id": DRILL_TENANT, "api_key": {"env": TENANT_KEY_ENV}}]
+        env["GATEWAY_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        config = write_gateway_config(
+            workdir, endpoints, overrides, profile=options.config or PROFILE
         )
-        rng = random.Random(options.seed)
+        command = [sys.executable, "-m", "gateway"]
+        children: list[Child] = []
+        if relay is None:
+            children.append(simulator_child(command, endpoints, env, workdir, options.seed))
         timeout = aiohttp.ClientTimeout(total=10)
         connector = aiohttp.TCPConnector(limit=100)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            platform = SimulatorPlatform(session, endpoints.control_url)
+            platform: Platform = (
+                SimulatorPlatform(session, endpoints.control_url)
+                if relay is None
+                else StagingPlatform(relay, session, endpoints.gateway_url, credentials.tenant_key)
+            )
             stage = DrillStage(
                 workdir,
                 platform,
                 [*command, "run", "--config", str(config)],
-                gateway_env,
+                {**env, **options.gateway_env},
                 endpoints,
                 session,
                 self.note,
-                rng,
+                random.Random(options.seed),
             )
             try:
-                simulator.start()
-                await wait_ready(simulator, session, f"{endpoints.control_url}/_sim/health")
+                for child in children:
+                    child.start()
+                    await wait_ready(child, session, f"{endpoints.control_url}/_sim/health")
                 await stage.start_gateway()
-                return await self._run(stage, platform, session, credentials)
+                against = (
+                    "the simulator"
+                    if relay is None
+                    else f"the staging upstream {options.upstream} (through the fault relay)"
+                )
+                return await self._run(stage, platform, session, credentials, against)
             finally:
-                stop_children([stage.gateway, simulator])
+                stop_children([stage.gateway, *children])
+                if relay is not None:
+                    await relay.close()
 
     async def _run(
         self,
         stage: DrillStage,
-        platform: SimulatorPlatform,
+        platform: Platform,
         session: aiohttp.ClientSession,
         credentials: Credentials,
+        against: str,
     ) -> DrillResult:
         options, scenario = self.options, self.scenario
         integrator = Integrator(
@@ -324,12 +461,13 @@ class Drill:
             InvoiceFactory(credentials.user_tax, seed=options.seed),
             rate=options.rate,
             seed=options.seed,
-            on_answer=self._on_answer,
         )
         self._integrator = integrator
+        # The timeline counts from the first invoice: scenario times are traffic times.
+        self._started, self.started_wall = time.monotonic(), time.time()
         self.note(
-            f"simulator and gateway up; the client sends {options.rate:g} invoices/s for "
-            f"{scenario.traffic_s:g} s"
+            f"{'simulator and ' if 'simulator' in against else ''}gateway up; the client sends "
+            f"{options.rate:g} invoices/s for {scenario.traffic_s:g} s"
         )
         stop = asyncio.Event()
         background = [
@@ -353,13 +491,13 @@ class Drill:
             await self._drained(stage)
             await self._issued(platform)
             rows = await stage.export()
-            ledger = await platform.ledger(invoices=True)
+            issued = await platform.issued(integrator.book)
         finally:
             stop.set()
             for task in [traffic, *background]:
                 task.cancel()
             await asyncio.gather(traffic, *background, return_exceptions=True)
-        outcome = check(integrator.book, rows, Issued.from_ledger(ledger))
+        outcome = check(integrator.book, rows, issued)
         self.note(outcome.summary())
         return DrillResult(
             scenario,
@@ -373,11 +511,9 @@ class Drill:
             stage.crashes,
             stage.unexpected_exits,
             self.elapsed(),
-            ledger.get("counters", {}),
+            against,
+            issued.faults_hit,
         )
-
-    def _on_answer(self, order: Order, result: Result) -> None:
-        del order, result  # counted by the book; the status line reads it
 
     async def _until(self, at_s: float) -> None:
         delay = at_s - self.elapsed()
@@ -415,11 +551,10 @@ class Drill:
             await asyncio.sleep(0.25)
         self.note(f"the outbox did not drain within {self.options.settle_timeout_s:g} s")
 
-    async def _issued(self, platform: SimulatorPlatform) -> None:
+    async def _issued(self, platform: Platform) -> None:
         deadline = time.monotonic() + ISSUING_TIMEOUT_S
         while time.monotonic() < deadline:
-            ledger = await platform.ledger(invoices=False)
-            if int(ledger.get("totals", {}).get("issuing", 0)) == 0:
+            if await platform.settled():
                 return
             await asyncio.sleep(0.2)
 

@@ -2,8 +2,8 @@
 
 A scenario is client traffic for `traffic_s` seconds and steps at fixed times into it: platform
 faults (the simulator's fault rules; against a staging upstream, the fault relay's) and gateway
-crashes (`kill -9`, then a restart on the same store). `healthy_from_s` is when the last fault
-is over: the drain time is measured from there.
+crashes (`kill -9`, then a restart on the same store). `healthy_from_s` is when the platform is
+reachable again after its last outage: the drain time is measured from there.
 
     outage         the platform refuses connections for 20 s
     flapping       down 3 s, up 3 s, five times
@@ -35,17 +35,20 @@ class Step:
     #: What happens, in words, for the timeline ("the platform refuses connections for 20 s").
     what: str
     act: Callable[[DrillStage], Awaitable[None]]
-    #: The platform fault rule this step installs, if it is one (to tell where it can run).
+    #: The platform fault rule this step installs, if it is one (to tell where it can run),
+    #: and `what` before the rule's values were filled in.
     rule: Mapping[str, Any] | None = None
+    template: str = ""
 
 
 def fault(at_s: float, what: str, **rule: Any) -> Step:
-    """A step installing one platform fault rule (the simulator's `/_sim/faults` JSON)."""
+    """A step installing one platform fault rule (the simulator's `/_sim/faults` JSON); `what`
+    may name the rule's values: "refuses connections for {duration_s:g} s"."""
 
     async def act(stage: DrillStage) -> None:
         await stage.platform.add_fault(rule)
 
-    return Step(at_s, what, act, rule)
+    return Step(at_s, what.format_map(rule), act, rule, what)
 
 
 def crash(at_s: float, what: str = "the gateway is killed (kill -9) and restarted") -> Step:
@@ -70,6 +73,26 @@ class DrillScenario:
     def needs_simulator(self) -> bool:
         return any(step.rule and step.rule.get("kind") in SIMULATOR_ONLY for step in self.steps)
 
+    def scaled(self, factor: float) -> DrillScenario:
+        """The same scenario with its timeline (step times, fault durations, traffic) stretched
+        by `factor` (0.5 halves it)."""
+        if factor == 1:
+            return self
+        steps = tuple(
+            Step(step.at_s * factor, step.what, step.act)
+            if step.rule is None
+            else fault(step.at_s * factor, step.template, **_scaled_rule(step.rule, factor))
+            for step in self.steps
+        )
+        return DrillScenario(
+            self.name,
+            self.summary + (f" (timeline ×{factor:g})"),
+            self.traffic_s * factor,
+            steps,
+            self.healthy_from_s * factor,
+            self.overrides,
+        )
+
     def with_steps(self, *extra: Step, traffic_s: float | None = None) -> DrillScenario:
         """This scenario with more steps (chaos tests add their own)."""
         steps = tuple(sorted((*self.steps, *extra), key=lambda s: s.at_s))
@@ -86,11 +109,18 @@ class DrillScenario:
 ISSUE: Final = [SUBMIT_OPERATION]
 
 
+def _scaled_rule(rule: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    scaled = dict(rule)
+    if scaled.get("duration_s") is not None:
+        scaled["duration_s"] = float(scaled["duration_s"]) * factor
+    return scaled
+
+
 def _flapping(after: float, down: float, up: float, cycles: int) -> tuple[Step, ...]:
     return tuple(
         fault(
             after + i * (down + up),
-            f"platform down ({i + 1} of {cycles}): refuses connections for {down:g} s",
+            f"platform down ({i + 1} of {cycles}): refuses connections for {{duration_s:g}} s",
             kind="refuse",
             duration_s=down,
         )
@@ -108,7 +138,10 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
             40.0,
             (
                 fault(
-                    8.0, "platform down: refuses connections for 20 s", kind="refuse", duration_s=20
+                    8.0,
+                    "platform down: refuses connections for {duration_s:g} s",
+                    kind="refuse",
+                    duration_s=20,
                 ),
             ),
             28.0,
@@ -118,7 +151,7 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
             "The platform goes down for 3 s and comes back for 3 s, five times.",
             40.0,
             _flapping(5.0, 3.0, 3.0, 5),
-            35.0,
+            32.0,
         ),
         DrillScenario(
             "overload",
@@ -128,14 +161,14 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
             (
                 fault(
                     5.0,
-                    "platform busy: 40 % answered 040102 for 20 s",
+                    "platform busy: 40 % answered 040102 for {duration_s:g} s",
                     kind="busy",
                     probability=0.4,
                     duration_s=20,
                 ),
                 fault(
                     5.0,
-                    "platform overloaded: 20 % answered HTTP 503 for 20 s",
+                    "platform overloaded: 20 % answered HTTP 503 for {duration_s:g} s",
                     kind="http_error",
                     status=503,
                     probability=0.2,
@@ -143,7 +176,7 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
                 ),
                 fault(
                     5.0,
-                    "platform slow: 20 % of calls take 1.5 s longer for 20 s",
+                    "platform slow: 20 % of calls take 1.5 s longer for {duration_s:g} s",
                     kind="slow",
                     delay_s=1.5,
                     probability=0.2,
@@ -160,7 +193,7 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
             (
                 fault(
                     5.0,
-                    "answers lost: 15 % of issued invoices' answers reset for 20 s",
+                    "answers lost: 15 % of issued invoices' answers reset for {duration_s:g} s",
                     kind="answer_lost",
                     probability=0.15,
                     duration_s=20,
@@ -168,7 +201,7 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
                 ),
                 fault(
                     5.0,
-                    "answers cut short: 5 % of answers truncated for 20 s",
+                    "answers cut short: 5 % of answers truncated for {duration_s:g} s",
                     kind="truncate",
                     probability=0.05,
                     duration_s=20,
@@ -184,7 +217,10 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
             35.0,
             (
                 fault(
-                    5.0, "platform down: refuses connections for 12 s", kind="refuse", duration_s=12
+                    5.0,
+                    "platform down: refuses connections for {duration_s:g} s",
+                    kind="refuse",
+                    duration_s=12,
                 ),
                 fault(18.0, "every access token revoked (mid-drain)", kind="token_expiry"),
             ),
@@ -197,7 +233,10 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
             40.0,
             (
                 fault(
-                    5.0, "platform down: refuses connections for 20 s", kind="refuse", duration_s=20
+                    5.0,
+                    "platform down: refuses connections for {duration_s:g} s",
+                    kind="refuse",
+                    duration_s=20,
                 ),
                 crash(14.0, "the gateway is killed (kill -9) while queueing, then restarted"),
                 crash(26.5, "the gateway is killed (kill -9) while draining, then restarted"),
@@ -212,28 +251,28 @@ SCENARIOS: Final[Mapping[str, DrillScenario]] = {
             (
                 fault(
                     3.0,
-                    "platform busy: 30 % answered 040102 for 10 s",
+                    "platform busy: 30 % answered 040102 for {duration_s:g} s",
                     kind="busy",
                     probability=0.3,
                     duration_s=10,
                 ),
                 fault(
                     13.0,
-                    "platform down: refuses connections for 12 s",
+                    "platform down: refuses connections for {duration_s:g} s",
                     kind="refuse",
                     duration_s=12,
                 ),
                 crash(19.0, "the gateway is killed (kill -9) during the outage, then restarted"),
                 fault(
                     25.0,
-                    "answers lost: 10 % of issued invoices' answers reset for 10 s",
+                    "platform back; 10 % of issued invoices' answers lost for {duration_s:g} s",
                     kind="answer_lost",
                     probability=0.1,
                     duration_s=10,
                     operations=ISSUE,
                 ),
             ),
-            35.0,
+            25.0,
         ),
     )
 }
