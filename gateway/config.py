@@ -196,6 +196,8 @@ class BusinessCodesConfig(_Model):
     success: list[str] = Field(default_factory=lambda: ["E0000"])
     retryable: list[str] = Field(default_factory=lambda: ["040102"])
     auth: list[str] = Field(default_factory=lambda: ["070301"])
+    #: The signed timestamp is too far from the platform's clock: re-signed with its time.
+    clock_skew: list[str] = Field(default_factory=lambda: ["070602"])
     quota: list[str] = Field(default_factory=lambda: ["070201"])
     permanent: list[str] = Field(default_factory=lambda: ["0201", "070601"])
     duplicate: list[str] = Field(default_factory=lambda: ["E9106"])
@@ -205,7 +207,15 @@ class BusinessCodesConfig(_Model):
     @model_validator(mode="after")
     def _disjoint(self) -> BusinessCodesConfig:
         seen: dict[str, str] = {}
-        for name in ("success", "retryable", "auth", "quota", "permanent", "duplicate"):
+        for name in (
+            "success",
+            "retryable",
+            "auth",
+            "clock_skew",
+            "quota",
+            "permanent",
+            "duplicate",
+        ):
             for code in getattr(self, name):
                 if code in seen:
                     raise ValueError(f"code {code!r} is listed under both {seen[code]} and {name}")

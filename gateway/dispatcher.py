@@ -15,9 +15,11 @@
             success                          → delivered
             duplicate (E9106), maybe sent    → lookup → delivered (reconciled) | parked | retry
             duplicate, never sent before     → lookup → failed ("external duplicate")
-            permanent / 4xx / auth           → failed, with the platform's answer
+            permanent / 4xx                  → failed, with the platform's answer
             answer lost                      → unknown (reconcile next time), back-off
             not sent / busy / 5xx / 429      → queued again, back-off (Retry-After honoured)
+            auth / clock skew (the gateway's
+            credentials, cured once in vain) → queued again, back-off
 
 A write refused because the fence moved (someone else owns the row now) is dropped. A crash at
 any point leaves the row `delivering` until its lease expires; the sweep then marks it
@@ -794,6 +796,13 @@ def _stored(response: UpstreamResponse | None) -> StoredResponse | None:
 
 def _retry_reason(failure: FailureClass, verdict: Verdict) -> str:
     wait = f"; it asked to wait {verdict.retry_after:g} s" if verdict.retry_after else ""
+    if failure is FailureClass.CLOCK_SKEW:
+        code = f" (code {verdict.code})" if verdict.code else ""
+        return (
+            f"the platform refused the time the gateway signed with{code}, and its answer gave "
+            "no clock to correct by (or the corrected one was refused too); nothing was issued. "
+            "Fix NTP on the gateway's host"
+        )
     if not failure.sent:
         return f"the platform could not be reached ({failure.value}); nothing was sent"
     if failure is FailureClass.HTTP_5XX:

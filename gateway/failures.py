@@ -31,6 +31,8 @@ class FailureClass(StrEnum):
     REFUSED = "refused"
     CONNECT_TIMEOUT = "connect_timeout"
     TOKEN_UNAVAILABLE = "token_unavailable"  # noqa: S105 — a failure class, not a secret
+    # Reached the platform, refused before it read the request: as good as not sent.
+    CLOCK_SKEW = "clock_skew"  # the signed timestamp is outside its window: our clock is off
     # Reached the platform, answer lost: the outcome is unknown.
     TIMEOUT = "timeout"
     CONNECTION_LOST = "connection_lost"
@@ -70,6 +72,7 @@ _NOT_SENT = frozenset(
         FailureClass.REFUSED,
         FailureClass.CONNECT_TIMEOUT,
         FailureClass.TOKEN_UNAVAILABLE,
+        FailureClass.CLOCK_SKEW,
         FailureClass.CIRCUIT_OPEN,
     }
 )
@@ -81,13 +84,15 @@ _ANSWER_LOST = frozenset(
         FailureClass.UNPARSABLE,
     }
 )
-#: A client mistake, a verdict, a rejected token or a quota say nothing about platform health.
+#: A client mistake, a verdict, a rejected token or clock, or a quota say nothing about platform
+#: health.
 _HEALTHY_ANSWERS = frozenset(
     {
         FailureClass.HTTP_4XX,
         FailureClass.PERMANENT,
         FailureClass.DUPLICATE,
         FailureClass.AUTH,
+        FailureClass.CLOCK_SKEW,
         FailureClass.QUOTA,
         FailureClass.TOKEN_UNAVAILABLE,
         FailureClass.CIRCUIT_OPEN,
@@ -123,6 +128,7 @@ class FailureClassifier:
         for classes, failure in (
             (codes.retryable, FailureClass.BUSY),
             (codes.auth, FailureClass.AUTH),
+            (codes.clock_skew, FailureClass.CLOCK_SKEW),
             (codes.quota, FailureClass.QUOTA),
             (codes.permanent, FailureClass.PERMANENT),
             (codes.duplicate, FailureClass.DUPLICATE),
@@ -186,10 +192,20 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    when = parse_http_date(value)
+    if when is None:
+        return None
+    return max(0.0, when - now_wall)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """Unix seconds of an HTTP-date (RFC 9110 IMF-fixdate, e.g. a `Date` header), or None."""
+    if not value:
+        return None
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - now_wall)
+    return when.timestamp()

@@ -272,6 +272,13 @@ class GatewayCollector(Collector):
         if token is not None:
             age.add_metric([], max(0.0, gateway.clock.wall() - float(token.obtained_at)))
         yield age
+        offset = GaugeMetricFamily(
+            "gateway_upstream_clock_offset_seconds",
+            "The platform's clock minus the gateway's, as learned from a refused signed time "
+            "(0 until one); requests are signed with the platform's time.",
+        )
+        offset.add_metric([], auth.clock_offset)
+        yield offset
 
         uptime = GaugeMetricFamily("gateway_start_time_seconds", "When the gateway started.")
         uptime.add_metric([], gateway.started_at)

@@ -5,7 +5,9 @@ and circuit breaker, ending in one `Outcome`.
         circuit breaker admits it?  ── no → circuit_open, stop (fail fast)
         sign afresh and send, time-limited by what is left of the deadline
         classify → success | FailureClass
-        070301 (token rejected) → renew the token once (single-flight) and resend once
+        the platform refused the gateway's credentials, not the request → cure them once and
+        resend within the attempt: 070301 (token rejected) renews the token (single-flight);
+        070602 (timestamp off the platform's clock) re-signs with the clock of its `Date`
     retry when: the class is in the policy's `retry_on`, a resend is safe for the operation's
     kind, attempts remain, the back-off (or Retry-After) fits the deadline, and the budget allows.
 """
@@ -33,6 +35,8 @@ log = structlog.get_logger("gateway.resilience")
 
 #: An attempt is not started with less than this left of the deadline.
 MIN_ATTEMPT_SECONDS = 0.05
+#: Rejections of the gateway's own credentials that the auth scheme may cure before a resend.
+_CURABLE = frozenset({FailureClass.AUTH, FailureClass.CLOCK_SKEW})
 
 
 class AttemptObserver(Protocol):
@@ -69,7 +73,8 @@ class _Run:
     policy: RetryPolicy
     deadline_at: float
     outcome: Outcome
-    token_renewed: bool = False
+    #: The credential rejections already cured for this request (each is cured once).
+    cured: set[FailureClass] = field(default_factory=set)
     give_up: str | None = None
 
 
@@ -174,23 +179,33 @@ class ResiliencePipeline:
     async def _attempt(self, request: UpstreamRequest, run: _Run) -> Verdict:
         run.outcome.attempts += 1
         verdict = await self._guarded_send(request, run)
-        if verdict.failure is FailureClass.AUTH and not run.token_renewed:
-            # The token was rejected: renew it (single-flight inside the auth scheme) and
-            # resend once, as part of this attempt — a renewal is not a retry of a failure.
-            run.token_renewed = True
-            renewed = True
-            if verdict.response is not None and verdict.response.request is not None:
-                try:
-                    await self._upstream.auth.credentials_rejected(verdict.response.request)
-                except GatewayError as exc:
-                    # No new token (the token endpoint is down): nothing more was sent.
-                    verdict = self._classifier.of_error(exc)
-                    renewed = False
-            if renewed:
-                verdict = await self._guarded_send(request, run)
+        while (failure := verdict.failure) in _CURABLE and failure not in run.cured:
+            # The platform refused the gateway's credentials (token, signed time), not the
+            # request: cure them and resend once, as part of this attempt — a cure is not a
+            # retry of a failure. The token and then the clock may each need it.
+            run.cured.add(failure)
+            try:
+                cured = await self._cure(verdict)
+            except GatewayError as exc:
+                # No new token (the token endpoint is down): nothing more was sent.
+                verdict = self._classifier.of_error(exc)
+                break
+            if not cured:
+                break
+            verdict = await self._guarded_send(request, run)
         if not verdict.ok:
             run.outcome.failures.append(verdict.failure)  # type: ignore[arg-type]
         return verdict
+
+    async def _cure(self, verdict: Verdict) -> bool:
+        """Let the auth scheme act on the rejection in `verdict`; True when a resend may pass."""
+        auth = self._upstream.auth
+        response = verdict.response
+        if verdict.failure is FailureClass.CLOCK_SKEW:
+            return response is not None and await auth.clock_rejected(response)
+        if response is not None and response.request is not None:
+            await auth.credentials_rejected(response.request)
+        return True
 
     async def _guarded_send(self, request: UpstreamRequest, run: _Run) -> Verdict:
         breaker = self.breakers.for_operation(run.operation.name)

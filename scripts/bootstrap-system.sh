@@ -8,8 +8,8 @@
 # then `apt-get install -y`; as anyone else it prints the command to run and exits non-zero.
 set -euo pipefail
 
-# One entry per Debian package: "package:command[,command...]" — the package counts as
-# installed when every command is on PATH.
+# One entry per Debian package: "package:check[,check...]" — the package counts as installed
+# when every check holds: a command is on PATH, or a path (one with a '/', globs allowed) exists.
 REQUIRED=(
     # promtool (`check rules`, `test rules`) and the server for tests/observability.
     "prometheus:prometheus,promtool"
@@ -17,14 +17,25 @@ REQUIRED=(
     "chromium:chromium"
     # The load generator of `invoice-gateway bench` (tests/unit/test_bench.py runs it once).
     "wrk:wrk"
+    # LD_PRELOAD library that jumps a process's wall clock (the clock-jump test in
+    # tests/integration/test_resilience.py).
+    "libfaketime:/usr/lib/*/faketime/libfaketime.so.1"
 )
+
+present() {
+    if [[ $1 == */* ]]; then
+        compgen -G "$1" >/dev/null
+    else
+        command -v "$1" >/dev/null 2>&1
+    fi
+}
 
 missing=()
 for entry in "${REQUIRED[@]}"; do
     package=${entry%%:*}
-    IFS=, read -r -a commands <<<"${entry#*:}"
-    for command in "${commands[@]}"; do
-        if ! command -v "$command" >/dev/null 2>&1; then
+    IFS=, read -r -a checks <<<"${entry#*:}"
+    for check in "${checks[@]}"; do
+        if ! present "$check"; then
             missing+=("$package")
             break
         fi

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from gateway.clock import Clock
     from gateway.config import AuthConfig
     from gateway.store import TokenStore
-    from gateway.upstream import UpstreamRequest
+    from gateway.upstream import UpstreamRequest, UpstreamResponse
 
 __all__ = ["NoAuth", "UpstreamAuth", "build_auth"]
 
@@ -27,6 +27,17 @@ class UpstreamAuth(Protocol):
         """The upstream said the credentials `request` carried are invalid: renew them once."""
         ...
 
+    async def clock_rejected(self, response: UpstreamResponse) -> bool:
+        """The upstream refused the signed time of `response.request`: learn its clock from
+        `response`. True when requests are now signed with a time different enough for a
+        resend to pass; False when nothing was learned (no usable `Date` header)."""
+        ...
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds added to the local wall clock when signing: the upstream's time minus ours."""
+        ...
+
 
 class NoAuth:
     """For upstreams that need no authentication."""
@@ -36,6 +47,13 @@ class NoAuth:
 
     async def credentials_rejected(self, request: UpstreamRequest) -> None:
         return None
+
+    async def clock_rejected(self, response: UpstreamResponse) -> bool:
+        return False
+
+    @property
+    def clock_offset(self) -> float:
+        return 0.0
 
 
 def build_auth(

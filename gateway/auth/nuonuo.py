@@ -4,6 +4,11 @@ The platform allows only ~50 token calls per 30 days, so the token is kept in th
 (a restart reuses it), refreshed at `refresh_at` of its lifetime by one request in flight
 (single-flight), and a rejected token triggers at most one forced refresh per
 `min_refresh_interval`.
+
+The platform refuses a signed `timestamp` more than 300 s off its own clock (070602). When it
+does, the scheme learns the offset from that answer's `Date` header and from then on signs with
+the platform's time (wall clock + offset), as AWS SDKs correct clock skew; the offset is learned
+only from such rejections, never from every answer.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from gateway.auth.signature import SIGNED_QUERY_PARAMS, new_nonce, new_senid, si
 from gateway.clock import Clock
 from gateway.config import NuonuoHmacAuthConfig
 from gateway.errors import StoreError, TokenUnavailable
+from gateway.failures import parse_http_date
 from gateway.store import StoredToken, TokenStore
-from gateway.upstream import UpstreamRequest
+from gateway.upstream import UpstreamRequest, UpstreamResponse
 
 log = structlog.get_logger("gateway.auth")
 
 #: Headers the scheme owns; a client's own values are replaced, never forwarded.
 SIGNED_HEADERS = ("accessToken", "userTax", "X-Nuonuo-Sign")
+#: `Date` has whole seconds: clock differences below this are noise, not skew.
+CLOCK_RESOLUTION = 2.0
 
 
 class NuonuoHmacAuth:
@@ -55,6 +63,7 @@ class NuonuoHmacAuth:
         self._load_lock = asyncio.Lock()
         self._refresh: asyncio.Task[StoredToken] | None = None
         self._last_forced = -math.inf
+        self._clock_offset = 0.0
         #: Token requests sent to the platform by this process, and how many failed.
         self.refresh_count = 0
         self.refresh_failures = 0
@@ -63,9 +72,13 @@ class NuonuoHmacAuth:
     def token(self) -> StoredToken | None:
         return self._token
 
+    @property
+    def clock_offset(self) -> float:
+        return self._clock_offset
+
     async def prepare(self, request: UpstreamRequest) -> UpstreamRequest:
         token = await self._usable_token()
-        senid, nonce, timestamp = new_senid(), new_nonce(), str(int(self._clock.wall()))
+        senid, nonce, timestamp = new_senid(), new_nonce(), str(int(self._platform_time()))
         query = [(k, v) for k, v in request.query if k not in SIGNED_QUERY_PARAMS]
         query += [
             ("senid", senid),
@@ -107,6 +120,35 @@ class NuonuoHmacAuth:
             return
         self._last_forced = now
         await self._single_flight_refresh()
+
+    async def clock_rejected(self, response: UpstreamResponse) -> bool:
+        platform_now = parse_http_date(response.headers.get("Date"))
+        if platform_now is None:
+            log.warning(
+                "the platform refused the signed timestamp and sent no usable Date header; "
+                "cannot correct for the clock difference. Check NTP on this host",
+                date=response.headers.get("Date"),
+            )
+            return False
+        offset = platform_now - self._clock.wall()
+        if abs(offset - self._clock_offset) >= CLOCK_RESOLUTION:
+            self._clock_offset = offset
+            if abs(offset) < CLOCK_RESOLUTION:
+                log.info("the gateway's clock agrees with the platform's again", offset_s=offset)
+            else:
+                direction = "ahead of" if offset < 0 else "behind"
+                log.warning(
+                    f"the gateway's clock is {abs(offset):.0f} s {direction} the platform's; "
+                    "signing with the platform's time — fix NTP on this host",
+                    offset_s=round(offset, 3),
+                )
+        rejected = _signed_time(response.request)
+        # Only a resend signed with a time that differs from the refused one can pass (requests
+        # signed before another one learned the offset still can).
+        return rejected is None or abs(self._platform_time() - rejected) >= CLOCK_RESOLUTION
+
+    def _platform_time(self) -> float:
+        return self._clock.wall() + self._clock_offset
 
     async def _usable_token(self) -> StoredToken:
         if not self._loaded:
@@ -191,3 +233,13 @@ class NuonuoHmacAuth:
             )
         log.info("upstream token refreshed", expires_in=token.expires_in)
         return token
+
+
+def _signed_time(request: UpstreamRequest | None) -> float | None:
+    """The `timestamp` a signed request carried, or None."""
+    if request is None:
+        return None
+    for name, value in request.query:
+        if name == "timestamp" and value.isdigit():
+            return float(value)
+    return None

@@ -7,11 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.test_core_gateway import ISSUE, QUERY, counters, invoice
 from tests.support.harness import Gateway, Simulator
-from tests.support.processes import wait_until
+from tests.support.processes import http_json, wait_until
 
 FAST_POLICY = {"backoff": {"base": "20ms", "cap": "200ms"}}
+#: Debian's libfaketime (scripts/bootstrap-system.sh installs it).
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
 def calls(sim: Simulator, operation: str) -> int:
@@ -110,3 +114,52 @@ def test_outage_opens_circuit_then_probe_closes_it(tmp_path: Path, simulator: Si
     finally:
         simulator.clear_faults()
         gw.process.stop()
+
+
+def jumped_clock(workdir: Path, offset: str) -> dict[str, str]:
+    """Environment that moves a process's wall clock by `offset` (e.g. "+3600") with
+    libfaketime; its monotonic clock stays real."""
+    assert LIBFAKETIME.exists(), "libfaketime is missing: run scripts/bootstrap-system.sh as root"
+    workdir.mkdir(parents=True, exist_ok=True)
+    timestamp_file = workdir / "faketime"
+    timestamp_file.write_text(f"{offset}\n")
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(timestamp_file),
+        "FAKETIME_CACHE_DURATION": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
+def gauge(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+@pytest.mark.parametrize(("jump", "offset"), [("+3600", -3600.0), ("-1800", 1800.0)])
+def test_clock_jump_does_not_fail_invoices_with_stale_timestamp(
+    tmp_path: Path, simulator: Simulator, jump: str, offset: float
+) -> None:
+    """The gateway host's clock jumps (an hour ahead, half an hour behind): the platform refuses
+    its timestamp (070602), the gateway re-signs with the platform's Date and the invoice is
+    issued once."""
+    env = jumped_clock(tmp_path / "clock", jump)
+    with Gateway.start(tmp_path / "gw", simulator.url, env=env) as gw:
+        body = invoice()
+        status, _, answer = gw.call(ISSUE, body)
+        assert 200 == status, (answer, gw.process.logs())
+        assert "E0000" == answer["code"]
+        assert 1 == simulator.ledger()["orders"][body["order"]["orderNo"]]["issued"]
+        assert 1 == counters(simulator)["stale_timestamp"]  # refused once, then re-signed
+
+        status, _, answer = gw.call(QUERY, {"orderNos": [body["order"]["orderNo"]]})
+        assert (200, "E0000") == (status, answer["code"])
+        assert 1 == counters(simulator)["stale_timestamp"]  # later calls use the offset
+
+        status, _, text = http_json("GET", f"{gw.admin_url}/metrics")
+        assert 200 == status
+        assert offset == pytest.approx(gauge(text, "gateway_upstream_clock_offset_seconds"), abs=5)
+    logs = gw.process.stdout_path.read_text() + gw.process.stderr_path.read_text()
+    assert "fix NTP on this host" in logs

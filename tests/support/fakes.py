@@ -52,16 +52,24 @@ class MemoryTokenStore:
 
 
 class FakeAuth:
-    """Records credential renewals."""
+    """Records credential renewals and refused clocks; `clock_learned` says whether a refused
+    clock is corrected (a resend worthwhile)."""
 
     def __init__(self) -> None:
         self.renewals = 0
+        self.clock_rejections = 0
+        self.clock_learned = True
+        self.clock_offset = 0.0
 
     async def prepare(self, request: Any) -> Any:
         return request
 
     async def credentials_rejected(self, request: Any) -> None:
         self.renewals += 1
+
+    async def clock_rejected(self, response: Any) -> bool:
+        self.clock_rejections += 1
+        return self.clock_learned
 
 
 Reply = Union["UpstreamResponse", Exception, Callable[[], Any]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import hashlib
 import hmac
 import inspect
@@ -51,6 +52,7 @@ from tests.support.fakes import (
     MemoryTokenStore,
     platform_answer,
 )
+from tests.unit.test_resilience import signing_auth
 
 SERVICES = "/open/v1/services"
 ISSUE = OperationConfig.model_validate(
@@ -91,8 +93,8 @@ BASE = 1.0
 
 
 class Platform:
-    """The fake platform: replies per `method` header (the last one repeats), optionally held
-    in flight until `gate` is set."""
+    """The fake platform: replies per `method` header (the last one repeats; a callable is
+    called with the signed request), optionally held in flight until `gate` is set."""
 
     def __init__(self) -> None:
         self.script: dict[str, list[Any]] = {"issue": [OK], "note": [OK], "query": [FOUND]}
@@ -101,6 +103,8 @@ class Platform:
     def __call__(self, request: Any) -> Any:
         replies = self.script[request.headers["method"]]
         reply = replies.pop(0) if len(replies) > 1 else replies[0]
+        if callable(reply):
+            reply = reply(request)
         if self.gate is not None:
             return self._held(self.gate, reply)
         return reply
@@ -971,3 +975,78 @@ async def test_rejected_token_requeues_instead_of_failing(make: Build) -> None:
     assert (SubmissionState.QUEUED, "auth") == (row.state, row.last_error_class)
     assert row.last_error is not None
     assert "credentials" in row.last_error
+
+
+# -- the gateway's clock, refused by the platform (070602) -------------------------------------
+
+CLOCK_REFUSED = {"code": "070602", "describe": "timestamp out of window"}
+
+
+def platform_clock(clock: FakeClock, *, ahead: float, lenient: bool = True) -> Callable[..., Any]:
+    """A reply for the `Platform` script from a platform whose clock is `ahead` of `clock`:
+    070602 with its time in `Date` for a timestamp over 300 s off (any, unless `lenient`)."""
+
+    def reply(signed: Any) -> UpstreamResponse:
+        now = clock.wall() + ahead
+        if lenient and abs(int(dict(signed.query)["timestamp"]) - now) <= 300:
+            return OK
+        date = email.utils.formatdate(now, usegmt=True)
+        return platform_answer(CLOCK_REFUSED, headers={"Date": date}, request=signed)
+
+    return reply
+
+
+def timestamps(rig: Rig) -> list[int]:
+    return [int(dict(r.query)["timestamp"]) for r in rig.upstream.requests]
+
+
+async def test_clock_jump_is_corrected_and_delivered(make: Build) -> None:
+    """The platform's clock an hour ahead: re-signed with its Date, delivered in one delivery."""
+    clock = FakeClock()
+    async with aiohttp.ClientSession() as session:
+        rig = await make(clock=clock, auth=signing_auth(clock, session))
+        rig.platform.script["issue"] = [platform_clock(clock, ahead=3600)]
+        queued = await rig.queue()
+        await rig.dispatcher.drain_once()
+    row = await rig.get(queued)
+    assert (SubmissionState.DELIVERED, 1) == (row.state, row.attempts)
+    refused, resent = timestamps(rig)
+    assert int(clock.wall()) + 3600 == pytest.approx(resent, abs=1)
+    assert 3600 == pytest.approx(resent - refused, abs=1)
+
+
+async def test_clock_refused_without_a_date_requeues_instead_of_failing(make: Build) -> None:
+    """070602 without a Date to correct by is the gateway's clock, not the invoice: it waits."""
+    clock = FakeClock()
+    async with aiohttp.ClientSession() as session:
+        rig = await make(clock=clock, auth=signing_auth(clock, session))
+        rig.platform.script["issue"] = [platform_answer(CLOCK_REFUSED), OK]
+        queued = await rig.queue()
+        await rig.dispatcher.drain_once()
+        row = await rig.get(queued)
+        assert (SubmissionState.QUEUED, "clock_skew") == (row.state, row.last_error_class)
+        assert row.last_error is not None
+        assert "NTP" in row.last_error
+        assert not row.maybe_sent
+        assert row.next_attempt_at is not None
+        assert 1 == len(rig.upstream.requests)  # nothing learned, so no resend
+
+        clock.advance(row.next_attempt_at - clock.wall())
+        await rig.dispatcher.drain_once()
+    assert SubmissionState.DELIVERED == (await rig.get(queued)).state
+
+
+async def test_clock_refused_again_after_resigning_requeues_instead_of_failing(
+    make: Build,
+) -> None:
+    """A re-signed request refused again is requeued (clock_skew), never failed."""
+    clock = FakeClock()
+    async with aiohttp.ClientSession() as session:
+        rig = await make(clock=clock, auth=signing_auth(clock, session))
+        rig.platform.script["issue"] = [platform_clock(clock, ahead=3600, lenient=False)]
+        queued = await rig.queue()
+        await rig.dispatcher.drain_once()
+    row = await rig.get(queued)
+    assert (SubmissionState.QUEUED, "clock_skew") == (row.state, row.last_error_class)
+    assert 2 == len(rig.upstream.requests)
+    assert 0 == rig.dispatcher.stats.failed

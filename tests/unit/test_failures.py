@@ -38,6 +38,7 @@ def response(
         (200, {"code": "E0000", "result": {}}, None),
         (200, {"code": "040102", "describe": "busy"}, FailureClass.BUSY),
         (200, {"code": "070301"}, FailureClass.AUTH),
+        (200, {"code": "070602"}, FailureClass.CLOCK_SKEW),
         (200, {"code": "070201"}, FailureClass.QUOTA),
         (200, {"code": "070601"}, FailureClass.PERMANENT),
         (200, {"code": "0201"}, FailureClass.PERMANENT),
@@ -103,6 +104,8 @@ def test_class_properties() -> None:
     assert not FailureClass.HTTP_4XX.trips_breaker
     assert not FailureClass.DUPLICATE.trips_breaker
     assert not FailureClass.AUTH.trips_breaker
+    assert not FailureClass.CLOCK_SKEW.sent  # refused unread: the platform did not act
+    assert not FailureClass.CLOCK_SKEW.trips_breaker  # our clock, not the platform's health
 
 
 def test_overlapping_code_lists_are_refused() -> None:

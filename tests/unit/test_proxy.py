@@ -320,6 +320,21 @@ async def test_unreachable_upstream_submit_is_queued(tmp_path: Path) -> None:
     assert "refused" == view["last_error_class"]
 
 
+async def test_refused_clock_on_submit_is_queued_not_failed(
+    upstream: FakeUpstream, client: GatewayClient
+) -> None:
+    """070602 (the gateway's clock is off) is never the invoice's fault: 202, queued."""
+    upstream.reply = lambda _request: web.json_response(
+        {"code": "070602", "describe": "timestamp out of window"}
+    )
+    response, accepted = await post_operation(client, ISSUE, json=issue_body())
+    status = await client.get(accepted["status_url"], headers={"X-Api-Key": TENANT_KEY})
+    view = await status.json()
+    assert (202, "queued") == (response.status, response.headers["X-Gateway-Outcome"])
+    assert ("queued", "clock_skew") == (view["status"], view["last_error_class"])
+    assert 1 == len(upstream.seen)  # no auth scheme to correct the clock: no resend
+
+
 async def test_answer_lost_on_submit_is_queued_as_unknown(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:

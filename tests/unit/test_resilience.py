@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
+from collections.abc import AsyncIterator
 from typing import Any, get_args
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from gateway.auth.nuonuo import NuonuoHmacAuth
 from gateway.breaker import BreakerRegistry
 from gateway.config import (
     BreakerConfig,
     BusinessCodesConfig,
+    NuonuoHmacAuthConfig,
     RetryableClassName,
     RetryBudgetConfig,
     RetryPolicyConfig,
@@ -22,8 +27,15 @@ from gateway.jsonpointer import JsonPointer
 from gateway.operations import Operation, OperationKind
 from gateway.resilience import ResiliencePipeline
 from gateway.retry import RetryBudget, RetryPolicy
-from gateway.upstream import UpstreamRequest
-from tests.support.fakes import FakeClock, ScriptedUpstream, platform_answer
+from gateway.store import StoredToken
+from gateway.upstream import UpstreamRequest, UpstreamResponse
+from tests.support.fakes import (
+    FakeClock,
+    HandlerUpstream,
+    MemoryTokenStore,
+    ScriptedUpstream,
+    platform_answer,
+)
 
 READ = Operation("query", OperationKind.READ)
 SUBMIT = Operation("issue", OperationKind.SUBMIT, business_key=JsonPointer("/order/orderNo"))
@@ -32,6 +44,7 @@ OK = platform_answer({"code": "E0000"})
 BUSY = platform_answer({"code": "040102"})
 DOWN = platform_answer({"error": "x"}, status=503)
 TOKEN_REJECTED = platform_answer({"code": "070301"})
+CLOCK_REFUSED = {"code": "070602", "describe": "timestamp out of window"}
 ALL_RETRYABLE: list[str] = list(get_args(RetryableClassName))
 
 
@@ -47,9 +60,12 @@ def make(
     budget: RetryBudgetConfig | None = None,
     breaker: BreakerConfig | None = None,
     duration: float = 0.01,
+    clock: FakeClock | None = None,
+    upstream: Any = None,
 ) -> tuple[ResiliencePipeline, ScriptedUpstream, FakeClock]:
-    clock = FakeClock()
-    upstream = ScriptedUpstream(clock, script, duration=duration)
+    """A pipeline on `upstream` (default: a `ScriptedUpstream` answering from `script`)."""
+    clock = clock or FakeClock()
+    upstream = upstream or ScriptedUpstream(clock, script, duration=duration)
     policy = RetryPolicy.resolve(
         RetryPolicyConfig.model_validate(
             {
@@ -257,3 +273,119 @@ async def test_failed_token_renewal_is_token_unavailable_not_a_crash() -> None:
     outcome = await pipeline.execute(request(), READ)
     assert [FailureClass.TOKEN_UNAVAILABLE] == outcome.failures[:1]
     assert outcome.ok  # retried, and the platform answered the retry
+
+
+# -- the gateway's clock, refused by the platform (070602) -------------------------------------
+
+
+async def test_refused_clock_is_corrected_once_then_resent_once() -> None:
+    """070602 lets the auth scheme learn the platform's clock, then resends within the attempt."""
+    pipeline, upstream, clock = make([platform_answer(CLOCK_REFUSED, request=request()), OK])
+    outcome = await pipeline.execute(request(), SUBMIT)
+    assert outcome.ok
+    assert (1, 1, 2) == (outcome.attempts, upstream.auth.clock_rejections, len(upstream.calls))
+    assert [] == outcome.failures
+    assert [] == clock.sleeps
+
+
+async def test_refused_clock_without_a_correction_is_not_final_and_not_sent() -> None:
+    """No clock learned (no Date): no resend; clock_skew says the platform did not act on it."""
+    pipeline, upstream, _ = make([platform_answer(CLOCK_REFUSED), OK])
+    upstream.auth.clock_learned = False
+    outcome = await pipeline.execute(request(), SUBMIT)
+    assert FailureClass.CLOCK_SKEW == outcome.verdict.failure
+    assert (1, 1) == (upstream.auth.clock_rejections, len(upstream.calls))
+    assert not outcome.sent  # so the submission is queued, never failed nor reconciled
+
+
+async def test_clock_refused_again_after_resigning_is_not_a_loop() -> None:
+    """A re-signed request refused again ends the request as clock_skew; one correction only."""
+    pipeline, upstream, _ = make([platform_answer(CLOCK_REFUSED, request=request())])
+    outcome = await pipeline.execute(request(), READ)
+    assert FailureClass.CLOCK_SKEW == outcome.verdict.failure
+    assert (1, 2) == (upstream.auth.clock_rejections, len(upstream.calls))
+    assert [FailureClass.CLOCK_SKEW] == outcome.failures
+
+
+async def test_token_and_clock_are_each_cured_once_in_one_attempt() -> None:
+    """A rejected token, then a refused clock: each is cured once within the attempt, and the
+    third send succeeds; a token rejected again after that is not renewed a second time."""
+    token_rejected = platform_answer({"code": "070301"}, request=request())
+    clock_refused = platform_answer(CLOCK_REFUSED, request=request())
+
+    pipeline, upstream, _ = make([token_rejected, clock_refused, OK])
+    assert (await pipeline.execute(request(), READ)).ok
+    auth = upstream.auth
+    assert (1, 1, 3) == (auth.renewals, auth.clock_rejections, len(upstream.calls))
+
+    pipeline, upstream, _ = make([token_rejected, clock_refused, token_rejected, OK], attempts=1)
+    outcome = await pipeline.execute(request(), READ)
+    assert FailureClass.AUTH == outcome.verdict.failure
+    auth = upstream.auth
+    assert (1, 1, 3) == (auth.renewals, auth.clock_rejections, len(upstream.calls))
+
+
+class SkewedPlatform:
+    """A platform whose clock is `ahead` seconds past the gateway's: it refuses a signed
+    timestamp more than 300 s off its own with 070602, stating its time in `Date`."""
+
+    def __init__(self, clock: FakeClock, *, ahead: float) -> None:
+        self._clock = clock
+        self.ahead = ahead
+
+    def now(self) -> float:
+        return self._clock.wall() + self.ahead
+
+    def __call__(self, signed: UpstreamRequest) -> UpstreamResponse:
+        if abs(int(dict(signed.query)["timestamp"]) - self.now()) > 300:
+            date = email.utils.formatdate(self.now(), usegmt=True)
+            return platform_answer(CLOCK_REFUSED, headers={"Date": date}, request=signed)
+        return OK
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def signing_auth(clock: FakeClock, session: aiohttp.ClientSession) -> NuonuoHmacAuth:
+    """The real nuonuo-hmac scheme, holding a valid token (so it never calls the endpoint)."""
+    env = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
+    config = NuonuoHmacAuthConfig.model_validate(
+        {
+            "scheme": "nuonuo-hmac",
+            "app_key": {"env": "K"},
+            "app_secret": {"env": "S"},
+            "user_tax": {"env": "T"},
+        }
+    )
+    for ref in (config.app_key, config.app_secret, config.user_tax):
+        assert ref.resolve(env) is None
+    tokens = MemoryTokenStore()
+    tokens.tokens["nuonuo-hmac:the-app-key"] = StoredToken("token", clock.wall(), 86400)
+    return NuonuoHmacAuth(
+        config, base_url="http://127.0.0.1:9", session=session, tokens=tokens, clock=clock
+    )
+
+
+async def test_clock_jump_is_corrected_from_the_platform_date(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Gateway clock an hour behind: the resend is signed with about wall + 3600 and succeeds;
+    later requests are signed with the platform's time from the start."""
+    clock = FakeClock()
+    auth = signing_auth(clock, session)
+    upstream = HandlerUpstream(clock, SkewedPlatform(clock, ahead=3600), auth=auth)
+    pipeline, _, _ = make([], clock=clock, upstream=upstream)
+
+    outcome = await pipeline.execute(request(), SUBMIT)
+    assert outcome.ok
+    refused, resent = (int(dict(r.query)["timestamp"]) for r in upstream.requests)
+    assert int(clock.wall()) == pytest.approx(refused, abs=1)
+    assert int(clock.wall()) + 3600 == pytest.approx(resent, abs=1)
+    assert 3600 == pytest.approx(auth.clock_offset, abs=1)
+
+    clock.advance(60)
+    assert (await pipeline.execute(request(), SUBMIT)).ok
+    assert 3 == len(upstream.requests)  # no refusal: the offset is kept

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,13 +18,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
+from gateway.app import open_gateway
 from gateway.auth.nuonuo import NuonuoHmacAuth
 from gateway.auth.signature import sign
-from gateway.config import NuonuoHmacAuthConfig
+from gateway.config import NuonuoHmacAuthConfig, parse_config
 from gateway.errors import TokenUnavailable
 from gateway.store import StoredToken
-from gateway.upstream import UpstreamRequest
-from tests.support.fakes import FakeClock, MemoryTokenStore
+from gateway.upstream import UpstreamRequest, UpstreamResponse
+from tests.support.fakes import FakeClock, MemoryTokenStore, platform_answer
 
 ENV = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
 TOKEN_KEY = "nuonuo-hmac:the-app-key"
@@ -263,3 +266,125 @@ async def test_rejections_during_a_renewal_wait_for_it(rig: Rig) -> None:
     assert ["token-2"] * 10 == seen
     assert 2 == rig.endpoint.calls
     assert "token-2" == (await auth.prepare(request())).headers["accessToken"]
+
+
+# -- the platform's clock -------------------------------------------------------------------
+
+
+def stale_timestamp(rejected: UpstreamRequest, *, platform_time: float | None) -> UpstreamResponse:
+    """The platform's 070602 for `rejected`, with a `Date` of `platform_time` when given."""
+    headers = {}
+    if platform_time is not None:
+        headers["Date"] = email.utils.formatdate(platform_time, usegmt=True)
+    return platform_answer(
+        {"code": "070602", "describe": "timestamp out of window"},
+        headers=headers,
+        request=rejected,
+    )
+
+
+def signed_time(prepared: UpstreamRequest) -> int:
+    return int(dict(prepared.query)["timestamp"])
+
+
+async def test_refused_timestamp_learns_the_platform_clock_from_its_date(rig: Rig) -> None:
+    """070602 with a Date an hour ahead: later requests are signed with the platform's time."""
+    auth = rig.auth()
+    rejected = await auth.prepare(request())
+    platform_now = rig.clock.wall() + 3600
+    assert await auth.clock_rejected(stale_timestamp(rejected, platform_time=platform_now))
+    assert 3600 == pytest.approx(auth.clock_offset, abs=1)
+    resent = await auth.prepare(request())
+    assert int(platform_now) == pytest.approx(signed_time(resent), abs=1)
+    rig.clock.advance(600)
+    assert int(platform_now + 600) == pytest.approx(
+        signed_time(await auth.prepare(request())), abs=1
+    )
+    expected = sign(
+        app_secret="the-app-secret",
+        app_key="the-app-key",
+        senid=dict(resent.query)["senid"],
+        nonce=dict(resent.query)["nonce"],
+        timestamp=dict(resent.query)["timestamp"],
+        body=resent.body,
+    )
+    assert expected == resent.headers["X-Nuonuo-Sign"]
+    assert 1 == rig.endpoint.calls  # the token endpoint carries no timestamp: left alone
+
+
+async def test_refused_timestamp_without_a_date_learns_nothing(rig: Rig) -> None:
+    """Without a usable Date header there is nothing to correct by: no resend is worthwhile."""
+    auth = rig.auth()
+    rejected = await auth.prepare(request())
+    assert not await auth.clock_rejected(stale_timestamp(rejected, platform_time=None))
+    unparsable = platform_answer(
+        {"code": "070602"}, headers={"Date": "yesterday-ish"}, request=rejected
+    )
+    assert not await auth.clock_rejected(unparsable)
+    assert 0.0 == auth.clock_offset
+    assert str(int(rig.clock.wall())) == dict((await auth.prepare(request())).query)["timestamp"]
+
+
+async def test_refusal_of_the_corrected_time_is_not_resent_again(rig: Rig) -> None:
+    """If the platform refuses the time its own Date gave, re-signing cannot help."""
+    auth = rig.auth()
+    platform_now = rig.clock.wall() - 1800
+    first = await auth.prepare(request())
+    assert await auth.clock_rejected(stale_timestamp(first, platform_time=platform_now))
+    corrected = await auth.prepare(request())
+    assert not await auth.clock_rejected(stale_timestamp(corrected, platform_time=platform_now))
+    assert -1800 == pytest.approx(auth.clock_offset, abs=1)
+
+
+async def test_requests_signed_before_the_offset_was_learned_are_resent(rig: Rig) -> None:
+    """Concurrent requests signed with the old clock each get their resend, not only the first."""
+    auth = rig.auth()
+    platform_now = rig.clock.wall() + 3600
+    signed = [await auth.prepare(request()) for _ in range(5)]
+    learned = [
+        await auth.clock_rejected(stale_timestamp(r, platform_time=platform_now)) for r in signed
+    ]
+    assert [True] * 5 == learned
+    assert 3600 == pytest.approx(auth.clock_offset, abs=1)
+
+
+async def test_clock_put_right_again_is_followed(rig: Rig) -> None:
+    """Once the host's clock is fixed, the next refusal takes the offset back to about zero."""
+    auth = rig.auth()
+    skewed = await auth.prepare(request())
+    assert await auth.clock_rejected(stale_timestamp(skewed, platform_time=rig.clock.wall() + 3600))
+    rig.clock.advance(3600)  # NTP steps the host's clock forward to the platform's
+    late = await auth.prepare(request())
+    assert await auth.clock_rejected(stale_timestamp(late, platform_time=rig.clock.wall()))
+    assert 0 == pytest.approx(auth.clock_offset, abs=1)
+    assert int(rig.clock.wall()) == pytest.approx(signed_time(await auth.prepare(request())), abs=1)
+
+
+async def test_learned_offset_is_the_clock_offset_gauge(tmp_path: Path) -> None:
+    """`gateway_upstream_clock_offset_seconds` is 0 until a refusal, then the learned offset."""
+    from tests.support.processes import free_port
+
+    raw = {
+        "listen": "127.0.0.1:0",
+        "store_url": f"sqlite:///{tmp_path / 'gw.db'}",
+        "tenants": [{"id": "demo", "api_key": {"env": "K"}}],
+        "upstream": {
+            "url": f"http://127.0.0.1:{free_port()}",
+            "auth": {
+                "scheme": "nuonuo-hmac",
+                "app_key": {"env": "K"},
+                "app_secret": {"env": "S"},
+                "user_tax": {"env": "T"},
+            },
+        },
+    }
+    async with open_gateway(parse_config(raw, ENV)) as gateway:
+        registry = gateway.metrics.registry
+        assert 0.0 == registry.get_sample_value("gateway_upstream_clock_offset_seconds")
+        refused = platform_answer(
+            {"code": "070602"},
+            headers={"Date": email.utils.formatdate(gateway.clock.wall() - 3600, usegmt=True)},
+        )
+        assert await gateway.auth.clock_rejected(refused)
+        offset = registry.get_sample_value("gateway_upstream_clock_offset_seconds")
+    assert -3600 == pytest.approx(offset, abs=2)
