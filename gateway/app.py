@@ -106,6 +106,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
                 *codes.quota,
                 *codes.permanent,
                 *codes.duplicate,
+                *codes.clock_skew,
             ],
         )
         store.observe_commits(metrics.commit)

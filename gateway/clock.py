@@ -39,7 +39,8 @@ class SteadyClock:
 
     For times the gateway stores to schedule itself (back-off, leases, ages): a clock step
     (NTP, an operator) during the process's life then neither fires retries early nor stalls
-    them. Signatures and token lifetimes use the real wall clock, which the platform shares.
+    them. Signatures and token lifetimes use the real wall clock, which the platform shares (plus
+    the offset the auth scheme learns when the platform refuses a signature's time).
     """
 
     def __init__(self, base: Clock) -> None:

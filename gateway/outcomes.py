@@ -105,6 +105,13 @@ def problem_for(outcome: Outcome, operation: Operation, exchange: Exchange) -> w
             "sent. Retry later; if it persists the operator should check the credentials"
         )
         retry_after = max(retry_after, 30.0)
+    elif failure is FailureClass.CLOCK_SKEW:
+        status, slug, title = 503, "upstream-clock-skew", "Gateway clock out of step"
+        detail = (
+            "the invoice platform refused the time in the gateway's signature (more than 300 s "
+            "off its clock) and re-signing with the platform's time did not help; nothing was "
+            "issued. Retry later; the gateway operator must fix the host's clock (NTP)"
+        )
     elif submit and (failure.answer_lost or duplicate_of_own_attempt(outcome)):
         status, slug, title = 504, "outcome-unknown", "Outcome unknown"
         detail = (

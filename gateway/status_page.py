@@ -77,6 +77,7 @@ _FAILURE_WORDS = {
     "busy": "platform busy",
     "quota": "daily quota used up",
     "auth": "platform rejected the gateway's credentials",
+    "clock_skew": "platform refused the gateway's clock (check NTP on the gateway host)",
     "http_4xx": "platform rejected the request",
     "permanent": "invoice data refused by the platform",
     "duplicate": "order number already used on the platform",

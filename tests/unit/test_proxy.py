@@ -335,6 +335,20 @@ async def test_refused_clock_on_submit_is_queued_not_failed(
     assert 1 == len(upstream.seen)  # no auth scheme to correct the clock: no resend
 
 
+async def test_refused_clock_on_read_says_to_fix_the_clock(
+    upstream: FakeUpstream, client: GatewayClient
+) -> None:
+    """A read refused for the gateway's clock gets a problem naming the clock, not "unreachable"."""
+    upstream.reply = lambda _request: web.json_response(
+        {"code": "070602", "describe": "timestamp out of window"}
+    )
+    response, problem = await post_operation(client, QUERY, json={})
+    assert 503 == response.status
+    assert "urn:invoice-gateway:problem:upstream-clock-skew" == problem["type"]
+    assert "clock_skew" == problem["failure_class"]
+    assert "NTP" in problem["detail"]
+
+
 async def test_answer_lost_on_submit_is_queued_as_unknown(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
