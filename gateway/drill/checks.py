@@ -142,7 +142,7 @@ def check(book: Book, rows: Iterable[Mapping[str, Any]], issued: Issued) -> Chec
                 result.queued += 1
             else:
                 result.forwarded += 1
-            _check_acknowledged(result, order_no, by_key.get(order_no), times)
+            _check_acknowledged(result, order_no, by_key.get(order_no), times, queued=order.queued)
         elif order.settled in (Settled.REFUSED, Settled.REJECTED):
             if order.settled is Settled.REFUSED:
                 result.refused += 1
@@ -155,22 +155,25 @@ def check(book: Book, rows: Iterable[Mapping[str, Any]], issued: Issued) -> Chec
             result.unanswered.append(order_no)
     result.unknown = sorted(k for k, n in issued.by_order.items() if n and k not in book.orders)
     if issued.doubles and not result.doubled:
-        result.doubled = sorted(k for k, n in issued.by_order.items() if n > 1)
+        named = sorted(k for k, n in issued.by_order.items() if n > 1)
+        result.doubled = named or [f"({issued.doubles} not named by the platform)"]
     return result
 
 
 def _check_acknowledged(
-    result: Check, order_no: str, row: Mapping[str, Any] | None, times: int
+    result: Check, order_no: str, row: Mapping[str, Any] | None, times: int, *, queued: bool
 ) -> None:
+    """An order the client was told was taken on: forwarded (200 E0000) must be issued exactly
+    once whatever its row says; queued (202) too, unless the platform refused it later."""
     if row is None:  # the gateway kept no record of what it acknowledged
         result.stuck["without an outbox record"] += 1
         result.stuck_orders.append(order_no)
     state = str(row.get("state")) if row is not None else None
-    if state == "failed":
+    if state == "failed" and queued:
         result.failed_after_queueing += 1
         if times:
             result.contradicted.append(order_no)
-    elif state == "delivered" or state is None:
+    elif state in ("delivered", "failed") or state is None:
         if times == 0:
             result.lost.append(order_no)  # no row at all is lost too: nothing will send it
         elif times == 1:
