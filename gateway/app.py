@@ -128,6 +128,13 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             log.warning(
                 "submissions left in flight by a previous run will be reconciled", count=reclaimed
             )
+        shift = await store.rebase(now=steady.wall())
+        if shift:
+            log.warning(
+                "the clock is behind the outbox's last writes (it stepped back while the gateway "
+                "was down); waiting submissions rescheduled by as much",
+                seconds=round(shift, 1),
+            )
         dispatcher = Dispatcher.from_config(
             config,
             store=store,

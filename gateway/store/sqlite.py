@@ -101,6 +101,12 @@ MIGRATIONS: Sequence[str] = (
 )
 
 _UNRESOLVED = ", ".join(f"'{s.value}'" for s in UNRESOLVED_STATES)
+#: Rows the dispatcher will still send, by itself.
+_WAITING = "('queued', 'unknown')"
+#: A stored time this far ahead of the clock means the clock stepped back (restarts alone, on
+#: one host, never put it more than milliseconds ahead).
+CLOCK_STEP_TOLERANCE_S = 5.0
+
 _COLUMNS = (
     "id, tenant, operation, idempotency_key, fingerprint, business_key, ordering_key, method, "
     "path, query, headers, body, request_id, state, acknowledged, attempts, maybe_sent, "
@@ -375,6 +381,26 @@ class SqliteStore:
                 {"now": now, "everything": int(everything)},
             )
             return int(cursor.rowcount)
+
+        return await self._committer.submit(write)
+
+    async def rebase(self, *, now: float) -> float:
+        async def write(db: aiosqlite.Connection) -> float:
+            async with db.execute(
+                f"SELECT MAX(updated_at) FROM submission WHERE state IN {_WAITING}"
+            ) as cursor:
+                row = await cursor.fetchone()
+            latest = row[0] if row is not None else None
+            if latest is None or latest <= now + CLOCK_STEP_TOLERANCE_S:
+                return 0.0
+            shift = float(latest) - now
+            await db.execute(
+                "UPDATE submission SET next_attempt_at = next_attempt_at - :shift, "
+                "updated_at = updated_at - :shift, age_from = age_from - :shift "
+                f"WHERE state IN {_WAITING}",
+                {"shift": shift},
+            )
+            return shift
 
         return await self._committer.submit(write)
 

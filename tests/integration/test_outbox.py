@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
-from tests.support.processes import TENANT_KEY, http_json, wait_until
+from tests.support.processes import TENANT_KEY, http_json, jumped_clock, wait_until
 
 RED = "nuonuo.OpeMplatform.fastInvoiceRed"
 FAST_RESILIENCE = {
@@ -358,5 +358,25 @@ def test_status_page_shows_the_outbox(tmp_path: Path, sim: Simulator) -> None:
         assert headers["Content-Type"].startswith("text/html")
         assert "Outbox" in page
         assert TENANT_KEY not in page
+    finally:
+        gw.process.stop()
+
+
+def test_clock_stepped_back_across_a_restart_does_not_stall_the_outbox(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """The host's clock steps back an hour while the gateway is down: what was queued before is
+    still delivered at once, not an hour late."""
+    env = jumped_clock(tmp_path / "clock", "+0")
+    gw = Gateway.start(tmp_path / "gw", sim.url, overrides=OVERRIDES, env=env)
+    try:
+        sim.fault(kind="http_error", status=503, operations=[ISSUE])
+        answers = [gw.call(ISSUE, invoice()) for _ in range(5)]
+        assert [202] * 5 == [status for status, _, _ in answers]
+        gw.process.kill9()
+        (tmp_path / "clock" / "faketime").write_text("-3600\n")
+        sim.clear_faults()
+        gw.restart()
+        wait_delivered(gw, [answer["submission_id"] for _, _, answer in answers], timeout=30)
     finally:
         gw.process.stop()

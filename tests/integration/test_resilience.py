@@ -11,11 +11,9 @@ import pytest
 
 from tests.integration.test_core_gateway import ISSUE, QUERY, counters, invoice
 from tests.support.harness import Gateway, Simulator
-from tests.support.processes import http_json, wait_until
+from tests.support.processes import http_json, jumped_clock, wait_until
 
 FAST_POLICY = {"backoff": {"base": "20ms", "cap": "200ms"}}
-#: Debian's libfaketime (scripts/bootstrap-system.sh installs it).
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
 def calls(sim: Simulator, operation: str) -> int:
@@ -114,21 +112,6 @@ def test_outage_opens_circuit_then_probe_closes_it(tmp_path: Path, simulator: Si
     finally:
         simulator.clear_faults()
         gw.process.stop()
-
-
-def jumped_clock(workdir: Path, offset: str) -> dict[str, str]:
-    """Environment that moves a process's wall clock by `offset` (e.g. "+3600") with
-    libfaketime; its monotonic clock stays real."""
-    assert LIBFAKETIME.exists(), "libfaketime is missing: run scripts/bootstrap-system.sh as root"
-    workdir.mkdir(parents=True, exist_ok=True)
-    timestamp_file = workdir / "faketime"
-    timestamp_file.write_text(f"{offset}\n")
-    return {
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME_TIMESTAMP_FILE": str(timestamp_file),
-        "FAKETIME_CACHE_DURATION": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
 
 
 def gauge(text: str, name: str) -> float:

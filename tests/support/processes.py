@@ -202,3 +202,22 @@ def write_gateway_config(
         node[parts[-1]] = value
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+#: Debian's libfaketime (scripts/bootstrap-system.sh installs it).
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def jumped_clock(workdir: Path, offset: str) -> dict[str, str]:
+    """Environment that moves a process's wall clock by `offset` (e.g. "+3600") with
+    libfaketime; its monotonic clock stays real."""
+    assert LIBFAKETIME.exists(), "libfaketime is missing: run scripts/bootstrap-system.sh as root"
+    workdir.mkdir(parents=True, exist_ok=True)
+    timestamp_file = workdir / "faketime"
+    timestamp_file.write_text(f"{offset}\n")
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(timestamp_file),
+        "FAKETIME_CACHE_DURATION": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }

@@ -210,3 +210,25 @@ async def test_oldest_waiting_counts_unknown_rows_due_for_reconciliation(
     assert parked is not None
     await store.transition(parked.id, parked.fence, Transition(SubmissionState.UNKNOWN), now=NOW)
     assert (await store.counts()).oldest_queued_at is None
+
+
+async def test_clock_stepped_back_across_a_restart_does_not_stall_the_outbox(
+    store: SqliteStore,
+) -> None:
+    """Rows written an hour 'ahead' (the clock stepped back while the gateway was down) are
+    rescheduled by as much, once; delivered rows keep their history."""
+    waiting = (await admit(store, new("A"), queue=True)).submission
+    done = (await admit(store, new("B"))).submission
+    await store.transition(done.id, done.fence, Transition(SubmissionState.DELIVERED), now=NOW)
+    before = await store.get(waiting.id)
+    assert before is not None
+    assert before.next_attempt_at is not None
+    behind = NOW - 3600
+    assert 3600 == await store.rebase(now=behind)
+    after, history = await store.get(waiting.id), await store.get(done.id)
+    assert after is not None
+    assert history is not None
+    assert before.next_attempt_at - 3600 == after.next_attempt_at
+    assert NOW == history.updated_at
+    assert 0 == await store.rebase(now=behind)  # a second restart shifts nothing more
+    assert 0 == await store.rebase(now=NOW + 3600)  # a step forward: rows are just due
