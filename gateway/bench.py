@@ -40,6 +40,7 @@ from typing import Any, Final, Literal, Protocol
 import aiohttp
 import yaml
 
+from gateway.cli_args import number, whole_number
 from gateway.demo import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -1029,24 +1030,10 @@ async def durable_accept(options: BenchOptions) -> Report:
 # -- the command line ---------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
+_positive_float = number(0, above=True)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
+_positive_int = whole_number(1)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

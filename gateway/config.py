@@ -414,6 +414,11 @@ class ReconcileConfig(_Model):
     body: Any
     #: Where, in the lookup's answer, the entry for this submission is.
     result_pointer: Pointer = Field(default_factory=lambda: JsonPointer("/result/0"))
+    #: The answer a client retrying with the same key gets once the submission is reconciled
+    #: (its own answer was lost): a JSON template in which a string "{business_key}" or
+    #: "{lookup:/pointer}" (a value of the entry the lookup found) is filled in. Without it the
+    #: client gets the submission's status view. Never the platform's duplicate-code answer.
+    answer: Any = None
 
 
 class OperationConfig(_Model):

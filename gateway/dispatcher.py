@@ -631,11 +631,13 @@ class Dispatcher:
         evidence = {"duplicate_confirmed": True, "duplicate_code": code}
         lookup = await self._lookup(reconciler, submission)
         if lookup.status is LookupStatus.FOUND:
+            assert lookup.entry is not None  # found means an entry
             return _Decision(
                 Transition(
                     SubmissionState.DELIVERED,
                     attempts_delta=1,
-                    response=answer,
+                    # What the client gets if it asks again: the result, not "already used".
+                    response=reconciler.answer_for(submission, lookup.entry),
                     result={
                         "reconciled": True,
                         "evidence": "duplicate_code",

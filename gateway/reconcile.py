@@ -11,7 +11,7 @@ wait for the platform to finish issuing (status 20 "issuing" already proves it e
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -25,11 +25,15 @@ from gateway.headers import REQUEST_ID
 from gateway.jsonpointer import MISSING, JsonPointer
 from gateway.operations import Operation, OperationRule
 from gateway.resilience import ResiliencePipeline
-from gateway.submissions import Submission
+from gateway.submissions import StoredResponse, Submission
 from gateway.upstream import UpstreamRequest
 
 #: The placeholder a lookup body template uses for the submission's business key.
 BUSINESS_KEY_PLACEHOLDER = "{business_key}"
+#: `{lookup:/pointer}` in a reconciled answer: a value of the entry the lookup found.
+LOOKUP_PLACEHOLDER = "{lookup:"
+#: Marks an answer the gateway made from a reconciliation, not one the platform sent.
+RECONCILED_HEADER = "X-Gateway-Reconciled"
 
 
 class LookupStatus(StrEnum):
@@ -110,7 +114,7 @@ class Reconciler:
         """The lookup request for `submission` (unsigned: the auth scheme signs at send time)."""
         if submission.business_key is None:
             raise ValueError(f"submission {submission.id} has no business key to look up")
-        body = _fill(self.rule.body, submission.business_key)
+        body = _fill(self.rule.body, _key_only(submission.business_key))
         headers = CIMultiDict(self._headers)
         headers["Content-Type"] = "application/json"
         headers[REQUEST_ID] = submission.request_id
@@ -121,6 +125,30 @@ class Reconciler:
             headers=headers,
             body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
             operation=self.operation.name,
+        )
+
+    def answer_for(self, submission: Submission, entry: Mapping[str, Any]) -> StoredResponse:
+        """What a client retrying `submission` gets once reconciliation found `entry`: the
+        configured answer filled from the entry, else the submission's status, marked as made
+        by the gateway (`X-Gateway-Reconciled: true`) — never the platform's duplicate code,
+        which would tell the client its own invoice was refused."""
+        key = submission.business_key or ""
+        if self.rule.answer is not None:
+            document = _fill(self.rule.answer, _key_and_lookup(key, entry))
+        else:
+            document = {
+                "submission_id": submission.id,
+                "status": "delivered",
+                "reconciled": True,
+                "lookup": dict(entry),
+            }
+        return StoredResponse(
+            status=200,
+            headers=(
+                ("Content-Type", "application/json; charset=utf-8"),
+                (RECONCILED_HEADER, "true"),
+            ),
+            body=json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(),
         )
 
     async def lookup(self, submission: Submission) -> LookupResult:
@@ -173,12 +201,30 @@ class Reconciler:
         )
 
 
-def _fill(template: Any, business_key: str) -> Any:
-    """`template` with every string equal to the placeholder replaced by `business_key`."""
+def _fill(template: Any, value_of: Callable[[str], Any]) -> Any:
+    """`template` with every string that is a placeholder replaced by `value_of(placeholder)`
+    (strings `value_of` does not know, by returning MISSING, stay as they are)."""
     if isinstance(template, str):
-        return business_key if template == BUSINESS_KEY_PLACEHOLDER else template
+        value = value_of(template)
+        return template if value is MISSING else value
     if isinstance(template, dict):
-        return {key: _fill(value, business_key) for key, value in template.items()}
+        return {key: _fill(value, value_of) for key, value in template.items()}
     if isinstance(template, list):
-        return [_fill(item, business_key) for item in template]
+        return [_fill(item, value_of) for item in template]
     return template
+
+
+def _key_only(business_key: str) -> Callable[[str], Any]:
+    return lambda text: business_key if text == BUSINESS_KEY_PLACEHOLDER else MISSING
+
+
+def _key_and_lookup(business_key: str, entry: Mapping[str, Any]) -> Callable[[str], Any]:
+    def value_of(text: str) -> Any:
+        if text == BUSINESS_KEY_PLACEHOLDER:
+            return business_key
+        if text.startswith(LOOKUP_PLACEHOLDER) and text.endswith("}"):
+            found = JsonPointer(text[len(LOOKUP_PLACEHOLDER) : -1]).resolve(dict(entry))
+            return None if found is MISSING else found
+        return MISSING
+
+    return value_of

@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.cli_args import number
+
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
@@ -23,18 +25,10 @@ class ChildStartError(DemoError):
         self.stderr_tail = stderr_tail
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
+_positive = number(0, above=True)
 
 
-def _non_negative(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0.0") else _positive(text)
+_non_negative = number(0)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

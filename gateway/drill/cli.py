@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from gateway.cli_args import number
 from gateway.demo.plan import ChildStartError, DemoError
 from gateway.drill import report
 from gateway.drill.runner import DrillOptions, run_drill
@@ -29,24 +30,10 @@ EXIT_FAIL: Final = 1
 EXIT_USAGE: Final = 2
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1000 invoices/s, got {text}")
-    return value
+_rate = number(0, 1000, above=True, unit=" invoices/s")
 
 
-def _scale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.1 <= value <= 20:
-        raise argparse.ArgumentTypeError(f"must be between 0.1 and 20, got {text}")
-    return value
+_scale = number(0.1, 20)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Final
 
 from rich.text import Text
 
+from gateway.cli_args import number, whole_number
 from gateway.config import ADMIN_TOKEN_ENV
 from gateway.errors import GatewayError
 from gateway.oncall_cli.client import (
@@ -146,24 +147,10 @@ def _wrap(command: Command) -> Callable[[argparse.Namespace], int]:
 # -- argument types -----------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
+_positive_float = number(0, above=True)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+_positive_int = whole_number(1)
 
 
 def _states(text: str) -> list[str]:

@@ -121,6 +121,33 @@ def test_answer_lost_is_reconciled_not_resent(tmp_path: Path, sim: Simulator) ->
         gw.process.stop()
 
 
+def test_client_asking_again_after_reconciliation_gets_its_invoice_not_order_number_used(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """Found by the chaos suite: a client that lost its answer and sends again once the
+    submission was reconciled was replayed the platform's E9106 ("order number already used")
+    for its own invoice. It gets the success, with the serial number the lookup found."""
+    gw = start_gateway(tmp_path, sim)
+    try:
+        gw.call(QUERY, {"orderNos": ["warm-up"]})
+        sim.fault(kind="answer_lost", operations=[ISSUE], count=1)
+        body = invoice()
+        status, _, answer = gw.call(ISSUE, body)
+        assert 202 == status, answer
+        [view] = wait_delivered(gw, [answer["submission_id"]]).values()
+        status, headers, again = gw.call(ISSUE, body)
+        assert (200, "true", "true") == (
+            status,
+            headers.get("Idempotent-Replayed"),
+            headers.get("X-Gateway-Reconciled"),
+        )
+        assert "E0000" == again["code"]
+        assert serial_of(view) == again["result"]["invoiceSerialNum"]
+        assert 1 == sim.ledger()["orders"][body["order"]["orderNo"]]["issued"]
+    finally:
+        gw.process.stop()
+
+
 def test_red_letter_waits_behind_its_original(tmp_path: Path, sim: Simulator) -> None:
     """A red-letter submitted while its original is queued is delivered after it."""
     gw = start_gateway(tmp_path, sim)

@@ -228,3 +228,48 @@ def test_lookup_with_a_path_prefix_is_refused() -> None:
     pipeline = make(lambda _r: answer([]))[1]
     with pytest.raises(ConfigError, match="exact path"):
         Reconciler.for_operation(ISSUE, {"query": prefixed}, pipeline=pipeline)
+
+
+def test_reconciled_answer_is_the_result_never_the_duplicate_code() -> None:
+    """Without a template a client asking again gets the submission's status and what the
+    lookup found, marked as the gateway's own answer."""
+    reconciler, _, _ = make(lambda _request: answer([ENTRY]))
+    stored = reconciler.answer_for(submission(), ENTRY)
+    assert 200 == stored.status
+    assert ("X-Gateway-Reconciled", "true") in stored.headers
+    document = json.loads(stored.body)
+    assert {"submission_id": "sub_1", "status": "delivered", "reconciled": True} == {
+        key: document[key] for key in ("submission_id", "status", "reconciled")
+    }
+    assert ENTRY == document["lookup"]
+
+
+def test_reconciled_answer_fills_the_configured_template() -> None:
+    """`answer` gives the platform's success shape, filled from the lookup's entry."""
+    rule = ISSUE.model_copy(
+        update={
+            "reconcile": ISSUE.reconcile.model_copy(  # type: ignore[union-attr]
+                update={
+                    "answer": {
+                        "code": "E0000",
+                        "result": {
+                            "invoiceSerialNum": "{lookup:/serialNo}",
+                            "missing": "{lookup:/x}",
+                        },
+                        "orderNo": "{business_key}",
+                        "literal": "{not a placeholder}",
+                    }
+                }
+            )
+        }
+    )
+    _, pipeline, _ = make(lambda _request: answer([ENTRY]))
+    reconciler = Reconciler.for_operation(rule, {"issue": rule, "query": QUERY}, pipeline=pipeline)
+    assert reconciler is not None
+    document = json.loads(reconciler.answer_for(submission(), ENTRY).body)
+    assert {
+        "code": "E0000",
+        "result": {"invoiceSerialNum": "S-1", "missing": None},
+        "orderNo": "ORD-1",
+        "literal": "{not a placeholder}",
+    } == document
