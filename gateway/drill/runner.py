@@ -53,6 +53,9 @@ DRILL_OVERRIDES: Final[Mapping[str, Any]] = {
     "outbox.dispatcher.rate": 200,
     "outbox.dispatcher.burst": 50,
     "outbox.dispatcher.poll_interval": "100ms",
+    # A delivery whose result could not be recorded (store full or locked) is reconciled after
+    # the next sweep: seconds, not the profile's minute.
+    "outbox.sweep_interval": "2s",
 }
 #: Outbox states still waiting for the dispatcher.
 WAITING_STATES: Final = "queued,delivering,unknown"
@@ -170,6 +173,10 @@ class DrillStage:
         self.unexpected_exits: list[str] = []
         self.gateway = self._new_gateway()
         self._restarting = False
+        #: Set once the traffic starts: the client's book (steps with clients of their own add
+        #: their orders to it, so the ledger check covers them) and its credentials.
+        self.book = Book()
+        self.credentials: Credentials | None = None
 
     def _new_gateway(self) -> Child:
         self._starts += 1
@@ -463,6 +470,7 @@ class Drill:
             seed=options.seed,
         )
         self._integrator = integrator
+        stage.book, stage.credentials = integrator.book, credentials
         # The timeline counts from the first invoice: scenario times are traffic times.
         self._started, self.started_wall = time.monotonic(), time.time()
         self.note(

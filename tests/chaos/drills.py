@@ -27,7 +27,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from gateway.drill.integrator import Book, Order
-from gateway.drill.runner import Drill, DrillOptions, DrillResult, DrillStage
+from gateway.drill.runner import DrillOptions, DrillResult, DrillStage, run_drill
 from gateway.drill.scenarios import DrillScenario, Step
 from gateway.loadgen import SERVICES_PATH, SUBMIT_OPERATION, InvoiceFactory, read_answer
 
@@ -42,7 +42,6 @@ OUTCOME_UNKNOWN: Final = "outcome-unknown"
 #: each can cost one duplicate-code answer when the submission is reconciled.
 ANSWER_LOST_FAULTS: Final = ("answer_lost", "truncate", "hang", "refuse")
 STORE_FILE: Final = "gateway.db"
-LIBFAKETIME: Final = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 #: How long a helper process may take to start or to finish after its planned end.
 HELPER_TIMEOUT_S: Final = 20.0
 
@@ -77,11 +76,8 @@ def seed_for(base: int, run_index: int) -> int:
 
 
 def faults_hit(result: DrillResult) -> Mapping[str, int]:
-    """Platform fault rules that fired, by kind (the engine's field has had two names)."""
-    hits = getattr(result, "faults_hit", None)
-    if hits is None:
-        hits = getattr(result, "ledger_counters", {}).get("faults_hit", {})
-    return {str(kind): int(n) for kind, n in dict(hits).items()}
+    """Platform fault rules that fired, by kind."""
+    return {str(kind): int(n) for kind, n in result.faults_hit.items()}
 
 
 def uncertain_answers(book: Book) -> int:
@@ -166,22 +162,12 @@ class ChaosRun:
         self.workdir = workdir
         self.rng = random.Random(seed)
         self.lines: list[str] = []
-        self._drill: Drill | None = None
         self._processes: list[asyncio.subprocess.Process] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def at(self, seconds: float) -> float:
         """A scenario time written for 30 s of traffic, in this mode."""
         return round(seconds * self.mode.scale, 2)
-
-    def book(self) -> Book:
-        """The integrator's book, for orders sent by a step's own clients.
-
-        Hook wanted in gateway.drill.runner: `DrillStage.book` (and `DrillStage.credentials`);
-        until then this reads the drill's private integrator."""
-        assert self._drill is not None
-        integrator = self._drill._integrator  # private: see the docstring
-        return integrator.book
 
     def out(self, line: str) -> None:
         self.lines.append(line)
@@ -208,9 +194,8 @@ class ChaosRun:
             settle_timeout_s=self.mode.settle_timeout_s,
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._drill = Drill(options, self.out)
         try:
-            result = await self._drill.run(self.workdir)
+            result = await run_drill(options, self.out, self.workdir)
         finally:
             await self.close()
             (self.workdir / "drill.log").write_text("\n".join(self.lines) + "\n")
@@ -405,24 +390,6 @@ def unmount(where: Path) -> None:
     subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def faketime_env(timestamp_file: Path) -> dict[str, str]:
-    """The gateway's wall clock follows `timestamp_file` ("+3600": an hour ahead); its
-    monotonic clock is left alone, as an NTP step leaves it.
-
-    libfaketime's "monotonic fix" (on by default in 0.9.10) wraps `pthread_cond_timedwait` so
-    that every hand-off between threads takes milliseconds; aiosqlite hands each store call to
-    its thread, so the gateway would crawl at a few requests per second. Off, the clock is
-    faked the same way (only `time.sleep` is broken under `DONT_FAKE_MONOTONIC`, and the
-    gateway never calls it)."""
-    return {
-        "LD_PRELOAD": LIBFAKETIME,
-        "FAKETIME_TIMESTAMP_FILE": str(timestamp_file),
-        "FAKETIME_CACHE_DURATION": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "FAKETIME_FORCE_MONOTONIC_FIX": "0",
-    }
-
-
 def jump_clock(at_s: float, timestamp_file: Path, offset: str, during: str) -> Step:
     async def act(stage: DrillStage) -> None:
         await asyncio.to_thread(timestamp_file.write_text, f"{offset}\n")
@@ -463,6 +430,7 @@ class SlowClients:
     cut_off: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
+    _book: Book = field(default_factory=Book)
 
     def start(self, at_s: float) -> Step:
         async def act(stage: DrillStage) -> None:
@@ -486,8 +454,9 @@ class SlowClients:
         return Step(at_s, "the slow clients are done", act)
 
     async def _all(self, stage: DrillStage) -> None:
-        env = stage._env  # private; hook wanted: DrillStage.credentials
-        api_key, user_tax = env["GATEWAY_DEMO_API_KEY"], env["NUONUO_USER_TAX"]
+        assert stage.credentials is not None  # the traffic (and so the run) has started
+        self._book = stage.book
+        api_key, user_tax = stage.credentials.tenant_key, stage.credentials.user_tax
         factory = InvoiceFactory(user_tax, seed=self.run.seed, prefix=f"SLOW{self.run.seed:08d}")
         port = stage.endpoints.gateway_port
         async with aiohttp.ClientSession() as session:
@@ -502,7 +471,7 @@ class SlowClients:
 
     def _register(self, order_no: str, body: dict[str, Any]) -> Order:
         order = Order(order_no, body)
-        self.run.book().orders[order_no] = order
+        self._book.orders[order_no] = order
         return order
 
     async def _trickle(
@@ -541,7 +510,7 @@ class SlowClients:
             time.perf_counter() - started,
             order_no=order_no,
         )
-        if not self.run.book().record(order, result):
+        if not self._book.record(order, result):
             raise AssertionError(f"a trickled submission got no settling answer: {status}")
         self.finished.append(order_no)
 
@@ -597,7 +566,7 @@ class SlowClients:
             except (aiohttp.ClientError, TimeoutError):
                 await asyncio.sleep(0.5)  # the client's back-off
                 continue
-            if self.run.book().record(order, result):
+            if self._book.record(order, result):
                 self.finished.append(order_no)
                 return
             await asyncio.sleep(0.5)  # the client's back-off

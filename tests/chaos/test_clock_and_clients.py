@@ -12,11 +12,11 @@ from tests.chaos.drills import (
     ChaosRun,
     SlowClients,
     assert_passed,
-    faketime_env,
     jump_clock,
     seed_for,
     store_rows,
 )
+from tests.support.processes import faketime_env
 
 
 async def test_clock_jumps_and_slow_clients(

@@ -18,10 +18,6 @@ from tests.chaos.drills import (
     unmount,
 )
 
-#: Leases found expired within seconds, not the profile's minute: a delivery the full disk kept
-#: from being recorded is reconciled while the drill still runs.
-STORE_OVERRIDES = {"outbox.sweep_interval": "2s"}
-
 
 async def test_store_disk_full_locked_database_and_wal_checkpoint_under_load(
     tmp_path: Path, mode: ChaosMode, run_index: int
@@ -55,7 +51,7 @@ async def test_store_disk_full_locked_database_and_wal_checkpoint_under_load(
             steps,
             at(19),
         )
-        result = await run.drill(scenario, store_dir=disk, overrides=STORE_OVERRIDES)
+        result = await run.drill(scenario, store_dir=disk)
     finally:
         unmount(disk)
     assert result.book.statuses[503] > 0, "the full disk or the lock never refused a submission"

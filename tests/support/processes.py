@@ -208,16 +208,29 @@ def write_gateway_config(
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
-def jumped_clock(workdir: Path, offset: str) -> dict[str, str]:
-    """Environment that moves a process's wall clock by `offset` (e.g. "+3600") with
-    libfaketime; its monotonic clock stays real."""
+def faketime_env(timestamp_file: Path) -> dict[str, str]:
+    """Environment under which a process's wall clock follows `timestamp_file` ("+3600": an hour
+    ahead, rewritable while it runs) with libfaketime; its monotonic clock is left alone, as an
+    NTP step leaves it.
+
+    libfaketime's "monotonic fix" (on by default in 0.9.10) wraps `pthread_cond_timedwait` so
+    that every hand-off between threads takes milliseconds; aiosqlite hands each store call to
+    its thread, so the gateway would crawl at a few requests per second. Off, the clock is
+    faked the same way (only `time.sleep` is broken under `DONT_FAKE_MONOTONIC`, and the
+    gateway never calls it)."""
     assert LIBFAKETIME.exists(), "libfaketime is missing: run scripts/bootstrap-system.sh as root"
-    workdir.mkdir(parents=True, exist_ok=True)
-    timestamp_file = workdir / "faketime"
-    timestamp_file.write_text(f"{offset}\n")
     return {
         "LD_PRELOAD": str(LIBFAKETIME),
         "FAKETIME_TIMESTAMP_FILE": str(timestamp_file),
         "FAKETIME_CACHE_DURATION": "1",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_FORCE_MONOTONIC_FIX": "0",
     }
+
+
+def jumped_clock(workdir: Path, offset: str) -> dict[str, str]:
+    """`faketime_env` with the clock at `offset` (e.g. "+3600") in `workdir/faketime`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    timestamp_file = workdir / "faketime"
+    timestamp_file.write_text(f"{offset}\n")
+    return faketime_env(timestamp_file)
