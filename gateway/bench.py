@@ -51,6 +51,8 @@ from gateway.demo import (
     DemoError,
     Endpoints,
     SimulatorControl,
+    gateway_child,
+    simulator_child,
     stop_children,
     wait_ready,
     write_gateway_config,
@@ -602,21 +604,8 @@ async def running_platform(
     config = apply_overrides(yaml.safe_load(config_path.read_text(encoding="utf-8")), overrides)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "utf-8")
     env = credentials.child_env()
-    command = [sys.executable, "-m", "gateway"]
-    simulator = Child(
-        "simulator",
-        [
-            *command,
-            "simulate",
-            "--listen",
-            f"127.0.0.1:{endpoints.simulator_port}",
-            "--control-listen",
-            f"127.0.0.1:{endpoints.control_port}",
-        ],
-        env,
-        workdir,
-    )
-    gateway = Child("gateway", [*command, "run", "--config", str(config_path)], env, workdir)
+    simulator = simulator_child(endpoints, env, workdir)
+    gateway = gateway_child(config_path, env, workdir)
     children = [simulator, gateway]
     try:
         for child in children:

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
@@ -351,6 +351,22 @@ class TrafficStats:
 # -- the sender ---------------------------------------------------------------------------------
 
 
+async def paced(stop: asyncio.Event, interval: float) -> AsyncIterator[None]:
+    """Yields once every `interval` seconds until `stop` is set. The pace is a schedule: a
+    consumer that falls behind is not made to burst to catch up."""
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while not stop.is_set():
+        delay = next_at - loop.time()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+        yield
+        next_at = max(next_at + interval, loop.time() - interval)
+
+
 class TrafficGenerator:
     """Sends submissions and result queries at `rate` per second until told to stop.
 
@@ -393,20 +409,11 @@ class TrafficGenerator:
 
     async def run(self, stop: asyncio.Event, *, drain_s: float = 10.0) -> None:
         """Send until `stop` is set, then wait up to `drain_s` for the answers still due."""
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while not stop.is_set():
-            delay = next_at - loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    break
+        async for _ in paced(stop, self._interval):
             await self._slots.acquire()
             task = asyncio.create_task(self._send_one())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            next_at = max(next_at + self._interval, loop.time() - self._interval)
         await self._drain(drain_s)
 
     async def _drain(self, timeout_s: float) -> None:

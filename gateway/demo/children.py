@@ -235,28 +235,43 @@ def write_gateway_config(
     return path
 
 
-def build_children(workdir: Path, endpoints: Endpoints, credentials: Credentials) -> list[Child]:
-    """The simulator and the gateway (default profile with the demo's timings), not started."""
-    env = credentials.child_env()
-    command = [sys.executable, "-m", "gateway"]
-    config = write_gateway_config(workdir, endpoints, DEMO_OVERRIDES)
-    simulator = Child(
+#: How this interpreter runs the gateway's commands in a child.
+COMMAND: Final = (sys.executable, "-m", "gateway")
+
+
+def simulator_child(
+    endpoints: Endpoints, env: Mapping[str, str], workdir: Path, *extra: str
+) -> Child:
+    """The simulator on `endpoints` (API and control listener), not started; `extra` flags."""
+    return Child(
         "simulator",
         [
-            *command,
+            *COMMAND,
             "simulate",
             "--listen",
             f"127.0.0.1:{endpoints.simulator_port}",
             "--control-listen",
             f"127.0.0.1:{endpoints.control_port}",
-            "--issue-delay",
-            str(ISSUE_DELAY_S),
+            *extra,
         ],
         env,
         workdir,
     )
-    gateway = Child("gateway", [*command, "run", "--config", str(config)], env, workdir)
-    return [simulator, gateway]
+
+
+def gateway_child(
+    config: Path, env: Mapping[str, str], workdir: Path, name: str = "gateway"
+) -> Child:
+    """`invoice-gateway run` on `config`, not started."""
+    return Child(name, [*COMMAND, "run", "--config", str(config)], env, workdir)
+
+
+def build_children(workdir: Path, endpoints: Endpoints, credentials: Credentials) -> list[Child]:
+    """The simulator and the gateway (default profile with the demo's timings), not started."""
+    env = credentials.child_env()
+    config = write_gateway_config(workdir, endpoints, DEMO_OVERRIDES)
+    simulator = simulator_child(endpoints, env, workdir, "--issue-delay", str(ISSUE_DELAY_S))
+    return [simulator, gateway_child(config, env, workdir)]
 
 
 async def wait_ready(

@@ -24,6 +24,16 @@ class ChildStartError(DemoError):
         super().__init__(message)
         self.stderr_tail = stderr_tail
 
+    def explain(self, command: str) -> str:
+        """What `invoice-gateway {command}` prints: the error, the child's last words, and
+        what to do."""
+        return (
+            f"invoice-gateway {command}: {self}.\n--- last lines of its stderr ---\n"
+            f"{self.stderr_tail or '(empty)'}\n---\n"
+            "What to do: read the error above; `invoice-gateway check-config config/gateway.yaml` "
+            "checks the profile, and `--keep` keeps the config and full logs for a look."
+        )
+
 
 _positive = number(0, above=True)
 

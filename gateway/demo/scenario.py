@@ -407,13 +407,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except ChildStartError as exc:
-        print(
-            f"invoice-gateway demo: {exc}.\n--- last lines of its stderr ---\n"
-            f"{exc.stderr_tail or '(empty)'}\n---\n"
-            "What to do: read the error above; `invoice-gateway check-config config/gateway.yaml` "
-            "checks the profile, and `--keep` keeps the config and full logs for a look.",
-            file=sys.stderr,
-        )
+        print(exc.explain("demo"), file=sys.stderr)
         return EXIT_FAILURE
     except DemoError as exc:
         print(f"invoice-gateway demo: {exc}", file=sys.stderr)

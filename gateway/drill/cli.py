@@ -109,12 +109,7 @@ def run(args: argparse.Namespace) -> int:
         print("invoice-gateway drill: interrupted; no report", file=sys.stderr)
         return EXIT_FAIL
     except ChildStartError as exc:
-        print(
-            f"invoice-gateway drill: {exc}.\n--- last lines of its stderr ---\n"
-            f"{exc.stderr_tail or '(empty)'}\n---\n"
-            "What to do: `invoice-gateway check-config` checks the config; --keep keeps the logs.",
-            file=sys.stderr,
-        )
+        print(exc.explain("drill"), file=sys.stderr)
         return EXIT_FAIL
     except DemoError as exc:
         print(f"invoice-gateway drill: {exc}", file=sys.stderr)

@@ -33,6 +33,7 @@ from gateway.loadgen import (
     SUBMIT_OPERATION,
     InvoiceFactory,
     Result,
+    paced,
     percentile,
     send_operation,
 )
@@ -163,22 +164,13 @@ class Integrator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Offer new orders until `stop` is set (retries of earlier ones go on meanwhile)."""
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while not stop.is_set():
-            delay = next_at - loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    break
+        async for _ in paced(stop, self._interval):
             order_no, body = self._factory.submission()
             order = Order(order_no, body)
             self.book.orders[order_no] = order
             task = asyncio.create_task(self._settle(order))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            next_at = max(next_at + self._interval, loop.time() - self._interval)
 
     async def finish(self, timeout_s: float, progress: Callable[[int], None] | None = None) -> int:
         """Keep retrying until every order settled or `timeout_s` passed; then give up on the

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import secrets
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from gateway.demo.children import (
     Child,
     Credentials,
     Endpoints,
+    gateway_child,
+    simulator_child,
     stop_children,
     wait_ready,
     write_gateway_config,
@@ -153,7 +154,7 @@ class DrillStage:
         self,
         workdir: Path,
         platform: Platform,
-        gateway_argv: list[str],
+        gateway_config: Path,
         gateway_env: dict[str, str],
         endpoints: Endpoints,
         session: aiohttp.ClientSession,
@@ -165,7 +166,7 @@ class DrillStage:
         self.endpoints = endpoints
         self.rng = rng
         self.note = note
-        self._argv = gateway_argv
+        self._config = gateway_config
         self._env = gateway_env
         self._session = session
         self._starts = 0
@@ -181,7 +182,7 @@ class DrillStage:
     def _new_gateway(self) -> Child:
         self._starts += 1
         name = "gateway" if self._starts == 1 else f"gateway-{self._starts}"
-        return Child(name, self._argv, self._env, self.workdir)
+        return gateway_child(self._config, self._env, self.workdir, name)
 
     async def start_gateway(self) -> None:
         self.gateway.start()
@@ -216,31 +217,26 @@ class DrillStage:
             finally:
                 self._restarting = False
 
-    async def admin_json(self, path: str) -> Any:
+    async def _admin_get(self, path: str, timeout_s: float) -> str:
+        """A `GET /admin/v1{path}` as the drill's operator; the body."""
         url = f"http://127.0.0.1:{self.endpoints.admin_port}/admin/v1{path}"
         headers = {"Authorization": f"Bearer {self._env['GATEWAY_ADMIN_TOKEN']}"}
         async with self._session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
         ) as response:
             response.raise_for_status()
-            return await response.json()
+            return await response.text()
 
     async def waiting(self) -> int | None:
         """Submissions the dispatcher still has to deliver; None when the gateway is down."""
         try:
-            document = await self.admin_json(f"/submissions/count?state={WAITING_STATES}")
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            text = await self._admin_get(f"/submissions/count?state={WAITING_STATES}", 10)
+            return int(json.loads(text)["count"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
             return None
-        return int(document["count"])
 
     async def export(self) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.endpoints.admin_port}/admin/v1/export"
-        headers = {"Authorization": f"Bearer {self._env['GATEWAY_ADMIN_TOKEN']}"}
-        async with self._session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=120)
-        ) as response:
-            response.raise_for_status()
-            text = await response.text()
+        text = await self._admin_get("/export", 120)
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -324,31 +320,6 @@ class StagingPlatform:
         )
 
 
-def simulator_child(
-    command: list[str],
-    endpoints: Endpoints,
-    env: Mapping[str, str],
-    workdir: Path,
-    seed: int | None,
-) -> Child:
-    return Child(
-        "simulator",
-        [
-            *command,
-            "simulate",
-            "--listen",
-            f"127.0.0.1:{endpoints.simulator_port}",
-            "--control-listen",
-            f"127.0.0.1:{endpoints.control_port}",
-            "--issue-delay",
-            str(ISSUE_DELAY_S),
-            *(["--seed", str(seed)] if seed is not None else []),
-        ],
-        env,
-        workdir,
-    )
-
-
 def staging_env(generated: Credentials) -> tuple[dict[str, str], Credentials]:
     """For a staging run: the platform credentials from our environment (the business's own),
     and a tenant key made up for the drill's tenant."""
@@ -414,10 +385,12 @@ class Drill:
         config = write_gateway_config(
             workdir, endpoints, overrides, profile=options.config or PROFILE
         )
-        command = [sys.executable, "-m", "gateway"]
         children: list[Child] = []
         if relay is None:
-            children.append(simulator_child(command, endpoints, env, workdir, options.seed))
+            seed = ["--seed", str(options.seed)] if options.seed is not None else []
+            children.append(
+                simulator_child(endpoints, env, workdir, "--issue-delay", str(ISSUE_DELAY_S), *seed)
+            )
         timeout = aiohttp.ClientTimeout(total=10)
         connector = aiohttp.TCPConnector(limit=100)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -429,7 +402,7 @@ class Drill:
             stage = DrillStage(
                 workdir,
                 platform,
-                [*command, "run", "--config", str(config)],
+                config,
                 {**env, **options.gateway_env},
                 endpoints,
                 session,

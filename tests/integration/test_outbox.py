@@ -103,16 +103,23 @@ def test_outage_queues_then_delivers_each_exactly_once(
         gw.process.stop()
 
 
+def lose_one_answer(gw: Gateway, sim: Simulator) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One invoice whose answer the platform drops after issuing it: its body, and its status
+    once the gateway has reconciled it."""
+    gw.call(QUERY, {"orderNos": ["warm-up"]})
+    sim.fault(kind="answer_lost", operations=[ISSUE], count=1)
+    body = invoice()
+    status, _, answer = gw.call(ISSUE, body)
+    assert 202 == status, answer
+    [view] = wait_delivered(gw, [answer["submission_id"]]).values()
+    return body, view
+
+
 def test_answer_lost_is_reconciled_not_resent(tmp_path: Path, sim: Simulator) -> None:
     """The platform issues then drops the answer: one invoice; the submission learns its serial."""
     gw = start_gateway(tmp_path, sim)
     try:
-        gw.call(QUERY, {"orderNos": ["warm-up"]})
-        sim.fault(kind="answer_lost", operations=[ISSUE], count=1)
-        body = invoice()
-        status, _, answer = gw.call(ISSUE, body)
-        assert 202 == status, answer
-        [view] = wait_delivered(gw, [answer["submission_id"]]).values()
+        body, view = lose_one_answer(gw, sim)
         order = sim.ledger()["orders"][body["order"]["orderNo"]]
         assert 1 == order["issued"]
         assert order["serialNos"] == [serial_of(view)]
@@ -129,12 +136,7 @@ def test_client_asking_again_after_reconciliation_gets_its_invoice_not_order_num
     for its own invoice. It gets the success, with the serial number the lookup found."""
     gw = start_gateway(tmp_path, sim)
     try:
-        gw.call(QUERY, {"orderNos": ["warm-up"]})
-        sim.fault(kind="answer_lost", operations=[ISSUE], count=1)
-        body = invoice()
-        status, _, answer = gw.call(ISSUE, body)
-        assert 202 == status, answer
-        [view] = wait_delivered(gw, [answer["submission_id"]]).values()
+        body, view = lose_one_answer(gw, sim)
         status, headers, again = gw.call(ISSUE, body)
         assert (200, "true", "true") == (
             status,
