@@ -58,6 +58,9 @@ def facts(result: DrillResult) -> dict[str, Any]:
             "drained_s_after_recovery": None
             if result.drain_s is None
             else round(result.drain_s, 1),
+            "backlog_cleared_s_after_recovery": None
+            if result.backlog_cleared_s is None
+            else round(result.backlog_cleared_s, 1),
         },
         "gateway_crashes": result.crashes,
         "ledger": {
@@ -136,6 +139,7 @@ def _lines(result: DrillResult, *, markdown: bool) -> list[str]:
         seen = ", ".join(f"{n}× {k}" for k, n in sorted(client["problems"].items()))
         out.append(f"{item}Problems and errors seen (each was resent): {seen}")
     drained = drain["drained_s_after_recovery"]
+    cleared = drain["backlog_cleared_s_after_recovery"]
     out += [
         "",
         f"{h2}The outbox",
@@ -148,6 +152,12 @@ def _lines(result: DrillResult, *, markdown: bool) -> list[str]:
             else "every queued submission had been delivered by then"
             if drained <= 0
             else f"the last queued submission was delivered {drained:g} s later"
+        ),
+        f"{item}Outbox empty again: "
+        + (
+            "not while the drill watched"
+            if cleared is None
+            else f"{cleared:g} s after the platform was back (the backlog drained)"
         ),
         f"{item}Gateway crashes survived (kill -9, restart on the same store): "
         f"{f['gateway_crashes']}",

@@ -141,6 +141,9 @@ class DrillResult:
     against: str
     #: Platform fault rules that fired, by kind.
     faults_hit: Mapping[str, int]
+    #: Seconds from the platform's recovery until nothing was waiting in the outbox (None: it
+    #: never was empty while the drill watched).
+    backlog_cleared_s: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -355,6 +358,7 @@ class Drill:
         self.started_wall = time.time()
         self.events: list[Event] = []
         self.queued_peak = 0
+        self.backlog_cleared_s: float | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self._started
@@ -494,6 +498,7 @@ class Drill:
             self.elapsed(),
             against,
             issued.faults_hit,
+            self.backlog_cleared_s,
         )
 
     async def _until(self, at_s: float) -> None:
@@ -505,9 +510,12 @@ class Drill:
         last_told = 0.0
         while True:
             waiting = await stage.waiting()
+            now = self.elapsed()
             if waiting is not None:
                 self.queued_peak = max(self.queued_peak, waiting)
-            now = self.elapsed()
+                healthy = self.scenario.healthy_from_s
+                if waiting == 0 and self.backlog_cleared_s is None and now >= healthy:
+                    self.backlog_cleared_s = now - healthy
             if now - last_told >= STATUS_EVERY_S:
                 last_told = now
                 book = self._integrator.book

@@ -50,6 +50,7 @@ def drill_result(
         duration_s=41.23,
         against="the simulator",
         faults_hit={"refuse": 1},
+        backlog_cleared_s=1.26,
     )
 
 
@@ -97,6 +98,9 @@ def test_text_of_a_passing_drill() -> None:
     ):
         assert line in out.splitlines(), line
     assert "the last queued submission was delivered 3.4 s later" in out
+    assert "  Outbox empty again: 1.3 s after the platform was back (the backlog drained)" in (
+        out.splitlines()
+    )
     assert "against the simulator" in out
     assert "seed 7" in out
     assert "25 invoices/s" in out
@@ -185,9 +189,12 @@ def test_json_round_trips() -> None:
         "timeline"
     ][1]
     assert {"0": 2, "200": 1, "202": 1} == document["client"]["by_status"]
-    assert {"queued_peak": 12, "platform_healthy_at_s": 28.0, "drained_s_after_recovery": 3.4} == (
-        document["drain"]
-    )
+    assert {
+        "queued_peak": 12,
+        "platform_healthy_at_s": 28.0,
+        "drained_s_after_recovery": 3.4,
+        "backlog_cleared_s_after_recovery": 1.3,
+    } == document["drain"]
     assert 1 == document["gateway_crashes"]
     assert {"refuse": 1} == document["faults_hit"]
     ledger = document["ledger"]
