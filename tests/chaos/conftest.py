@@ -1,8 +1,8 @@
 """The chaos layer: every test is one drill over real processes (simulator, gateway, and the
 faults' own processes) that ends with the ledger check.
 
-Default mode (what `make test` runs): each test sends ~30 s of traffic at ~50 submissions/s;
-the whole layer takes about 3 minutes on a 2-core machine.
+Default mode (what `make test` runs): each test sends ~22 s of traffic at ~50 submissions/s;
+the whole layer takes about 2 minutes on a 2-core machine.
 
     --chaos-long     longer traffic (90 s), a higher rate (100/s), more kills and faults
     --chaos-runs N   run each chaos test N times, each run with its own seed (run0, run1, …)

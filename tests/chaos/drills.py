@@ -15,7 +15,6 @@ import contextlib
 import json
 import random
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from gateway.drill.integrator import Book, Order
 from gateway.drill.runner import DrillOptions, DrillResult, DrillStage, run_drill
 from gateway.drill.scenarios import DrillScenario, Step
 from gateway.loadgen import SERVICES_PATH, SUBMIT_OPERATION, InvoiceFactory, read_answer
+from tests.support.disk import fill
 
 #: The counts line of every drill of the session, printed by the terminal summary.
 RUN_LINES: list[str] = []
@@ -58,7 +58,7 @@ class ChaosMode:
 
     @classmethod
     def default(cls) -> ChaosMode:
-        return cls("default", traffic_s=30.0, rate=50.0, kills=4, settle_timeout_s=45.0)
+        return cls("default", traffic_s=22.0, rate=50.0, kills=4, settle_timeout_s=45.0)
 
     @classmethod
     def long(cls) -> ChaosMode:
@@ -354,7 +354,7 @@ def fill_disk(run: ChaosRun, at_s: float, disk: Path, hold_s: float, during: str
 
     async def act(stage: DrillStage) -> None:
         filler = disk / f"filler-{at_s:g}"
-        written = await asyncio.to_thread(_fill, filler)
+        written = await asyncio.to_thread(fill, filler)
         stage.note(f"the store's disk is full ({written // 2**20} MiB of filler)")
 
         async def free() -> None:
@@ -365,29 +365,6 @@ def fill_disk(run: ChaosRun, at_s: float, disk: Path, hold_s: float, during: str
         run.background(free())
 
     return Step(at_s, f"the store's disk fills up {during} for {hold_s:g} s", act)
-
-
-def _fill(filler: Path) -> int:
-    chunk = b"\0" * 65536
-    written = 0
-    with filler.open("wb") as out:
-        try:
-            while True:
-                out.write(chunk)
-                out.flush()
-                written += len(chunk)
-        except OSError:
-            pass
-    return written
-
-
-def mount_small_fs(where: Path, size: str) -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-
-
-def unmount(where: Path) -> None:
-    subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def jump_clock(at_s: float, timestamp_file: Path, offset: str, during: str) -> Step:

@@ -13,10 +13,9 @@ from tests.chaos.drills import (
     checkpoint_loop,
     fill_disk,
     hold_lock,
-    mount_small_fs,
     seed_for,
-    unmount,
 )
+from tests.support.disk import mount_small_fs, unmount
 
 
 async def test_store_disk_full_locked_database_and_wal_checkpoint_under_load(

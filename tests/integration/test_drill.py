@@ -19,7 +19,7 @@ from tests.support.processes import (
     gateway_command,
 )
 
-#: A drill at time scale 0.4 takes about 25 s; this bounds a hung one.
+#: A drill at time scale 0.3 takes about 20 s; this bounds a hung one.
 DRILL_TIMEOUT_S = 120
 STAGING_ENV = ("NUONUO_APP_KEY", "NUONUO_APP_SECRET", "NUONUO_USER_TAX")
 
@@ -55,7 +55,7 @@ def test_gateway_crash_drill_passes_with_both_crashes(tmp_path: Path) -> None:
         "--scenario",
         "gateway-crash",
         "--time-scale",
-        "0.4",
+        "0.3",
         "--seed",
         "5",
         "--report",
@@ -88,7 +88,7 @@ def test_gateway_crash_drill_passes_with_both_crashes(tmp_path: Path) -> None:
     assert "\n## Timeline\n" in report
     timeline = re.findall(r"^- \d\d:\d\d\.\d  (.+)$", report, flags=re.MULTILINE)
     for line in (
-        "platform down: refuses connections for 8 s",
+        "platform down: refuses connections for 6 s",
         "the gateway is killed (kill -9) while queueing, then restarted",
         "the gateway is killed (kill -9) while draining, then restarted",
     ):
@@ -113,7 +113,7 @@ def test_staging_drill_against_a_stand_in_platform(tmp_path: Path) -> None:
             "--scenario",
             "outage",
             "--time-scale",
-            "0.4",
+            "0.3",
             "--seed",
             "9",
             "--upstream",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import random
 import sqlite3
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
+from tests.support.disk import fill, mount_small_fs, unmount
 from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
 from tests.support.processes import TENANT_KEY, http_json, jumped_clock, wait_until
 
@@ -240,28 +240,10 @@ def store_states(db: Path) -> dict[str, int]:
         return {state: count for state, count in rows}
 
 
-def _mount_small_fs(where: Path, size: str = "4m") -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-
-
-def _fill(where: Path) -> Path:
-    filler = where / "filler"
-    chunk = b"\0" * 65536
-    with filler.open("wb") as out:
-        try:
-            while True:
-                out.write(chunk)
-                out.flush()
-        except OSError:
-            pass
-    return filler
-
-
 def test_full_disk_gives_503_never_202(tmp_path: Path, sim: Simulator) -> None:
     """With the disk full a submission is refused with 503; nothing is acknowledged or sent."""
     disk = tmp_path / "small-disk"
-    _mount_small_fs(disk)
+    mount_small_fs(disk)
     try:
         gw = Gateway.start(
             tmp_path / "gw",
@@ -270,7 +252,8 @@ def test_full_disk_gives_503_never_202(tmp_path: Path, sim: Simulator) -> None:
         )
         try:
             assert 200 == gw.call(QUERY, {"orderNos": ["warm-up"]})[0]
-            filler = _fill(disk)
+            filler = disk / "filler"
+            fill(filler)
             calls_before = sim.ledger()["counters"]["calls"].get(ISSUE, 0)
             refused = [gw.call(ISSUE, invoice()) for _ in range(5)]
             assert [503] * 5 == [status for status, _, _ in refused]
@@ -282,7 +265,7 @@ def test_full_disk_gives_503_never_202(tmp_path: Path, sim: Simulator) -> None:
         finally:
             gw.process.stop()
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        unmount(disk)
 
 
 def _submit_all(
