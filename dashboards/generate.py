@@ -275,6 +275,28 @@ def panel(
     }
 
 
+def graph(
+    title: str,
+    description: str,
+    *targets: dict[str, Any],
+    width: int = 8,
+    height: int = 8,
+    minimum: float | None = 0,
+    **options: Any,
+) -> dict[str, Any]:
+    """A time series panel in the usual shape: a third of a row, 8 high, its axis from 0."""
+    return panel(
+        "timeseries",
+        title,
+        description,
+        list(targets),
+        width=width,
+        height=height,
+        minimum=minimum,
+        **options,
+    )
+
+
 def right_axis(ref: str, unit: str) -> dict[str, Any]:
     """A field override: query `ref` on the right-hand axis, in `unit`."""
     return {
@@ -557,22 +579,17 @@ def outage_overview() -> dict[str, Any]:
         ),
     ]
     upstream = [
-        panel(
-            "timeseries",
+        graph(
             "Upstream error ratio by class",
             "Share of calls to the platform that failed, by failure class.",
-            [
-                target(
-                    f'sum by (result) (rate({UPSTREAM_ATTEMPTS}{{result!="success", {OPERATION}}}'
-                    f"[{RATE}])) / ignoring (result) group_left"
-                    f" sum(rate({UPSTREAM_ATTEMPTS}{{{OPERATION}}}[{RATE}]))",
-                    "{{result}}",
-                )
-            ],
+            target(
+                f'sum by (result) (rate({UPSTREAM_ATTEMPTS}{{result!="success", {OPERATION}}}'
+                f"[{RATE}])) / ignoring (result) group_left"
+                f" sum(rate({UPSTREAM_ATTEMPTS}{{{OPERATION}}}[{RATE}]))",
+                "{{result}}",
+            ),
             width=12,
-            height=8,
             unit="percentunit",
-            minimum=0,
             custom={"drawStyle": "bars", "fillOpacity": 60, "stacking": {"mode": "normal"}},
         ),
         panel(
@@ -587,134 +604,83 @@ def outage_overview() -> dict[str, Any]:
         ),
     ]
     outbox = [
-        panel(
-            "timeseries",
+        graph(
             "Queued vs drained",
             "Submissions in the outbox by state (left) against submissions queued and drained "
             "per second (right).",
-            [
-                target(
-                    f'max by (state) ({OUTBOX}{{state=~"queued|delivering|unknown"}})', "{{state}}"
-                ),
-                target(
-                    f"sum(rate({ENQUEUED}{{{TENANT}, {OPERATION}}}[{RATE}]))", "queued per second"
-                ),
-                target(drained(RATE), "drained per second"),
-            ],
+            target(f'max by (state) ({OUTBOX}{{state=~"queued|delivering|unknown"}})', "{{state}}"),
+            target(f"sum(rate({ENQUEUED}{{{TENANT}, {OPERATION}}}[{RATE}]))", "queued per second"),
+            target(drained(RATE), "drained per second"),
             width=12,
-            height=8,
-            minimum=0,
             overrides=[right_axis("B", "ops"), right_axis("C", "ops")],
         ),
-        panel(
-            "timeseries",
+        graph(
             "Oldest queued",
             "Age of the oldest queued submission; the line is the business deadline.",
-            [target(f"max({OLDEST_QUEUED})", "oldest queued")],
+            target(f"max({OLDEST_QUEUED})", "oldest queued"),
             width=6,
-            height=8,
             unit="s",
-            minimum=0,
             steps=thresholds((None, "green"), (DEADLINE_SECONDS, "red")),
         ),
-        panel(
-            "timeseries",
+        graph(
             "ETA to empty",
             "Queued ÷ drain rate over 5 minutes; gaps while nothing drains.",
-            [target(f"{BACKLOG} / ({drained('5m')} > 0)", "time to empty")],
+            target(f"{BACKLOG} / ({drained('5m')} > 0)", "time to empty"),
             width=6,
-            height=8,
             unit="s",
-            minimum=0,
         ),
     ]
     details = [
-        panel(
-            "timeseries",
+        graph(
             "Client answers by outcome",
             "What clients got: forwarded (the platform answered), queued (202), replayed "
             "(same key), rejected (the gateway answered itself).",
-            [
-                target(
-                    f"sum by (outcome) (rate({REQUESTS}{{{TENANT}, {OPERATION}}}[{RATE}]))",
-                    "{{outcome}}",
-                )
-            ],
-            width=8,
-            height=8,
+            target(
+                f"sum by (outcome) (rate({REQUESTS}{{{TENANT}, {OPERATION}}}[{RATE}]))",
+                "{{outcome}}",
+            ),
             unit="reqps",
-            minimum=0,
         ),
-        panel(
-            "timeseries",
+        graph(
             "Dead and parked",
             "Dead submissions in the outbox (left); submissions dying or parked for on-call "
             "per second (right).",
-            [
-                target(f'max({OUTBOX}{{state="dead"}})', "dead in the outbox"),
-                target(f"sum(rate({DEAD}[{RATE}]))", "dying per second"),
-                target(f"sum(rate({PARKED}[{RATE}]))", "parked per second"),
-            ],
-            width=8,
-            height=8,
-            minimum=0,
+            target(f'max({OUTBOX}{{state="dead"}})', "dead in the outbox"),
+            target(f"sum(rate({DEAD}[{RATE}]))", "dying per second"),
+            target(f"sum(rate({PARKED}[{RATE}]))", "parked per second"),
             overrides=[right_axis("B", "ops"), right_axis("C", "ops")],
         ),
-        panel(
-            "timeseries",
+        graph(
             "Dispatcher",
             "Deliveries in flight, and 1 while on-call has paused the dispatcher.",
-            [
-                target(f"sum({DISPATCHER_IN_FLIGHT})", "in flight"),
-                target(f"max({DISPATCHER_PAUSED})", "paused"),
-                target(f"sum(rate({REQUEUED}[{RATE}]))", "put back per second"),
-            ],
-            width=8,
-            height=8,
-            minimum=0,
+            target(f"sum({DISPATCHER_IN_FLIGHT})", "in flight"),
+            target(f"max({DISPATCHER_PAUSED})", "paused"),
+            target(f"sum(rate({REQUEUED}[{RATE}]))", "put back per second"),
         ),
-        panel(
-            "timeseries",
+        graph(
             "Platform business codes",
             "Business codes in the platform's answers (070601: signature rejected, 070301: "
             "token rejected, 040102: busy).",
-            [
-                target(
-                    f"sum by (code) (rate({BUSINESS_CODES}{{{OPERATION}}}[{RATE}]))",
-                    "{{code}}",
-                )
-            ],
-            width=8,
-            height=8,
+            target(
+                f"sum by (code) (rate({BUSINESS_CODES}{{{OPERATION}}}[{RATE}]))",
+                "{{code}}",
+            ),
             unit="ops",
-            minimum=0,
         ),
-        panel(
-            "timeseries",
+        graph(
             "Circuit transitions",
             "Circuit breaker state changes, by the state entered.",
-            [
-                target(
-                    f"sum by (breaker, to) (increase({CIRCUIT_TRANSITIONS}[{RATE}]))",
-                    "{{breaker}} → {{to}}",
-                )
-            ],
-            width=8,
-            height=8,
-            minimum=0,
+            target(
+                f"sum by (breaker, to) (increase({CIRCUIT_TRANSITIONS}[{RATE}]))",
+                "{{breaker}} → {{to}}",
+            ),
             custom={"drawStyle": "bars", "fillOpacity": 60},
         ),
-        panel(
-            "timeseries",
+        graph(
             "Access token",
             "Token requests to the platform by result (left), age of the token in use (right).",
-            [
-                target(f"sum by (result) (increase({TOKEN_REFRESHES}[{RATE}]))", "{{result}}"),
-                target(f"max({TOKEN_AGE})", "token age"),
-            ],
-            width=8,
-            height=8,
-            minimum=0,
+            target(f"sum by (result) (increase({TOKEN_REFRESHES}[{RATE}]))", "{{result}}"),
+            target(f"max({TOKEN_AGE})", "token age"),
             overrides=[right_axis("B", "s")],
         ),
     ]
@@ -762,18 +728,15 @@ def traffic_slo() -> dict[str, Any]:
         for window, rate in BURN_WINDOWS
     ]
     slo = [
-        panel(
-            "timeseries",
+        graph(
             "Acceptance availability",
             f"Over 5 minutes and 1 hour; the line is the SLO ({SLO_OBJECTIVE:.1%}).",
-            [
-                target(f"1 - max({acceptance_errors('5m')})", "5m"),
-                target(f"1 - max({acceptance_errors('1h')})", "1h"),
-            ],
+            target(f"1 - max({acceptance_errors('5m')})", "5m"),
+            target(f"1 - max({acceptance_errors('1h')})", "1h"),
             width=12,
-            height=8,
             unit="percentunit",
             steps=thresholds((None, "red"), (SLO_OBJECTIVE, "green")),
+            minimum=None,
         ),
         panel(
             "timeseries",
@@ -793,51 +756,30 @@ def traffic_slo() -> dict[str, Any]:
     ]
     selector = f"{TENANT}, {OPERATION}"
     red = [
-        panel(
-            "timeseries",
+        graph(
             "Rate by operation",
             "Client requests per second.",
-            [
-                target(
-                    f"sum by (operation) (rate({REQUESTS}{{{selector}}}[{RATE}]))", "{{operation}}"
-                )
-            ],
-            width=8,
-            height=8,
+            target(f"sum by (operation) (rate({REQUESTS}{{{selector}}}[{RATE}]))", "{{operation}}"),
             unit="reqps",
-            minimum=0,
         ),
-        panel(
-            "timeseries",
+        graph(
             "Errors by operation and class",
             "Client requests that did not end in success, per second, by error class.",
-            [
-                target(
-                    f"sum by (operation, error_class) (rate({REQUEST_ERRORS}{{{OPERATION}}}"
-                    f"[{RATE}]))",
-                    "{{operation}} {{error_class}}",
-                )
-            ],
-            width=8,
-            height=8,
+            target(
+                f"sum by (operation, error_class) (rate({REQUEST_ERRORS}{{{OPERATION}}}[{RATE}]))",
+                "{{operation}} {{error_class}}",
+            ),
             unit="reqps",
-            minimum=0,
         ),
-        panel(
-            "timeseries",
+        graph(
             "5xx ratio by operation",
             "Share of client requests answered 5xx.",
-            [
-                target(
-                    f'sum by (operation) (rate({REQUESTS}{{status_class="5xx", {selector}}}'
-                    f"[{RATE}])) / sum by (operation) (rate({REQUESTS}{{{selector}}}[{RATE}]))",
-                    "{{operation}}",
-                )
-            ],
-            width=8,
-            height=8,
+            target(
+                f'sum by (operation) (rate({REQUESTS}{{status_class="5xx", {selector}}}'
+                f"[{RATE}])) / sum by (operation) (rate({REQUESTS}{{{selector}}}[{RATE}]))",
+                "{{operation}}",
+            ),
             unit="percentunit",
-            minimum=0,
         ),
     ]
     duration = [
@@ -852,63 +794,36 @@ def traffic_slo() -> dict[str, Any]:
             unit="s",
             minimum=0,
         ),
-        panel(
-            "timeseries",
+        graph(
             "Answers by outcome and status",
             "What clients got, per second.",
-            [
-                target(
-                    f"sum by (outcome, status_class) (rate({REQUESTS}{{{selector}}}[{RATE}]))",
-                    "{{outcome}} {{status_class}}",
-                )
-            ],
+            target(
+                f"sum by (outcome, status_class) (rate({REQUESTS}{{{selector}}}[{RATE}]))",
+                "{{outcome}} {{status_class}}",
+            ),
             width=12,
-            height=8,
             unit="reqps",
-            minimum=0,
         ),
     ]
     resilience = [
-        panel(
-            "timeseries",
+        graph(
             "Retries and budget rejections",
             "Retries within client requests per second, and retries the retry budget refused.",
-            [
-                target(
-                    f"sum by (operation) (rate({RETRIES}{{{OPERATION}}}[{RATE}]))", "{{operation}}"
-                ),
-                target(f"sum(rate({RETRY_BUDGET_REJECTIONS}[{RATE}]))", "refused by the budget"),
-            ],
-            width=8,
-            height=8,
+            target(f"sum by (operation) (rate({RETRIES}{{{OPERATION}}}[{RATE}]))", "{{operation}}"),
+            target(f"sum(rate({RETRY_BUDGET_REJECTIONS}[{RATE}]))", "refused by the budget"),
             unit="ops",
-            minimum=0,
         ),
-        panel(
-            "timeseries",
+        graph(
             "Idempotent replays",
             "Requests answered from a stored result (the same key sent again).",
-            [
-                target(
-                    f"sum by (operation) (rate({REPLAYS}{{{OPERATION}}}[{RATE}]))", "{{operation}}"
-                )
-            ],
-            width=8,
-            height=8,
+            target(f"sum by (operation) (rate({REPLAYS}{{{OPERATION}}}[{RATE}]))", "{{operation}}"),
             unit="reqps",
-            minimum=0,
         ),
-        panel(
-            "timeseries",
+        graph(
             "In flight",
             "Client requests being served, and deliveries the dispatcher has in flight.",
-            [
-                target(f"sum({IN_FLIGHT})", "client requests"),
-                target(f"sum({DISPATCHER_IN_FLIGHT})", "deliveries"),
-            ],
-            width=8,
-            height=8,
-            minimum=0,
+            target(f"sum({IN_FLIGHT})", "client requests"),
+            target(f"sum({DISPATCHER_IN_FLIGHT})", "deliveries"),
         ),
     ]
     store = [
