@@ -386,9 +386,14 @@ class Drill:
             overrides["upstream.url"] = await relay.start()
             overrides["tenants"] = [{"id": DRILL_TENANT, "api_key": {"env": TENANT_KEY_ENV}}]
         env["GATEWAY_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
-        config = write_gateway_config(
-            workdir, endpoints, overrides, profile=options.config or PROFILE
-        )
+        try:
+            config = write_gateway_config(
+                workdir, endpoints, overrides, profile=options.config or PROFILE
+            )
+        except DemoError:
+            if relay is not None:
+                await relay.close()
+            raise
         children: list[Child] = []
         if relay is None:
             seed = ["--seed", str(options.seed)] if options.seed is not None else []
