@@ -252,12 +252,13 @@ class OnCall:
         return job
 
     async def _run_job(self, job: Job, query: SubmissionQuery) -> None:
+        final = JobState.FAILED
         try:
             ids = [s.id async for s in self._store.stream(query)]
             job.total = len(ids)
             for start in range(0, len(ids), JOB_STEP):
                 if job._cancel.is_set():
-                    job.state = JobState.CANCELLED
+                    final = JobState.CANCELLED
                     break
                 step = ids[start : start + JOB_STEP]
                 results = await asyncio.gather(
@@ -270,26 +271,27 @@ class OnCall:
                         job.skipped += 1
                 await asyncio.sleep(0)  # let live requests and the dispatcher in between steps
             else:
-                job.state = JobState.DONE
+                final = JobState.DONE
         except (StoreError, asyncio.CancelledError) as exc:
-            job.state = JobState.FAILED
             job.error = str(exc) or type(exc).__name__
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            job.finished_at = self._clock.wall()
             try:
                 await self._store.record_audit(
                     AuditEntry(
                         actor=job.actor.name,
                         role=job.actor.role,
-                        action=f"bulk-replay-{job.state.value}",
+                        action=f"bulk-replay-{final.value}",
                         reason=job.reason,
                         details={"job_id": job.id, "replayed": job.done, "skipped": job.skipped},
                     )
                 )
             except StoreError as exc:
                 log.error("cannot record the end of a bulk job", job=job.id, error=str(exc))
+            # Told only now: whoever sees the job finished finds its closing audit entry.
+            job.finished_at = self._clock.wall()
+            job.state = final
             self._wake()
 
     async def _replay_quietly(self, submission_id: str, job: Job) -> bool:

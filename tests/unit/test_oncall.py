@@ -14,6 +14,7 @@ from gateway.jsonpointer import JsonPointer
 from gateway.oncall import Actor, JobState, OnCall
 from gateway.store.sqlite import SqliteStore
 from gateway.submissions import (
+    AuditEntry,
     NewSubmission,
     Submission,
     SubmissionQuery,
@@ -189,6 +190,32 @@ async def test_bulk_replay_job_progress_and_cancel(rig: Rig) -> None:
     assert JobState.CANCELLED == job.state
     assert 100 <= job.done < 450
     assert job.done == await rig.store.count(SubmissionQuery(states=(S.QUEUED,)))
+
+
+async def test_bulk_job_is_done_only_once_its_closing_audit_entry_is_written(rig: Rig) -> None:
+    """Whoever sees a bulk job finished (the admin API, the CLI's progress) finds its closing
+    audit entry: the job says done only after that entry is written."""
+    await rig.submission(S.DEAD, key="K-1")
+    writing_end, release = asyncio.Event(), asyncio.Event()
+    record_audit = rig.store.record_audit
+
+    async def slow_end(entry: AuditEntry) -> None:
+        if entry.action.startswith("bulk-replay-") and entry.action != "bulk-replay-started":
+            writing_end.set()
+            await release.wait()
+        await record_audit(entry)
+
+    rig.store.record_audit = slow_end  # type: ignore[method-assign]
+    job = await rig.oncall.start_replay_job(
+        SubmissionQuery(states=(S.DEAD,)), {"state": "dead"}, OPERATOR, "outage over"
+    )
+    await asyncio.wait_for(writing_end.wait(), 5)
+    assert (JobState.RUNNING, None) == (job.state, job.finished_at)
+    release.set()
+    assert job._task is not None
+    await job._task
+    assert JobState.DONE == job.state
+    assert ("bulk-replay-done", "outage over") in await audit_actions(rig)
 
 
 async def test_export_import_round_trip(rig: Rig, tmp_path: Path) -> None:
