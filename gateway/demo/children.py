@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -87,6 +89,20 @@ class Credentials:
             PYTHONUNBUFFERED="1",
         )
         return env
+
+
+@contextlib.contextmanager
+def scratch_dir(command: str, prefix: str, *, keep: bool) -> Iterator[Path]:
+    """A fresh temporary directory for one run's config, store and logs: removed afterwards,
+    or kept (and said so) with `--keep`."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        if keep:
+            print(f"invoice-gateway {command}: kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import signal
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ from gateway.demo.children import (
     SimulatorControl,
     build_children,
     platform_listening,
+    scratch_dir,
     stop_children,
     wait_ready,
 )
@@ -400,21 +399,17 @@ def run_demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"invoice-gateway demo: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    workdir = Path(tempfile.mkdtemp(prefix="invoice-gateway-demo-"))
     children: list[Child] = []
-    try:
-        return asyncio.run(_demo(plan, args, workdir, children))
-    except KeyboardInterrupt:
-        return EXIT_OK
-    except ChildStartError as exc:
-        print(exc.explain("demo"), file=sys.stderr)
-        return EXIT_FAILURE
-    except DemoError as exc:
-        print(f"invoice-gateway demo: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    finally:
-        stop_children(children)
-        if args.keep:
-            print(f"invoice-gateway demo: kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with scratch_dir("demo", "invoice-gateway-demo-", keep=args.keep) as workdir:
+        try:
+            return asyncio.run(_demo(plan, args, workdir, children))
+        except KeyboardInterrupt:
+            return EXIT_OK
+        except ChildStartError as exc:
+            print(exc.explain("demo"), file=sys.stderr)
+            return EXIT_FAILURE
+        except DemoError as exc:
+            print(f"invoice-gateway demo: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            stop_children(children)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
 from gateway.cli_args import number
+from gateway.demo.children import scratch_dir
 from gateway.demo.plan import ChildStartError, DemoError
 from gateway.drill import report
 from gateway.drill.runner import DrillOptions, run_drill
@@ -101,24 +100,20 @@ def run(args: argparse.Namespace) -> int:
     options = DrillOptions(
         scenario, rate=args.rate, seed=args.seed, upstream=args.upstream, config=args.config
     )
-    workdir = Path(tempfile.mkdtemp(prefix=f"invoice-gateway-drill-{scenario.name}-"))
     print(f"drill {scenario.name}: {scenario.summary}", flush=True)
-    try:
-        result = asyncio.run(run_drill(options, _say, workdir))
-    except KeyboardInterrupt:
-        print("invoice-gateway drill: interrupted; no report", file=sys.stderr)
-        return EXIT_FAIL
-    except ChildStartError as exc:
-        print(exc.explain("drill"), file=sys.stderr)
-        return EXIT_FAIL
-    except DemoError as exc:
-        print(f"invoice-gateway drill: {exc}", file=sys.stderr)
-        return EXIT_FAIL
-    finally:
-        if args.keep:
-            print(f"invoice-gateway drill: kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    prefix = f"invoice-gateway-drill-{scenario.name}-"
+    with scratch_dir("drill", prefix, keep=args.keep) as workdir:
+        try:
+            result = asyncio.run(run_drill(options, _say, workdir))
+        except KeyboardInterrupt:
+            print("invoice-gateway drill: interrupted; no report", file=sys.stderr)
+            return EXIT_FAIL
+        except ChildStartError as exc:
+            print(exc.explain("drill"), file=sys.stderr)
+            return EXIT_FAIL
+        except DemoError as exc:
+            print(f"invoice-gateway drill: {exc}", file=sys.stderr)
+            return EXIT_FAIL
     print()
     print(report.text(result), end="")
     for path, render in ((args.report, report.markdown), (args.json, report.as_json)):

@@ -8,8 +8,11 @@ import json
 from collections.abc import Callable
 from typing import Any, Union
 
+import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.auth.nuonuo import NuonuoHmacAuth
+from gateway.config import NuonuoHmacAuthConfig
 from gateway.store import StoredToken
 from gateway.upstream import UpstreamResponse
 
@@ -197,3 +200,25 @@ class HandlerUpstream:
             return reply
         finally:
             self.in_flight -= 1
+
+
+def signing_auth(
+    clock: FakeClock, session: aiohttp.ClientSession, *, token: str = "token"
+) -> NuonuoHmacAuth:
+    """The real nuonuo-hmac scheme, holding a valid `token` (so it never calls the endpoint)."""
+    env = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
+    config = NuonuoHmacAuthConfig.model_validate(
+        {
+            "scheme": "nuonuo-hmac",
+            "app_key": {"env": "K"},
+            "app_secret": {"env": "S"},
+            "user_tax": {"env": "T"},
+        }
+    )
+    for ref in (config.app_key, config.app_secret, config.user_tax):
+        assert ref.resolve(env) is None
+    tokens = MemoryTokenStore()
+    tokens.tokens["nuonuo-hmac:the-app-key"] = StoredToken(token, clock.wall(), 86400)
+    return NuonuoHmacAuth(
+        config, base_url="http://127.0.0.1:9", session=session, tokens=tokens, clock=clock
+    )

@@ -22,13 +22,11 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.auth.nuonuo import NuonuoHmacAuth
 from gateway.auth.signature import signature_message
 from gateway.breaker import BreakerRegistry, CircuitState
 from gateway.config import (
     BreakerConfig,
     BusinessCodesConfig,
-    NuonuoHmacAuthConfig,
     OperationConfig,
     OutboxConfig,
     RetryBudgetConfig,
@@ -41,7 +39,6 @@ from gateway.failures import FailureClass, FailureClassifier, Verdict
 from gateway.operations import OperationKind
 from gateway.resilience import ResiliencePipeline
 from gateway.retry import RetryBudget, RetryPolicy
-from gateway.store import StoredToken
 from gateway.store.sqlite import SqliteStore
 from gateway.submissions import NewSubmission, Submission, SubmissionState, Transition, fingerprint
 from gateway.upstream import UpstreamResponse
@@ -49,10 +46,9 @@ from tests.support.fakes import (
     FakeClock,
     HandlerUpstream,
     ManualClock,
-    MemoryTokenStore,
     platform_answer,
+    signing_auth,
 )
-from tests.unit.test_resilience import signing_auth
 
 SERVICES = "/open/v1/services"
 ISSUE = OperationConfig.model_validate(
@@ -865,24 +861,9 @@ async def test_purge_removes_old_final_rows_only(make: Build) -> None:
 
 async def test_stored_signature_is_never_reused(make: Build) -> None:
     """A replay later is signed afresh at send time; stored credentials never go out."""
-    env = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
-    config = NuonuoHmacAuthConfig.model_validate(
-        {
-            "scheme": "nuonuo-hmac",
-            "app_key": {"env": "K"},
-            "app_secret": {"env": "S"},
-            "user_tax": {"env": "T"},
-        }
-    )
-    for ref in (config.app_key, config.app_secret, config.user_tax):
-        assert ref.resolve(env) is None
     clock = FakeClock()
-    tokens = MemoryTokenStore()
-    tokens.tokens["nuonuo-hmac:the-app-key"] = StoredToken("token-now", clock.wall(), 86400)
     async with aiohttp.ClientSession() as session:
-        auth = NuonuoHmacAuth(
-            config, base_url="http://127.0.0.1:9", session=session, tokens=tokens, clock=clock
-        )
+        auth = signing_auth(clock, session, token="token-now")
         rig = await make(clock=clock, auth=auth)
         stale_time = str(int(clock.wall()))
         queued = await rig.queue(

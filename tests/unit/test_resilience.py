@@ -11,12 +11,10 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from gateway.auth.nuonuo import NuonuoHmacAuth
 from gateway.breaker import BreakerRegistry
 from gateway.config import (
     BreakerConfig,
     BusinessCodesConfig,
-    NuonuoHmacAuthConfig,
     RetryableClassName,
     RetryBudgetConfig,
     RetryPolicyConfig,
@@ -27,14 +25,13 @@ from gateway.jsonpointer import JsonPointer
 from gateway.operations import Operation, OperationKind
 from gateway.resilience import ResiliencePipeline
 from gateway.retry import RetryBudget, RetryPolicy
-from gateway.store import StoredToken
 from gateway.upstream import UpstreamRequest, UpstreamResponse
 from tests.support.fakes import (
     FakeClock,
     HandlerUpstream,
-    MemoryTokenStore,
     ScriptedUpstream,
     platform_answer,
+    signing_auth,
 )
 
 READ = Operation("query", OperationKind.READ)
@@ -347,26 +344,6 @@ class SkewedPlatform:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-def signing_auth(clock: FakeClock, session: aiohttp.ClientSession) -> NuonuoHmacAuth:
-    """The real nuonuo-hmac scheme, holding a valid token (so it never calls the endpoint)."""
-    env = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
-    config = NuonuoHmacAuthConfig.model_validate(
-        {
-            "scheme": "nuonuo-hmac",
-            "app_key": {"env": "K"},
-            "app_secret": {"env": "S"},
-            "user_tax": {"env": "T"},
-        }
-    )
-    for ref in (config.app_key, config.app_secret, config.user_tax):
-        assert ref.resolve(env) is None
-    tokens = MemoryTokenStore()
-    tokens.tokens["nuonuo-hmac:the-app-key"] = StoredToken("token", clock.wall(), 86400)
-    return NuonuoHmacAuth(
-        config, base_url="http://127.0.0.1:9", session=session, tokens=tokens, clock=clock
-    )
 
 
 async def test_clock_jump_is_corrected_from_the_platform_date(
