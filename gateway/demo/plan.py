@@ -24,14 +24,14 @@ class ChildStartError(DemoError):
         super().__init__(message)
         self.stderr_tail = stderr_tail
 
-    def explain(self, command: str) -> str:
+    def explain(self, command: str, config: str = "config/gateway.yaml") -> str:
         """What `invoice-gateway {command}` prints: the error, the child's last words, and
-        what to do."""
+        what to do (`config`: the file the run was based on)."""
         return (
             f"invoice-gateway {command}: {self}.\n--- last lines of its stderr ---\n"
             f"{self.stderr_tail or '(empty)'}\n---\n"
-            "What to do: read the error above; `invoice-gateway check-config config/gateway.yaml` "
-            "checks the profile, and `--keep` keeps the config and full logs for a look."
+            f"What to do: read the error above; `invoice-gateway check-config {config}` "
+            "checks the config, and `--keep` keeps the config and full logs for a look."
         )
 
 

@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
             print("invoice-gateway drill: interrupted; no report", file=sys.stderr)
             return EXIT_FAIL
         except ChildStartError as exc:
-            print(exc.explain("drill"), file=sys.stderr)
+            config = str(args.config) if args.config else "config/gateway.yaml"
+            print(exc.explain("drill", config), file=sys.stderr)
             return EXIT_FAIL
         except DemoError as exc:
             print(f"invoice-gateway drill: {exc}", file=sys.stderr)

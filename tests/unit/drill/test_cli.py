@@ -13,6 +13,7 @@ import pytest
 
 import gateway.drill.cli as drill_cli
 from gateway.cli import main
+from gateway.demo.plan import ChildStartError
 from gateway.drill.checks import check
 from gateway.drill.runner import DrillOptions, DrillResult, Event
 from gateway.drill.scenarios import SCENARIOS
@@ -231,3 +232,21 @@ def test_a_failing_run_exits_1(capsys: pytest.CaptureFixture[str], engine: FakeE
     out = capsys.readouterr().out
     assert "Drill report: outage — FAIL" in out
     assert "1 acknowledged but never issued (LOST): A1" in out
+
+
+def test_a_gateway_that_does_not_start_names_the_config_to_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A staging drill whose gateway refuses its config says which file to check."""
+
+    async def refuses(options: DrillOptions, out: Any, workdir: Path) -> DrillResult:
+        raise ChildStartError("the gateway exited with code 2 while starting", "bad key")
+
+    monkeypatch.setattr(drill_cli, "run_drill", refuses)
+    config = tmp_path / "mine.yaml"
+    staging = ["--upstream", "http://127.0.0.1:1", "--confirm-staging", "--config", str(config)]
+    code = main(["drill", "--scenario", "outage", *staging])
+    err = capsys.readouterr().err
+    assert 1 == code
+    assert "bad key" in err
+    assert f"invoice-gateway check-config {config}" in err
