@@ -19,25 +19,25 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import __version__
-from gateway.auth import UpstreamAuth, build_auth
-from gateway.breaker import BreakerRegistry, CircuitState
 from gateway.clock import Clock, SteadyClock, SystemClock
 from gateway.config import GatewayConfig
-from gateway.dispatcher import Dispatcher
+from gateway.edge.intake import STATUS_PATH, Intake
+from gateway.edge.proxy import Proxy
+from gateway.edge.tenants import TenantDirectory
 from gateway.errors import StoreError
-from gateway.failures import Verdict
-from gateway.intake import STATUS_PATH, Intake
-from gateway.metrics import GatewayCollector, Metrics, OutboxSampler
-from gateway.oncall import OnCall
 from gateway.operations import Classifier
-from gateway.probe import HealthProbe, UpstreamHealth
-from gateway.proxy import Proxy
-from gateway.resilience import ResiliencePipeline
-from gateway.retry import Backoff
-from gateway.status_page import StatusPage
-from gateway.store import Store, open_store
-from gateway.tenants import TenantDirectory
-from gateway.upstream import UpstreamClient, UpstreamRequest, trace_config
+from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
+from gateway.ops.status_page import StatusPage
+from gateway.outbox.dispatcher import Dispatcher
+from gateway.outbox.oncall import OnCall
+from gateway.outbox.store import Store, open_store
+from gateway.resilience.breaker import BreakerRegistry, CircuitState
+from gateway.resilience.failures import Verdict
+from gateway.resilience.pipeline import ResiliencePipeline
+from gateway.resilience.probe import HealthProbe, UpstreamHealth
+from gateway.resilience.retry import Backoff
+from gateway.upstream.auth import UpstreamAuth, build_auth
+from gateway.upstream.client import UpstreamClient, UpstreamRequest, trace_config
 
 log = structlog.get_logger("gateway")
 
@@ -290,7 +290,7 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    from gateway.admin import admin_app  # the admin package needs this module's `Gateway`
+    from gateway.ops.admin import admin_app  # the admin package needs this module's `Gateway`
 
     async with open_gateway(config) as gateway:
         runner = web.AppRunner(client_app(gateway), access_log=None, handle_signals=False)

@@ -25,10 +25,10 @@ from typing import Any, Final
 import aiohttp
 from multidict import CIMultiDict
 
-from gateway.drill.integrator import Book, Order
-from gateway.drill.runner import DrillOptions, DrillResult, DrillStage, run_drill
-from gateway.drill.scenarios import DrillScenario, Step
-from gateway.loadgen import SERVICES_PATH, SUBMIT_OPERATION, InvoiceFactory, read_answer
+from gateway.tools.drill.integrator import Book, Order
+from gateway.tools.drill.runner import DrillOptions, DrillResult, DrillStage, run_drill
+from gateway.tools.drill.scenarios import DrillScenario, Step
+from gateway.tools.loadgen import SERVICES_PATH, SUBMIT_OPERATION, InvoiceFactory, read_answer
 from tests.support.disk import fill
 
 #: The counts line of every drill of the session, printed by the terminal summary.

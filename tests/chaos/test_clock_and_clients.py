@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.drill.scenarios import DrillScenario, crash, fault
+from gateway.tools.drill.scenarios import DrillScenario, crash, fault
 from tests.chaos.drills import (
     STORE_FILE,
     ChaosMode,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.drill.scenarios import DrillScenario, fault
+from gateway.tools.drill.scenarios import DrillScenario, fault
 from tests.chaos.drills import ChaosMode, ChaosRun, assert_passed, random_kills, seed_for
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.drill.scenarios import ISSUE, DrillScenario, fault
+from gateway.tools.drill.scenarios import ISSUE, DrillScenario, fault
 from tests.chaos.drills import ChaosMode, ChaosRun, assert_passed, seed_for
 
 #: The gateway renews a revoked token at most once per `upstream.auth.min_refresh_interval`

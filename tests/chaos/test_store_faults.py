@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.drill.scenarios import DrillScenario, fault
+from gateway.tools.drill.scenarios import DrillScenario, fault
 from tests.chaos.drills import (
     STORE_FILE,
     ChaosMode,

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gateway.auth.signature import new_nonce, new_senid, sign
-from gateway.simulator.tax_numbers import make_tax_number
+from gateway.tools.simulator.tax_numbers import make_tax_number
+from gateway.upstream.auth.signature import new_nonce, new_senid, sign
 from tests.support.harness import Gateway, Simulator
 from tests.support.processes import APP_KEY, APP_SECRET, USER_TAX, http_json, wait_until
 

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import open_gateway
 from gateway.config import parse_config
-from gateway.metrics import metrics_handler
+from gateway.ops.metrics import metrics_handler
 from tests.support.processes import ROOT
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"

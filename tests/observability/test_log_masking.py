@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.masking import mask_value
-from gateway.simulator.tax_numbers import make_tax_number
+from gateway.ops.masking import mask_value
+from gateway.tools.simulator.tax_numbers import make_tax_number
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.integration.test_outbox import OVERRIDES, wait_delivered
 from tests.support.harness import Gateway, Simulator

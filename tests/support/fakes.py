@@ -11,10 +11,10 @@ from typing import Any, Union
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.auth.nuonuo import NuonuoHmacAuth
 from gateway.config import NuonuoHmacAuthConfig
-from gateway.store import StoredToken
-from gateway.upstream import UpstreamResponse
+from gateway.outbox.store import StoredToken
+from gateway.upstream.auth.nuonuo import NuonuoHmacAuth
+from gateway.upstream.client import UpstreamResponse
 
 
 class FakeClock:

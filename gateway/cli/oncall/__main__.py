@@ -1,0 +1,32 @@
+"""`python -m gateway.cli.oncall outbox|circuit …`: the on-call commands on their own.
+
+The same commands as `invoice-gateway outbox|circuit …`, for use where only this package is
+importable, and while it is not yet mounted in `gateway/cli.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from gateway.cli.oncall.commands import configure_circuit, configure_outbox
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invoice-gateway", description="On-call commands for the invoice gateway."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    configure_outbox(commands.add_parser("outbox", help="see and repair the outbox"))
+    configure_circuit(commands.add_parser("circuit", help="circuit breakers: status, open, close"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The client-facing request path, top to bottom:
+
+    authenticate tenant → read body → classify
+        → submit: intake (idempotency → durable admission → pipeline → record or queue)
+        → read / passthrough: resilience pipeline
+    → respond
+
+Every response carries `X-Request-Id` and `X-Gateway-Outcome`, and produces one access log line.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qsl
+
+import structlog
+from aiohttp import web
+
+from gateway.edge.intake import Intake
+from gateway.edge.outcomes import OUTCOME, Exchange, respond
+from gateway.edge.problem import client_error, problem_response, store_unavailable
+from gateway.edge.tenants import API_KEY_HEADER, TenantDirectory
+from gateway.errors import BadRequest, ClientRequestError, NotFound, PayloadTooLarge, StoreError
+from gateway.headers import REQUEST_ID, add_forwarded, end_to_end, request_id
+from gateway.operations import Classifier, Operation, OperationKind, RequestBody
+from gateway.ops.metrics import Metrics
+from gateway.outbox.store import OutboxStore
+from gateway.resilience.pipeline import ResiliencePipeline
+from gateway.upstream.client import UpstreamRequest, upstream_path
+
+access_log = structlog.get_logger("gateway.access")
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        tenants: TenantDirectory,
+        classifier: Classifier,
+        pipeline: ResiliencePipeline,
+        intake: Intake,
+        store: OutboxStore,
+        max_body_bytes: int,
+        metrics: Metrics,
+    ) -> None:
+        self._metrics = metrics
+        self._tenants = tenants
+        self._classifier = classifier
+        self._pipeline = pipeline
+        self._intake = intake
+        self._store = store
+        self._max_body_bytes = max_body_bytes
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        exchange = Exchange(request_id=request_id(request.headers))
+        # Every line logged while serving this request carries its id, whoever logs it.
+        with structlog.contextvars.bound_contextvars(request_id=exchange.request_id):
+            return await self._handle(request, exchange)
+
+    async def _handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        started = time.perf_counter()
+        self._metrics.in_flight.inc()
+        try:
+            response = await self._serve(request, exchange)
+        except ClientRequestError as exc:
+            exchange.error_class = exc.slug
+            response = client_error(exc, exchange.request_id)
+        except StoreError as exc:
+            exchange.error_class = "store-unavailable"
+            response = store_unavailable(
+                exc,
+                exchange.request_id,
+                title="Cannot store the submission",
+                consequence="so it was not accepted and nothing was sent. Retry later with the "
+                "same key",
+            )
+        except Exception:  # the safety net: a bug must still answer with a problem+json
+            access_log.exception("unexpected error while serving a request")
+            exchange.error_class = "internal-error"
+            response = problem_response(
+                status=500,
+                slug="internal-error",
+                title="Internal error in the gateway",
+                detail=(
+                    "the gateway failed unexpectedly while serving this request; a submission "
+                    "that was acknowledged is safe in the outbox. Quote the request id to the "
+                    "operator"
+                ),
+                request_id=exchange.request_id,
+            )
+        finally:
+            self._metrics.in_flight.dec()
+        response.headers[REQUEST_ID] = exchange.request_id
+        response.headers[OUTCOME] = exchange.outcome
+        elapsed = time.perf_counter() - started
+        self._metrics.request_done(
+            operation=exchange.operation.name,
+            tenant=exchange.tenant,
+            outcome=exchange.outcome,
+            status=response.status,
+            error_class=exchange.error_class,
+            seconds=elapsed,
+        )
+        access_log.info(
+            "request",
+            request_id=exchange.request_id,
+            tenant=exchange.tenant,
+            operation=exchange.operation.name,
+            kind=exchange.operation.kind.value,
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            upstream_status=exchange.upstream_status,
+            outcome=exchange.outcome,
+            error_class=exchange.error_class,
+            attempts=exchange.attempts,
+            latency_ms=round(elapsed * 1000, 3),
+        )
+        return response
+
+    async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        exchange.tenant = self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
+        # Every line logged for this request from here on names its tenant (SPEC §5).
+        structlog.contextvars.bind_contextvars(tenant=exchange.tenant)
+        path, query = upstream_path(request.raw_path)
+        body = RequestBody(await self._read_body(request))
+        lowered = {k.lower(): v for k, v in request.headers.items()}
+        exchange.operation = operation = self._classifier.classify(
+            request.method, path, lowered, body
+        )
+        if operation.kind is OperationKind.SUBMIT:
+            self._validate_submission(operation, body)
+
+        headers = end_to_end(request.headers, drop=(API_KEY_HEADER,))
+        headers[REQUEST_ID] = exchange.request_id
+        add_forwarded(headers, client_ip=request.remote, host=request.host, proto=request.scheme)
+        outgoing = UpstreamRequest(
+            method=request.method,
+            path=path,
+            query=tuple(parse_qsl(query, keep_blank_values=True)),
+            headers=headers,
+            body=body.raw,
+            operation=operation.name,
+        )
+        if operation.kind is OperationKind.SUBMIT:
+            return await self._intake.submit(request, outgoing, operation, body, exchange)
+        outcome = await self._pipeline.execute(outgoing, operation)
+        return respond(outcome, operation, exchange)
+
+    async def submission_status(self, request: web.Request) -> web.Response:
+        """`GET /gateway/v1/submissions/{id}`: a tenant sees only its own submissions."""
+        exchange = Exchange(request_id=request_id(request.headers))
+        try:
+            tenant = self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
+            submission = await self._store.get(request.match_info["id"])
+            if submission is None or submission.tenant != tenant:
+                raise NotFound(
+                    "no submission with this id for your tenant; check the id from the 202 answer"
+                )
+            response = web.json_response(submission.public_view())
+        except StoreError as exc:
+            response = store_unavailable(
+                exc, exchange.request_id, title="Cannot read the store", consequence="retry later"
+            )
+        except ClientRequestError as exc:
+            response = client_error(exc, exchange.request_id)
+        response.headers[REQUEST_ID] = exchange.request_id
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(
+                f"the body is {request.content_length} bytes; this gateway accepts at most {limit}"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"the body exceeds {limit} bytes, the most this gateway accepts"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _validate_submission(operation: Operation, body: RequestBody) -> None:
+        document = body.json()
+        if operation.business_key is not None:
+            key = operation.business_key.resolve(document)
+            if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
+                raise BadRequest(
+                    f"{operation.name} needs a business key at {operation.business_key.text} "
+                    "(a non-empty string or number); nothing was sent"
+                )

@@ -1,0 +1,44 @@
+"""Masking for `viewer` tokens (SPEC §5): personal and banking data hidden in admin answers.
+
+Which fields are sensitive and how a value is masked is shared with the logs
+(`gateway.ops.masking`); what is particular to the admin API lives here: payload edits in the audit
+log, and credential headers, which nobody sees whatever the role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from gateway.jsonpointer import JsonPointer
+from gateway.ops.masking import is_sensitive, mask, mask_value
+
+#: Header values never shown, whatever the role.
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+)
+
+
+def mask_edit(details: dict[str, Any]) -> dict[str, Any]:
+    """Audit details of a payload edit: `before`/`after` masked when the pointer names a
+    sensitive field (the values themselves carry no key to recognise them by)."""
+    pointer = details.get("pointer")
+    masked = mask(details)
+    if isinstance(pointer, str) and _points_at_sensitive(pointer):
+        for side in ("before", "after"):
+            if side in masked:
+                masked[side] = mask_value(masked[side])
+    return dict(masked)
+
+
+def _points_at_sensitive(pointer: str) -> bool:
+    try:
+        tokens: Iterable[str] = JsonPointer(pointer).text.split("/")[1:]
+    except ValueError:
+        return False
+    return any(is_sensitive(token) for token in tokens)
+
+
+def visible_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Stored request headers with credentials hidden."""
+    return [[name, "***" if name.lower() in SECRET_HEADERS else value] for name, value in headers]

@@ -1,0 +1,333 @@
+"""Prometheus metrics (SPEC §7): prefix `gateway_`, base units, bounded labels only.
+
+Request and attempt metrics are recorded as they happen; the state of the breakers, the outbox,
+the dispatcher, the token and the store is read when Prometheus scrapes (`GatewayCollector`),
+plus an outbox sampler, since counting the outbox needs the store.
+
+Labels are operation names from the configuration (plus `unmatched`), tenants from the
+configuration, outcomes, states, failure classes and configured business codes — never an
+order number, tax number or anything else a client chooses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+from gateway.clock import Clock
+from gateway.errors import StoreError
+from gateway.outbox.store import OutboxStore
+from gateway.outbox.submissions import SubmissionState
+from gateway.resilience.breaker import CircuitState
+from gateway.resilience.failures import Verdict
+from gateway.resilience.probe import HealthStatus
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = structlog.get_logger("gateway.ops.metrics")
+
+#: Request latency buckets, placed at the SLO thresholds (fail-fast 10 ms, forward 250 ms/1 s,
+#: deadline 10 s) so burn-rate rules can count "fast enough" without interpolation.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
+UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    """Every instrument, on a registry of its own (no global state)."""
+
+    def __init__(self, *, operations: Iterable[str], business_codes: Iterable[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._operations = frozenset(operations) | {"unmatched"}
+        self._codes = frozenset(business_codes)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Client requests by operation, outcome and HTTP status class.",
+            ["operation", "tenant", "outcome", "status_class"],
+            registry=r,
+        )
+        self.request_errors = Counter(
+            "gateway_request_errors",
+            "Client requests that did not end in success, by error class.",
+            ["operation", "error_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time to answer a client request.",
+            ["operation", "outcome"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests", "Client requests being served now.", registry=r
+        )
+        self.upstream_attempts = Counter(
+            "gateway_upstream_attempts",
+            "Calls to the platform by result: success or the failure class.",
+            ["operation", "result"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Duration of calls to the platform.",
+            ["operation"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.business_codes = Counter(
+            "gateway_upstream_business_codes",
+            "Business codes in the platform's answers (configured codes; others as 'other').",
+            ["operation", "code"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "gateway_retries", "Retries made within client requests.", ["operation"], registry=r
+        )
+        self.circuit_transitions = Counter(
+            "gateway_circuit_transitions",
+            "Circuit breaker state changes, by the state entered.",
+            ["breaker", "to"],
+            registry=r,
+        )
+        self.replays = Counter(
+            "gateway_idempotent_replays",
+            "Requests answered from a stored result (same idempotency key).",
+            ["operation"],
+            registry=r,
+        )
+        self.enqueued = Counter(
+            "gateway_outbox_enqueued",
+            "Submissions accepted into the outbox with 202.",
+            ["operation", "tenant"],
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "gateway_store_commit_duration_seconds",
+            "Time of one group commit (transaction plus fsync).",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.commit_batch = Histogram(
+            "gateway_store_commit_batch_size",
+            "Writes that shared one commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "gateway_outbox_submissions",
+            "Submissions in the outbox by state (sampled).",
+            ["state"],
+            registry=r,
+        )
+        self.oldest_queued = Gauge(
+            "gateway_outbox_oldest_queued_age_seconds",
+            "Age of the oldest queued submission (0 when none; sampled).",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "Always 1; labels say which build runs.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        for state in SubmissionState:
+            self.outbox_depth.labels(state.value).set(0)
+
+    def operation(self, name: str) -> str:
+        """A bounded label value for an operation name."""
+        return name if name in self._operations else "unmatched"
+
+    # -- the pipeline's AttemptObserver ------------------------------------------------------
+
+    def attempt(self, operation: str, verdict: Verdict, seconds: float) -> None:
+        op = self.operation(operation)
+        result = "success" if verdict.failure is None else verdict.failure.value
+        self.upstream_attempts.labels(op, result).inc()
+        self.upstream_duration.labels(op).observe(seconds)
+        if verdict.code is not None:
+            code = verdict.code if verdict.code in self._codes else "other"
+            self.business_codes.labels(op, code).inc()
+
+    def retry(self, operation: str) -> None:
+        self.retries.labels(self.operation(operation)).inc()
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def request_done(
+        self,
+        *,
+        operation: str,
+        tenant: str | None,
+        outcome: str,
+        status: int,
+        error_class: str | None,
+        seconds: float,
+    ) -> None:
+        op = self.operation(operation)
+        self.requests.labels(op, tenant or "-", outcome, f"{status // 100}xx").inc()
+        self.request_duration.labels(op, outcome).observe(seconds)
+        if error_class is not None and status >= 400:
+            self.request_errors.labels(op, error_class).inc()
+        if outcome == "replayed":
+            self.replays.labels(op).inc()
+        elif outcome == "queued":
+            self.enqueued.labels(op, tenant or "-").inc()
+
+    def commit(self, writes: int, seconds: float) -> None:
+        self.commit_batch.observe(writes)
+        self.commit_duration.observe(seconds)
+
+    def transition(self, breaker: str, _old: CircuitState, new: CircuitState, _reason: str) -> None:
+        self.circuit_transitions.labels(breaker, new.value).inc()
+
+
+class GatewayCollector(Collector):
+    """Reads the running gateway's parts at scrape time."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self._gateway
+        state = GaugeMetricFamily(
+            "gateway_circuit_state",
+            "1 for the state each circuit breaker is in, 0 for the others.",
+            labels=["breaker", "state"],
+        )
+        for breaker in gateway.breakers.all():
+            for candidate in CircuitState:
+                state.add_metric([breaker.name, candidate.value], float(breaker.state is candidate))
+        yield state
+
+        health = GaugeMetricFamily(
+            "gateway_upstream_health",
+            "1 for the platform's health as the active probe sees it (up, down, unknown).",
+            labels=["status"],
+        )
+        for status in HealthStatus:
+            health.add_metric([status.value], float(gateway.health.status is status))
+        yield health
+
+        stats = gateway.dispatcher.stats
+        for name, value, help_text in (
+            ("delivered", stats.delivered, "Submissions the dispatcher delivered."),
+            ("reconciled", stats.reconciled, "Deliveries proven by duplicate code and lookup."),
+            ("failed", stats.failed, "Submissions the platform refused for good."),
+            ("dead", stats.dead, "Submissions that ran out of attempts or age."),
+            ("requeued", stats.requeued, "Delivery attempts put back for later."),
+            ("parked", stats.parked, "Unknown submissions left for on-call."),
+        ):
+            counter = CounterMetricFamily(f"gateway_outbox_{name}", help_text)
+            counter.add_metric([], float(value))
+            yield counter
+        paused = GaugeMetricFamily("gateway_dispatcher_paused", "1 while on-call paused it.")
+        paused.add_metric([], float(gateway.dispatcher.paused))
+        yield paused
+        in_flight = GaugeMetricFamily("gateway_dispatcher_in_flight", "Deliveries in flight.")
+        in_flight.add_metric([], float(gateway.dispatcher.in_flight))
+        yield in_flight
+
+        rejected = CounterMetricFamily(
+            "gateway_retry_budget_rejections", "Retries refused by the retry budget."
+        )
+        rejected.add_metric([], float(gateway.pipeline.budget.rejected))
+        yield rejected
+
+        auth = gateway.auth
+        refreshes = CounterMetricFamily(
+            "gateway_token_refreshes",
+            "Access token requests to the platform, by result.",
+            labels=["result"],
+        )
+        count = int(getattr(auth, "refresh_count", 0))
+        failures = int(getattr(auth, "refresh_failures", 0))
+        refreshes.add_metric(["success"], float(count - failures))
+        refreshes.add_metric(["failure"], float(failures))
+        yield refreshes
+        token = getattr(auth, "token", None)
+        age = GaugeMetricFamily(
+            "gateway_token_age_seconds", "Age of the access token in use (absent without one)."
+        )
+        if token is not None:
+            age.add_metric([], max(0.0, gateway.clock.wall() - float(token.obtained_at)))
+        yield age
+        offset = GaugeMetricFamily(
+            "gateway_upstream_clock_offset_seconds",
+            "The platform's clock minus the gateway's, as learned from a refused signed time "
+            "(0 until one); requests are signed with the platform's time.",
+        )
+        offset.add_metric([], auth.clock_offset)
+        yield offset
+
+        uptime = GaugeMetricFamily("gateway_start_time_seconds", "When the gateway started.")
+        uptime.add_metric([], gateway.started_at)
+        yield uptime
+
+
+class OutboxSampler:
+    """Counts the outbox every `interval` seconds into the depth gauges."""
+
+    def __init__(self, metrics: Metrics, store: OutboxStore, clock: Clock, interval: float) -> None:
+        self._metrics = metrics
+        self._store = store
+        self._clock = clock
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def sample(self) -> None:
+        counts = await self._store.counts()
+        for state, count in counts.by_state.items():
+            self._metrics.outbox_depth.labels(state.value).set(count)
+        oldest = counts.oldest_queued_at
+        self._metrics.oldest_queued.set(max(0.0, self._clock.wall() - oldest) if oldest else 0.0)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except StoreError as exc:
+                log.warning("cannot count the outbox for metrics", error=str(exc))
+            await self._clock.sleep(self._interval)
+
+
+def metrics_handler(
+    registry: CollectorRegistry,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler serving `registry` in the Prometheus text format."""
+
+    async def handle(_request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    return handle

@@ -1,0 +1,743 @@
+"""The embedded SQLite store: WAL, `synchronous=FULL`, `BEGIN IMMEDIATE`, group commit.
+
+Writes go through one connection and the `GroupCommitter`; reads use a second, read-only
+connection (WAL lets it read while a write is in progress).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.errors import StoreError
+from gateway.outbox.store import Admission, OutboxCounts, StoredToken
+from gateway.outbox.store.group_commit import CommitStats, GroupCommitter
+from gateway.outbox.submissions import (
+    UNRESOLVED_STATES,
+    AuditEntry,
+    NewSubmission,
+    Page,
+    StoredResponse,
+    Submission,
+    SubmissionQuery,
+    SubmissionState,
+    Transition,
+    new_submission_id,
+)
+
+#: Each entry migrates the schema from version i to i + 1. Never edit one that has shipped.
+MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE upstream_token (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        obtained_at REAL NOT NULL,
+        expires_in REAL NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE submission (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        idempotency_key TEXT,
+        fingerprint TEXT NOT NULL,
+        business_key TEXT,
+        ordering_key TEXT,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        query TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        request_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        acknowledged INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        maybe_sent INTEGER NOT NULL DEFAULT 0,
+        last_error_class TEXT,
+        last_error TEXT,
+        response TEXT,
+        result TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        next_attempt_at REAL,
+        delivered_at REAL,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        fence INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX submission_idempotency
+        ON submission (tenant, operation, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX submission_due ON submission (state, next_attempt_at);
+    CREATE INDEX submission_ordering
+        ON submission (tenant, ordering_key, seq) WHERE ordering_key IS NOT NULL;
+    CREATE INDEX submission_updated ON submission (state, updated_at);
+    """,
+    """
+    CREATE INDEX submission_state_tenant ON submission (state, tenant);
+    CREATE INDEX submission_tenant_due ON submission (tenant, state, seq);
+    """,
+    """
+    ALTER TABLE submission ADD COLUMN age_from REAL;
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        submission_ids TEXT NOT NULL,
+        reason TEXT,
+        details TEXT
+    );
+    """,
+)
+
+_UNRESOLVED = ", ".join(f"'{s.value}'" for s in UNRESOLVED_STATES)
+#: Rows the dispatcher will still send, by itself.
+_WAITING = "('queued', 'unknown')"
+#: A stored time this far ahead of the clock means the clock stepped back (restarts alone, on
+#: one host, never put it more than milliseconds ahead).
+CLOCK_STEP_TOLERANCE_S = 5.0
+
+_COLUMNS = (
+    "id, tenant, operation, idempotency_key, fingerprint, business_key, ordering_key, method, "
+    "path, query, headers, body, request_id, state, acknowledged, attempts, maybe_sent, "
+    "last_error_class, last_error, response, result, created_at, updated_at, next_attempt_at, "
+    "lease_owner, lease_expires_at, fence, delivered_at, age_from"
+)
+_PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
+
+
+def _translate(exc: sqlite3.Error, what: str) -> StoreError:
+    return StoreError(f"{what}: {exc}")
+
+
+class SqliteStore:
+    """The embedded store; one gateway process per database file."""
+
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        committer: GroupCommitter,
+    ) -> None:
+        self._db = writer
+        self._reader = reader
+        self.path = path
+        self._committer = committer
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        return self._committer.stats
+
+    def observe_commits(self, callback: Callable[[int, float], None]) -> None:
+        self._committer.on_commit = callback
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "FULL",
+        group_commit: bool = True,
+        commit_window: float = 0.001,
+        batch_cap: int = 256,
+    ) -> SqliteStore:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+        reader: aiosqlite.Connection | None = None
+        try:
+            await writer.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute(f"PRAGMA synchronous = {synchronous}")
+            await writer.execute("PRAGMA foreign_keys = ON")
+            await _migrate(writer, path)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await reader.execute("PRAGMA query_only = 1")
+        except (sqlite3.Error, StoreError) as exc:
+            await writer.close()
+            if reader is not None:
+                await reader.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot prepare the store at {path}: {exc}") from exc
+        committer = GroupCommitter(
+            writer, enabled=group_commit, window=commit_window, batch_cap=batch_cap
+        )
+        committer.start()
+        return cls(writer, reader, path, committer)
+
+    async def close(self) -> None:
+        await self._committer.close()
+        await self._reader.close()
+        await self._db.close()
+
+    async def check_writable(self) -> None:
+        async def probe(db: aiosqlite.Connection) -> None:
+            # A real (harmless) write through the group commit: proves the disk takes writes.
+            await db.execute(
+                "INSERT INTO upstream_token (key, value, obtained_at, expires_in) "
+                "VALUES ('readyz', '', 0, 1) ON CONFLICT (key) DO UPDATE SET obtained_at = 0"
+            )
+
+        await self._committer.submit(probe)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def load_token(self, key: str) -> StoredToken | None:
+        try:
+            async with self._reader.execute(
+                "SELECT value, obtained_at, expires_in FROM upstream_token WHERE key = ?", (key,)
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot read the upstream token") from exc
+        return StoredToken(row[0], row[1], row[2]) if row else None
+
+    async def save_token(self, key: str, token: StoredToken) -> None:
+        async def write(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO upstream_token (key, value, obtained_at, expires_in) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "obtained_at = excluded.obtained_at, expires_in = excluded.expires_in",
+                (key, token.value, token.obtained_at, token.expires_in),
+            )
+
+        await self._committer.submit(write)
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        new: NewSubmission,
+        *,
+        queue: bool,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+    ) -> Admission:
+        async def write(db: aiosqlite.Connection) -> Admission:
+            if new.idempotency_key is not None:
+                existing = await _fetch_one(
+                    db,
+                    f"SELECT {_COLUMNS} FROM submission "
+                    "WHERE tenant = ? AND operation = ? AND idempotency_key = ?",
+                    (new.tenant, new.operation, new.idempotency_key),
+                )
+                if existing is not None:
+                    return Admission(existing, created=False)
+            blocked = False
+            if new.ordering_key is not None:
+                async with db.execute(
+                    "SELECT 1 FROM submission WHERE tenant = ? AND ordering_key = ? "
+                    f"AND state IN ({_UNRESOLVED}) LIMIT 1",
+                    (new.tenant, new.ordering_key),
+                ) as cursor:
+                    blocked = await cursor.fetchone() is not None
+            queued = queue or blocked
+            submission = Submission.of(
+                new,
+                id=new_submission_id(now),
+                state=SubmissionState.QUEUED if queued else SubmissionState.DELIVERING,
+                acknowledged=queued,
+                attempts=0,
+                maybe_sent=False,
+                last_error_class="ordering" if blocked and not queue else None,
+                last_error=(
+                    "waiting behind an earlier submission with the same ordering key"
+                    if blocked and not queue
+                    else None
+                ),
+                response=None,
+                result=None,
+                created_at=now,
+                updated_at=now,
+                next_attempt_at=now if queued else None,
+                lease_owner=None if queued else owner,
+                lease_expires_at=None if queued else now + lease_seconds,
+                fence=0,
+            )
+            await db.execute(
+                f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
+                _row(submission),
+            )
+            return Admission(submission, created=True)
+
+        return await self._committer.submit(write)
+
+    async def transition(
+        self,
+        submission_id: str,
+        fence: int,
+        change: Transition,
+        *,
+        now: float,
+        audit: AuditEntry | None = None,
+    ) -> Submission | None:
+        async def write(db: aiosqlite.Connection) -> Submission | None:
+            sets = [
+                "state = :state",
+                "attempts = :attempts"
+                if change.reset_attempts
+                else "attempts = attempts + :attempts",
+                "updated_at = :now",
+                "next_attempt_at = :next",
+            ]
+            params: dict[str, Any] = {
+                "id": submission_id,
+                "fence": fence,
+                "state": change.state.value,
+                "attempts": change.attempts_delta,
+                "now": now,
+                "next": change.next_attempt_at,
+            }
+            if change.state is not SubmissionState.DELIVERING:
+                sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
+            if change.maybe_sent is not None:
+                sets.append("maybe_sent = :maybe_sent")
+                params["maybe_sent"] = int(change.maybe_sent)
+            if change.acknowledged is not None:
+                sets.append("acknowledged = :ack")
+                params["ack"] = int(change.acknowledged)
+            if change.clear_error:
+                sets += ["last_error_class = NULL", "last_error = NULL"]
+            if change.error_class is not None:
+                sets += ["last_error_class = :error_class", "last_error = :error"]
+                params["error_class"] = change.error_class
+                params["error"] = change.error
+            if change.response is not None:
+                sets.append("response = :response")
+                params["response"] = json.dumps(change.response.to_json(), ensure_ascii=False)
+            if change.result is not None:
+                sets.append("result = :result")
+                params["result"] = json.dumps(change.result, ensure_ascii=False)
+            if change.state is SubmissionState.DELIVERED:
+                sets.append("delivered_at = :now")
+            if change.restart_age:
+                sets.append("age_from = :now")
+            if change.body is not None:
+                sets.append("body = :body")
+                params["body"] = change.body
+            if audit is not None:
+                sets.append("fence = fence + 1")  # whoever held it before cannot write now
+            cursor = await db.execute(
+                f"UPDATE submission SET {', '.join(sets)} WHERE id = :id AND fence = :fence",
+                params,
+            )
+            if cursor.rowcount == 0:
+                return None
+            if audit is not None:
+                await _insert_audit(db, audit, now)
+            return await _fetch_one(
+                db, f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,)
+            )
+
+        return await self._committer.submit(write)
+
+    async def claim_due(
+        self, *, now: float, limit: int, owner: str, lease_seconds: float
+    ) -> Sequence[Submission]:
+        async def write(db: aiosqlite.Connection) -> list[Submission]:
+            seqs = await _due_heads(db, now=now, limit=limit)
+            if not seqs:
+                return []
+            marks = ", ".join("?" * len(seqs))
+            await db.execute(
+                f"UPDATE submission SET state = 'delivering', lease_owner = ?, "
+                f"lease_expires_at = ?, fence = fence + 1, updated_at = ? WHERE seq IN ({marks})",
+                (owner, now + lease_seconds, now, *seqs),
+            )
+            async with db.execute(
+                f"SELECT {_COLUMNS} FROM submission WHERE seq IN ({marks}) ORDER BY seq", seqs
+            ) as cursor:
+                return [_submission(row) for row in await cursor.fetchall()]
+
+        return await self._committer.submit(write)
+
+    async def reclaim(self, *, now: float, everything: bool = False) -> int:
+        async def write(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "UPDATE submission SET state = 'unknown', maybe_sent = 1, acknowledged = 1, "
+                "lease_owner = NULL, lease_expires_at = NULL, fence = fence + 1, "
+                "next_attempt_at = :now, updated_at = :now, "
+                "last_error_class = 'lease_expired', "
+                "last_error = 'the gateway stopped while delivering it; it may have been sent' "
+                "WHERE state = 'delivering' AND (:everything OR lease_expires_at <= :now)",
+                {"now": now, "everything": int(everything)},
+            )
+            return int(cursor.rowcount)
+
+        return await self._committer.submit(write)
+
+    async def rebase(self, *, now: float) -> float:
+        async def write(db: aiosqlite.Connection) -> float:
+            async with db.execute(
+                f"SELECT MAX(updated_at) FROM submission WHERE state IN {_WAITING}"
+            ) as cursor:
+                row = await cursor.fetchone()
+            latest = row[0] if row is not None else None
+            if latest is None or latest <= now + CLOCK_STEP_TOLERANCE_S:
+                return 0.0
+            shift = float(latest) - now
+            await db.execute(
+                "UPDATE submission SET next_attempt_at = next_attempt_at - :shift, "
+                "updated_at = updated_at - :shift, age_from = age_from - :shift "
+                f"WHERE state IN {_WAITING}",
+                {"shift": shift},
+            )
+            return shift
+
+        return await self._committer.submit(write)
+
+    async def get(self, submission_id: str) -> Submission | None:
+        try:
+            return await _fetch_one(
+                self._reader, f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,)
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot read the submission") from exc
+
+    async def counts(self) -> OutboxCounts:
+        try:
+            async with self._reader.execute(
+                "SELECT state, COUNT(*) FROM submission GROUP BY state"
+            ) as cursor:
+                rows = await cursor.fetchall()
+            async with self._reader.execute(
+                # Waiting = queued, or unknown and due for reconciliation (parked rows wait for
+                # on-call and show up as such, not as a growing queue).
+                "SELECT MIN(created_at) FROM submission WHERE state IN ('queued', 'unknown') "
+                "AND next_attempt_at IS NOT NULL"
+            ) as cursor:
+                oldest = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot count the outbox") from exc
+        by_state = {state: 0 for state in SubmissionState}
+        for state, count in rows:
+            by_state[SubmissionState(state)] = int(count)
+        return OutboxCounts(by_state=by_state, oldest_queued_at=oldest[0] if oldest else None)
+
+    async def purge(self, *, finished_before: float) -> int:
+        async def write(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "DELETE FROM submission WHERE state IN ('delivered', 'failed', 'discarded') "
+                "AND updated_at < ?",
+                (finished_before,),
+            )
+            return int(cursor.rowcount)
+
+        return await self._committer.submit(write)
+
+    # -- on-call ----------------------------------------------------------------------------
+
+    async def query(self, query: SubmissionQuery, *, limit: int, cursor: str | None) -> Page:
+        where, params = _where(query)
+        before = _parse_cursor(cursor)
+        if before is not None:
+            where += " AND seq < ?"
+            params.append(before)
+        try:
+            async with self._reader.execute(
+                f"SELECT seq, {_COLUMNS} FROM submission WHERE {where} ORDER BY seq DESC LIMIT ?",
+                (*params, limit + 1),
+            ) as rows:
+                found = list(await rows.fetchall())
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot list submissions") from exc
+        more = len(found) > limit
+        found = found[:limit]
+        items = tuple(_submission(row[1:]) for row in found)
+        return Page(items=items, next_cursor=f"s{found[-1][0]}" if more and found else None)
+
+    async def count(self, query: SubmissionQuery) -> int:
+        where, params = _where(query)
+        try:
+            async with self._reader.execute(
+                f"SELECT COUNT(*) FROM submission WHERE {where}", params
+            ) as rows:
+                row = await rows.fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot count submissions") from exc
+        return int(row[0]) if row else 0
+
+    async def stream(self, query: SubmissionQuery) -> AsyncIterator[Submission]:
+        where, params = _where(query)
+        after = 0
+        while True:
+            try:
+                async with self._reader.execute(
+                    f"SELECT seq, {_COLUMNS} FROM submission WHERE {where} AND seq > ? "
+                    "ORDER BY seq LIMIT 500",
+                    (*params, after),
+                ) as rows:
+                    batch = list(await rows.fetchall())
+            except sqlite3.Error as exc:
+                raise _translate(exc, "cannot read submissions") from exc
+            if not batch:
+                return
+            for row in batch:
+                yield _submission(row[1:])
+            after = int(batch[-1][0])
+
+    async def import_rows(self, rows: Sequence[Submission], *, audit: AuditEntry) -> int:
+        async def write(db: aiosqlite.Connection) -> int:
+            async with db.execute("SELECT 1 FROM submission LIMIT 1") as cursor:
+                if await cursor.fetchone() is not None:
+                    raise StoreError(
+                        "the store already holds submissions; import only into an empty store"
+                    )
+            await db.executemany(
+                f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
+                [_row(submission) for submission in rows],
+            )
+            await _insert_audit(db, audit, time.time())
+            return len(rows)
+
+        return await self._committer.submit(write)
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        async def write(db: aiosqlite.Connection) -> AuditEntry:
+            return await _insert_audit(db, entry, time.time())
+
+        return await self._committer.submit(write)
+
+    async def audit_log(
+        self, *, limit: int, cursor: str | None
+    ) -> tuple[list[AuditEntry], str | None]:
+        before = _parse_cursor(cursor)
+        try:
+            async with self._reader.execute(
+                "SELECT seq, at, actor, role, action, submission_ids, reason, details "
+                "FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                (before if before is not None else 2**62, limit + 1),
+            ) as rows:
+                found = [_audit(row) for row in await rows.fetchall()]
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot read the audit log") from exc
+        more = len(found) > limit
+        found = found[:limit]
+        return found, (f"s{found[-1].seq}" if more and found else None)
+
+
+def _where(query: SubmissionQuery) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.states:
+        clauses.append(f"state IN ({', '.join('?' * len(query.states))})")
+        params += [s.value for s in query.states]
+    for column, value in (
+        ("tenant", query.tenant),
+        ("operation", query.operation),
+        ("last_error_class", query.error_class),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.accepted_after is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.accepted_after)
+    if query.accepted_before is not None:
+        clauses.append("created_at < ?")
+        params.append(query.accepted_before)
+    if query.text:
+        clauses.append("instr(business_key, ?) > 0")
+        params.append(query.text)
+    return (" AND ".join(clauses) or "1"), params
+
+
+def _parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.startswith("s") or not cursor[1:].isdigit():
+        raise ValueError(f"not a cursor from this API: {cursor!r}")
+    return int(cursor[1:])
+
+
+async def _insert_audit(db: aiosqlite.Connection, entry: AuditEntry, now: float) -> AuditEntry:
+    at = entry.at or now
+    cursor = await db.execute(
+        "INSERT INTO audit_log (at, actor, role, action, submission_ids, reason, details) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            at,
+            entry.actor,
+            entry.role,
+            entry.action,
+            json.dumps(list(entry.submission_ids)),
+            entry.reason,
+            json.dumps(entry.details or {}, ensure_ascii=False),
+        ),
+    )
+    return replace(entry, at=at, seq=int(cursor.lastrowid or 0))
+
+
+def _audit(row: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(
+        seq=int(row[0]),
+        at=float(row[1]),
+        actor=row[2],
+        role=row[3],
+        action=row[4],
+        submission_ids=tuple(json.loads(row[5])),
+        reason=row[6],
+        details=json.loads(row[7]) if row[7] else None,
+    )
+
+
+async def _due_heads(db: aiosqlite.Connection, *, now: float, limit: int) -> list[int]:
+    """Up to `limit` due submissions, tenants taking turns, each the head of its ordering key.
+
+    Works per tenant on indexed ranges (a few index probes per row considered), so a claim
+    costs the same with 100 or 100,000 rows waiting.
+    """
+    tenants: list[str] = []
+    for state in ("queued", "unknown"):
+        after = ""
+        while True:
+            async with db.execute(
+                "SELECT MIN(tenant) FROM submission WHERE state = ? AND tenant > ?", (state, after)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None or row[0] is None:
+                break
+            after = row[0]
+            if after not in tenants:
+                tenants.append(after)
+    queues: list[list[int]] = []
+    for tenant in sorted(tenants):
+        heads: list[int] = []
+        for state in ("queued", "unknown"):
+            # In acceptance order, skipping rows whose ordering key has an earlier unresolved
+            # submission; SQLite stops at `limit` matches.
+            async with db.execute(
+                "SELECT s.seq FROM submission s INDEXED BY submission_tenant_due "
+                "WHERE s.tenant = ? AND s.state = ? AND s.next_attempt_at <= ? "
+                "AND (s.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM submission p "
+                "WHERE p.tenant = s.tenant AND p.ordering_key = s.ordering_key "
+                f"AND p.seq < s.seq AND p.state IN ({_UNRESOLVED}))) ORDER BY s.seq LIMIT ?",
+                (tenant, state, now, limit),
+            ) as cursor:
+                heads += [int(r[0]) for r in await cursor.fetchall()]
+        if heads:
+            queues.append(sorted(heads)[:limit])
+    chosen: list[int] = []
+    turn = 0
+    while len(chosen) < limit and any(turn < len(q) for q in queues):
+        chosen += [q[turn] for q in queues if turn < len(q)][: limit - len(chosen)]
+        turn += 1
+    return chosen
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT version FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
+        if row is None:
+            await db.execute("INSERT INTO schema_version (version) VALUES (0)")
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the store at {path} has schema version {version}, newer than this gateway "
+                f"knows ({len(MIGRATIONS)}); run a newer gateway"
+            )
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in filter(str.strip, script.split(";")):
+                await db.execute(statement)
+            await db.execute("UPDATE schema_version SET version = ?", (target,))
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+
+
+def _row(s: Submission) -> tuple[Any, ...]:
+    return (
+        s.id,
+        s.tenant,
+        s.operation,
+        s.idempotency_key,
+        s.fingerprint,
+        s.business_key,
+        s.ordering_key,
+        s.method,
+        s.path,
+        json.dumps(s.query),
+        json.dumps(s.headers, ensure_ascii=False),
+        s.body,
+        s.request_id,
+        s.state.value,
+        int(s.acknowledged),
+        s.attempts,
+        int(s.maybe_sent),
+        s.last_error_class,
+        s.last_error,
+        json.dumps(s.response.to_json(), ensure_ascii=False) if s.response else None,
+        json.dumps(s.result, ensure_ascii=False) if s.result is not None else None,
+        s.created_at,
+        s.updated_at,
+        s.next_attempt_at,
+        s.lease_owner,
+        s.lease_expires_at,
+        s.fence,
+        s.delivered_at,
+        s.age_from,
+    )
+
+
+def _submission(row: Sequence[Any]) -> Submission:
+    return Submission(
+        id=row[0],
+        tenant=row[1],
+        operation=row[2],
+        idempotency_key=row[3],
+        fingerprint=row[4],
+        business_key=row[5],
+        ordering_key=row[6],
+        method=row[7],
+        path=row[8],
+        query=tuple((str(k), str(v)) for k, v in json.loads(row[9])),
+        headers=tuple((str(k), str(v)) for k, v in json.loads(row[10])),
+        body=bytes(row[11]),
+        request_id=row[12],
+        state=SubmissionState(row[13]),
+        acknowledged=bool(row[14]),
+        attempts=int(row[15]),
+        maybe_sent=bool(row[16]),
+        last_error_class=row[17],
+        last_error=row[18],
+        response=StoredResponse.from_json(json.loads(row[19])) if row[19] else None,
+        result=json.loads(row[20]) if row[20] else None,
+        created_at=row[21],
+        updated_at=row[22],
+        next_attempt_at=row[23],
+        lease_owner=row[24],
+        lease_expires_at=row[25],
+        fence=int(row[26]),
+        delivered_at=row[27],
+        age_from=row[28],
+    )
+
+
+async def _fetch_one(
+    db: aiosqlite.Connection, sql: str, params: Sequence[Any]
+) -> Submission | None:
+    async with db.execute(sql, params) as cursor:
+        row = await cursor.fetchone()
+    return _submission(row) if row else None

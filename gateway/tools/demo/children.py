@@ -1,0 +1,379 @@
+"""The demo's children (simulator and gateway as processes) and the simulator's control API.
+
+    Credentials       fresh, fake platform credentials and tenant key for one run
+    Endpoints         free ports on 127.0.0.1 for everything
+    Child             one child process: start, readiness, stop (SIGTERM, then SIGKILL)
+    SimulatorControl  the simulator's `/_sim/` API: fault rules and the ledger
+
+`gateway.tools.bench` starts its platform with these too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import yaml
+
+from gateway.tools.demo.plan import ChildStartError, DemoError
+from gateway.tools.simulator.tax_numbers import make_tax_number
+
+PACKAGE_ROOT: Final = Path(__file__).resolve().parents[3]
+PROFILE: Final = PACKAGE_ROOT / "config" / "gateway.yaml"
+
+READY_TIMEOUT_S: Final = 20.0
+STOP_TIMEOUT_S: Final = 5.0
+#: Time the simulator takes from accepting an invoice to issuing it.
+ISSUE_DELAY_S: Final = 1.0
+
+#: Demo timings on top of the default profile, for a lively demo. The profile's production
+#: values (probe every 15 s, circuit retried after 15 s, outbox back-off from 1 s, drain at
+#: 50/s) would leave a one-minute demo staring at an open circuit long after the platform is
+#: back. This is a demo, not advice: keep the profile's values in production.
+DEMO_OVERRIDES: Final[Mapping[str, Any]] = {
+    "resilience.probe.interval": "1s",
+    "resilience.probe.timeout": "1s",
+    "resilience.probe.healthy_threshold": 2,
+    "resilience.breaker.reset_timeout": "3s",
+    "outbox.backoff": {"base": "200ms", "cap": "2s"},
+    # Slow enough that the drain is visible, fast enough that it ends within seconds.
+    "outbox.dispatcher.rate": 40,
+    "outbox.dispatcher.burst": 5,
+}
+#: The demo timings in words, for the header.
+DEMO_TIMINGS: Final = "probe every 1 s, circuit retried after 3 s, outbox drains at most 40/s"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Fresh, fake platform credentials and tenant key for one run."""
+
+    app_key: str
+    app_secret: str
+    user_tax: str
+    tenant_key: str
+
+    @classmethod
+    def generate(cls) -> Credentials:
+        return cls(
+            app_key=f"demo{secrets.token_hex(4)}",
+            app_secret=secrets.token_hex(16),
+            user_tax=make_tax_number(secrets.randbelow(10**9)),
+            tenant_key=f"demo-{secrets.token_urlsafe(18)}",
+        )
+
+    def child_env(self) -> dict[str, str]:
+        """Our environment without gateway settings, plus these credentials."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "NUONUO_"))}
+        path = env.get("PYTHONPATH")
+        env.update(
+            NUONUO_APP_KEY=self.app_key,
+            NUONUO_APP_SECRET=self.app_secret,
+            NUONUO_USER_TAX=self.user_tax,
+            GATEWAY_DEMO_API_KEY=self.tenant_key,
+            PYTHONPATH=f"{PACKAGE_ROOT}{os.pathsep}{path}" if path else str(PACKAGE_ROOT),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+
+@contextlib.contextmanager
+def scratch_dir(command: str, prefix: str, *, keep: bool) -> Iterator[Path]:
+    """A fresh temporary directory for one run's config, store and logs: removed afterwards,
+    or kept (and said so) with `--keep`."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        if keep:
+            print(f"invoice-gateway {command}: kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where everything listens, on free ports of 127.0.0.1."""
+
+    simulator_port: int
+    control_port: int
+    gateway_port: int
+    admin_port: int
+
+    @classmethod
+    def allocate(cls) -> Endpoints:
+        return cls(free_port(), free_port(), free_port(), free_port())
+
+    @property
+    def simulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.simulator_port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+
+class Child:
+    """A child process in its own session, with stdout and stderr in files of `workdir`."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], workdir: Path):
+        self.name = name
+        self._argv = list(argv)
+        self._env = dict(env)
+        self._workdir = workdir
+        self.stderr_path = workdir / f"{name}.stderr.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (
+            (self._workdir / f"{self.name}.stdout.log").open("wb") as out,
+            self.stderr_path.open("wb") as err,
+        ):
+            # Own session: a Ctrl-C in the terminal reaches only the demo, which stops us.
+            self._process = subprocess.Popen(  # noqa: S603 — our own interpreter and module
+                self._argv,
+                env=self._env,
+                cwd=self._workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def exit_code(self) -> int | None:
+        """None while it runs (or never started)."""
+        return self._process.poll() if self._process is not None else None
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait for it to exit; False on timeout."""
+        if self._process is None:
+            return True
+        try:
+            self._process.wait(timeout=max(timeout_s, 0.0))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._process is not None and self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signum)
+
+
+def stop_children(children: Sequence[Child], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM to all, then SIGKILL to whatever has not exited after `timeout_s`."""
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        if not child.wait(deadline - time.monotonic()):
+            child.kill()
+            child.wait(STOP_TIMEOUT_S)
+
+
+def set_dotted(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`outbox.dispatcher.rate`) in `config`, creating parents as needed."""
+    for key, value in overrides.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return config
+
+
+def write_gateway_config(
+    workdir: Path,
+    endpoints: Endpoints,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    profile: Path = PROFILE,
+) -> Path:
+    """`profile` (the default profile unless told), pointed at the simulator, with everything
+    else in `workdir` (and `overrides`, dotted keys, applied on top)."""
+    try:
+        config: dict[str, Any] = yaml.safe_load(profile.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DemoError(
+            f"cannot read the profile {profile}: {exc.strerror}; run from a source checkout "
+            "(make demo) or name a readable config file"
+        ) from None
+    config["listen"] = f"127.0.0.1:{endpoints.gateway_port}"
+    config.setdefault("admin", {})["listen"] = f"127.0.0.1:{endpoints.admin_port}"
+    config["store_url"] = f"sqlite:///{workdir / 'gateway.db'}"
+    config["upstream"]["url"] = endpoints.simulator_url
+    config["log"] = {"format": "json", "level": "info"}
+    set_dotted(config, overrides or {})
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+#: How this interpreter runs the gateway's commands in a child.
+COMMAND: Final = (sys.executable, "-m", "gateway")
+
+
+def simulator_child(
+    endpoints: Endpoints, env: Mapping[str, str], workdir: Path, *extra: str
+) -> Child:
+    """The simulator on `endpoints` (API and control listener), not started; `extra` flags."""
+    return Child(
+        "simulator",
+        [
+            *COMMAND,
+            "simulate",
+            "--listen",
+            f"127.0.0.1:{endpoints.simulator_port}",
+            "--control-listen",
+            f"127.0.0.1:{endpoints.control_port}",
+            *extra,
+        ],
+        env,
+        workdir,
+    )
+
+
+def gateway_child(
+    config: Path, env: Mapping[str, str], workdir: Path, name: str = "gateway"
+) -> Child:
+    """`invoice-gateway run` on `config`, not started."""
+    return Child(name, [*COMMAND, "run", "--config", str(config)], env, workdir)
+
+
+def build_children(workdir: Path, endpoints: Endpoints, credentials: Credentials) -> list[Child]:
+    """The simulator and the gateway (default profile with the demo's timings), not started."""
+    env = credentials.child_env()
+    config = write_gateway_config(workdir, endpoints, DEMO_OVERRIDES)
+    simulator = simulator_child(endpoints, env, workdir, "--issue-delay", str(ISSUE_DELAY_S))
+    return [simulator, gateway_child(config, env, workdir)]
+
+
+async def wait_ready(
+    child: Child, session: aiohttp.ClientSession, url: str, stop: asyncio.Event | None = None
+) -> None:
+    """Poll `url` until it answers 200 (or `stop` is set); raise `ChildStartError` if the child
+    exits or stalls."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
+        code = child.exit_code()
+        if code is not None:
+            raise ChildStartError(
+                f"the {child.name} exited with code {code} while starting", child.stderr_tail()
+            )
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    if stop and stop.is_set():
+        return
+    raise ChildStartError(
+        f"the {child.name} did not answer {url} within {READY_TIMEOUT_S:g} s", child.stderr_tail()
+    )
+
+
+# -- the simulator's control API ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    """What the simulated platform says it issued (`GET /_sim/ledger`, `totals`)."""
+
+    accepted: int
+    issued: int
+    issuing: int
+    failed: int
+    doubles: int
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> LedgerTotals:
+        totals = document.get("totals", {})
+        return cls(
+            **{name: int(totals.get(name, 0)) for name in cls.__dataclass_fields__},
+        )
+
+
+class SimulatorControl:
+    def __init__(self, session: aiohttp.ClientSession, control_url: str) -> None:
+        self._session = session
+        self._url = control_url.rstrip("/") + "/_sim"
+        self._timeout = aiohttp.ClientTimeout(total=3)
+
+    async def add_fault(self, rule: Mapping[str, Any]) -> str:
+        """Install a fault rule; its id. Raises `DemoError` when the simulator refuses it."""
+        try:
+            async with self._session.post(
+                f"{self._url}/faults", json=dict(rule), timeout=self._timeout
+            ) as response:
+                document = await response.json()
+                if response.status >= 300:
+                    raise DemoError(f"the simulator refused the fault rule {rule}: {document}")
+                return str(document["id"])
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DemoError(f"cannot reach the simulator's control API: {exc!r}") from exc
+
+    async def ledger(self) -> LedgerTotals | None:
+        """The ledger's totals, or None when the simulator does not answer."""
+        try:
+            async with self._session.get(
+                f"{self._url}/ledger", params={"invoices": "0"}, timeout=self._timeout
+            ) as response:
+                if response.status != 200:
+                    return None
+                return LedgerTotals.from_json(await response.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+
+async def platform_listening(port: int) -> bool:
+    """Whether the simulated platform accepts TCP connections (a `refuse` outage closes it)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

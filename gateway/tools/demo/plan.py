@@ -1,0 +1,128 @@
+"""The demo's command line and its timeline: healthy → outage → recovery → settle."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Final
+
+from gateway.quantities import number
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class DemoError(Exception):
+    """The demo cannot run as asked; the message says what to do."""
+
+
+class ChildStartError(DemoError):
+    """A child process did not start; carries the tail of its stderr."""
+
+    def __init__(self, message: str, stderr_tail: str) -> None:
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
+
+    def explain(self, command: str, config: str = "config/gateway.yaml") -> str:
+        """What `invoice-gateway {command}` prints: the error, the child's last words, and
+        what to do (`config`: the file the run was based on)."""
+        return (
+            f"invoice-gateway {command}: {self}.\n--- last lines of its stderr ---\n"
+            f"{self.stderr_tail or '(empty)'}\n---\n"
+            f"What to do: read the error above; `invoice-gateway check-config {config}` "
+            "checks the config, and `--keep` keeps the config and full logs for a look."
+        )
+
+
+_positive = number(0, above=True)
+
+
+_non_negative = number(0)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to its subcommand parser."""
+    parser.add_argument(
+        "--duration",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="length of the scenario's traffic and outage (default 60); the outbox may take a "
+        "few seconds more to drain before the ledger check",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive,
+        default=20.0,
+        metavar="N",
+        help="client requests per second, ~80%% submissions and 20%% result queries (default 20)",
+    )
+    parser.add_argument(
+        "--outage-at",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="when the platform goes down (default: a quarter into the scenario)",
+    )
+    parser.add_argument(
+        "--outage-for",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="how long it stays down; 0 for no outage (default: a third of the scenario)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the working directory (gateway config, store, logs) and print its path",
+    )
+    parser.add_argument("--seed", type=int, help="seed for the generated invoices and traffic mix")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The scenario's timeline, in seconds since the traffic started.
+
+    Traffic runs until `traffic_until_s`; then the settle phase waits for the outbox to drain
+    and the platform to finish issuing (at least until `duration_s`, at most `SETTLE_TIMEOUT_S`
+    more), and the ledger check ends the demo.
+    """
+
+    duration_s: float
+    rate: float
+    outage_at_s: float
+    outage_for_s: float
+    settle_s: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Plan:
+        duration = float(args.duration)
+        if duration < 5:
+            raise DemoError("--duration must be at least 5 seconds")
+        settle = min(5.0, max(1.5, duration * 0.1))
+        outage_at = round(duration / 4, 1) if args.outage_at is None else float(args.outage_at)
+        outage_for = round(duration / 3, 1) if args.outage_for is None else float(args.outage_for)
+        plan = cls(duration, float(args.rate), outage_at, outage_for, settle)
+        if outage_for > 0 and plan.outage_end_s > plan.traffic_until_s:
+            raise DemoError(
+                f"the outage (at {outage_at:g} s for {outage_for:g} s) must end before traffic "
+                f"stops at {plan.traffic_until_s:g} s; shorten --outage-at or --outage-for, or "
+                "lengthen --duration"
+            )
+        return plan
+
+    @property
+    def outage_end_s(self) -> float:
+        return self.outage_at_s + self.outage_for_s
+
+    @property
+    def traffic_until_s(self) -> float:
+        return self.duration_s - self.settle_s
+
+    def phase(self, elapsed_s: float) -> str:
+        if self.outage_for_s > 0 and self.outage_at_s <= elapsed_s < self.outage_end_s:
+            return "outage"
+        if elapsed_s >= self.traffic_until_s:
+            return "settle"
+        if self.outage_for_s > 0 and elapsed_s >= self.outage_end_s:
+            return "recovery"
+        return "healthy"

@@ -1,0 +1,179 @@
+"""`invoice-gateway simulate` (and `python -m gateway.tools.simulator`): the simulator as a process.
+
+On start it prints one JSON line to stdout,
+`{"event": "simulator listening", "listen": "127.0.0.1:9000", "control": null, ...}`,
+and runs until SIGTERM or SIGINT, then exits 0. A port that cannot be bound exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from gateway.tools.simulator.platform import (
+    DEMO_APP_KEY,
+    DEMO_APP_SECRET,
+    DEMO_USER_TAX,
+    PlatformSettings,
+)
+from gateway.tools.simulator.scenarios import SCENARIOS, ScenarioError, parse_scenario
+from gateway.tools.simulator.server import HostPort, build_simulator
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's options to `parser` (a subcommand parser or a standalone one)."""
+    parser.add_argument(
+        "--listen",
+        type=host_port,
+        default=("127.0.0.1", 9000),
+        metavar="HOST:PORT",
+        help="where the platform API (and /_sim/*) listens (default 127.0.0.1:9000)",
+    )
+    parser.add_argument(
+        "--control-listen",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="also serve /_sim/* here; this listener stays up while `refuse` is active",
+    )
+    parser.add_argument(
+        "--app-key", help=f"appkey to accept (default $NUONUO_APP_KEY, else {DEMO_APP_KEY})"
+    )
+    parser.add_argument(
+        "--app-secret",
+        help="appSecret to verify with (default $NUONUO_APP_SECRET, else a demo value)",
+    )
+    parser.add_argument(
+        "--user-tax",
+        help=f"the seller's tax number (default $NUONUO_USER_TAX, else {DEMO_USER_TAX})",
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=_number(float, minimum=0, strict=True),
+        default=86_400.0,
+        metavar="SECONDS",
+        help="lifetime of access tokens (default 86400)",
+    )
+    parser.add_argument(
+        "--token-quota",
+        type=_number(int, minimum=0, strict=False),
+        metavar="N",
+        help="tokens /accessToken may issue in total; further calls get 070305 (default unlimited)",
+    )
+    parser.add_argument(
+        "--issue-delay",
+        type=_number(float, minimum=0, strict=False),
+        default=1.0,
+        metavar="SECONDS",
+        help="time from accepted (status 20) to issued or failed (default 1.0)",
+    )
+    parser.add_argument(
+        "--no-duplicate-detection",
+        action="store_true",
+        help="issue a reused orderNo again instead of answering E9106 (shows up as a double)",
+    )
+    parser.add_argument(
+        "--scenario",
+        type=_scenario,
+        metavar="NAME[:key=value,...]",
+        help=f"install a named fault scenario at start: {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--seed", type=int, help="seed for probabilistic faults, for repeatable runs"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status."""
+    settings = PlatformSettings(
+        app_key=args.app_key or os.environ.get("NUONUO_APP_KEY") or DEMO_APP_KEY,
+        app_secret=args.app_secret or os.environ.get("NUONUO_APP_SECRET") or DEMO_APP_SECRET,
+        user_tax=args.user_tax or os.environ.get("NUONUO_USER_TAX") or DEMO_USER_TAX,
+        token_ttl_s=args.token_ttl,
+        token_quota=args.token_quota,
+        issue_delay_s=args.issue_delay,
+        duplicate_detection=not args.no_duplicate_detection,
+    )
+    return asyncio.run(_serve(args, settings))
+
+
+async def _serve(args: argparse.Namespace, settings: PlatformSettings) -> int:
+    simulator = build_simulator(settings, rng=random.Random(args.seed), scenario=args.scenario)
+    try:
+        await simulator.start(args.listen, args.control_listen)
+    except OSError as exc:
+        await simulator.stop()
+        _emit({"event": "simulator failed", "error": str(exc)}, sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    control = simulator.control_address
+    _emit(
+        {
+            "event": "simulator listening",
+            "listen": format_host_port(simulator.api_address),
+            "control": format_host_port(control) if control is not None else None,
+            "scenario": args.scenario,
+            "duplicate_detection": settings.duplicate_detection,
+        },
+        sys.stdout,
+    )
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await simulator.stop()
+    _emit({"event": "simulator stopped"}, sys.stdout)
+    return 0
+
+
+def host_port(text: str) -> HostPort:
+    """`HOST:PORT` (IPv6 as `[::1]:9000`) for argparse."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65_535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def format_host_port(address: HostPort) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _emit(event: dict[str, object], stream: TextIO) -> None:
+    print(json.dumps(event), file=stream, flush=True)
+
+
+def _scenario(text: str) -> str:
+    try:
+        parse_scenario(text)
+    except ScenarioError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _number(
+    kind: type[float] | type[int], *, minimum: float, strict: bool
+) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text!r}")
+        return value
+
+    return parse

@@ -1,0 +1,293 @@
+"""The four platform operations (SPEC §2), on a call that has passed every check.
+
+Each takes the parsed JSON body and answers a `Reply`; all ledger changes happen synchronously
+inside it, so a call is either processed entirely or not at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, Final
+
+from gateway.tools.simulator import codes
+from gateway.tools.simulator.ledger import (
+    STATUS_MESSAGES,
+    Amounts,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    Ledger,
+)
+from gateway.tools.simulator.tax_numbers import buyer_fail_cause
+from gateway.tools.simulator.wire import Reply
+
+REQUEST_BILLING: Final = "nuonuo.OpeMplatform.requestBillingNew"
+QUERY_INVOICE_RESULT: Final = "nuonuo.OpeMplatform.queryInvoiceResult"
+FAST_INVOICE_RED: Final = "nuonuo.OpeMplatform.fastInvoiceRed"
+INVOICE_INSPECTION: Final = "nuonuo.electronInvoice.invoiceInspection"
+
+#: queryInvoiceResult looks up at most this many serial or order numbers per call.
+MAX_QUERY_NUMBERS: Final = 50
+RED_REASONS: Final = {
+    "1": "销货退回",
+    "2": "开票有误",
+    "3": "服务中止",
+    "4": "销售折让",
+}
+_CENT: Final = Decimal("0.01")
+_LIMIT: Final = Decimal(10) ** 12
+_DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class OperationContext:
+    """What an operation may see and change; `now` is monotonic, `wall` Unix seconds."""
+
+    ledger: Ledger
+    seller_tax_num: str
+    now: float
+    wall: float
+    issue_delay_s: float
+    duplicate_detection: bool
+
+
+Operation = Callable[[OperationContext, Mapping[str, Any]], Reply]
+
+
+class InvalidRequest(Exception):
+    """The body lacks a required field or has one in the wrong format (answered 0201)."""
+
+
+def answer(code: str, describe: str | None = None, result: object = None) -> Reply:
+    """A platform answer `{"code", "describe"[, "result"]}`."""
+    payload: dict[str, Any] = {"code": code, "describe": describe or codes.DESCRIPTIONS[code]}
+    if result is not None:
+        payload["result"] = result
+    return Reply.json(payload)
+
+
+def request_billing(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
+    """Issue a blue invoice: accepted at once, issued (or failed) `issue_delay_s` later."""
+    order = body.get("order")
+    if not isinstance(order, dict):
+        raise InvalidRequest("order 必须是对象")
+    order_no = _required_text(order, "orderNo")
+    buyer_name = _required_text(order, "buyerName")
+    buyer_tax_num = _optional_text(order, "buyerTaxNum")
+    amounts = _order_amounts(order.get("invoiceDetail"))
+    if ctx.duplicate_detection and ctx.ledger.by_order(ctx.seller_tax_num, order_no):
+        ctx.ledger.duplicates_rejected += 1
+        return answer(codes.DUPLICATE_ORDER, f"订单编号[{order_no}]已存在，请勿重复提交")
+    entry = ctx.ledger.record(
+        order_no=order_no,
+        seller_tax_num=ctx.seller_tax_num,
+        kind=InvoiceKind.BLUE,
+        buyer_name=buyer_name,
+        buyer_tax_num=buyer_tax_num,
+        amounts=amounts,
+        now=ctx.now,
+        wall=ctx.wall,
+        issue_delay_s=ctx.issue_delay_s,
+        fail_cause=buyer_fail_cause(buyer_tax_num),
+    )
+    return answer(codes.SUCCESS, "开票提交成功", {"invoiceSerialNum": entry.serial_no})
+
+
+def query_invoice_result(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
+    """Status of invoices by serial number and/or order number; unknown numbers are left out."""
+    serial_nos = _number_list(body, "serialNos")
+    order_nos = _number_list(body, "orderNos")
+    if not serial_nos and not order_nos:
+        raise InvalidRequest("serialNos 与 orderNos 不能同时为空")
+    found: dict[str, Invoice] = {}
+    for serial_no in serial_nos:
+        entry = ctx.ledger.by_serial(serial_no)
+        if entry is not None and entry.seller_tax_num == ctx.seller_tax_num:
+            found.setdefault(entry.serial_no, entry)
+    for order_no in order_nos:
+        for entry in ctx.ledger.by_order(ctx.seller_tax_num, order_no):
+            found.setdefault(entry.serial_no, entry)
+    result = [_query_view(entry, ctx.now) for entry in found.values()]
+    return answer(codes.SUCCESS, "查询成功", result)
+
+
+def fast_invoice_red(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
+    """Reverse an issued blue invoice with a red one carrying its own order number."""
+    order_no = _required_text(body, "orderNo")
+    original_order_no = _required_text(body, "originalOrderNo")
+    red_reason = str(body.get("redReason", ""))
+    if red_reason not in RED_REASONS:
+        raise InvalidRequest("redReason 必须是 1、2、3 或 4")
+    ledger, seller = ctx.ledger, ctx.seller_tax_num
+    if ctx.duplicate_detection and ledger.by_order(seller, order_no):
+        ledger.duplicates_rejected += 1
+        return answer(codes.DUPLICATE_ORDER, f"订单编号[{order_no}]已存在，请勿重复提交")
+    blues = [e for e in ledger.by_order(seller, original_order_no) if e.kind is InvoiceKind.BLUE]
+    if not blues:
+        return answer(codes.RED_ORIGINAL_NOT_FOUND, f"原蓝票订单[{original_order_no}]不存在")
+    issued = [e for e in blues if e.status(ctx.now) is InvoiceStatus.ISSUED]
+    if not issued:
+        return answer(
+            codes.RED_ORIGINAL_NOT_ISSUED, f"原蓝票订单[{original_order_no}]尚未开具成功，不能红冲"
+        )
+    unreversed = [e for e in issued if not ledger.reversals_of(e, ctx.now)]
+    if not unreversed:
+        return answer(codes.RED_ALREADY_REVERSED, f"原蓝票订单[{original_order_no}]已红冲")
+    original = unreversed[0]
+    entry = ledger.record(
+        order_no=order_no,
+        seller_tax_num=seller,
+        kind=InvoiceKind.RED,
+        buyer_name=original.buyer_name,
+        buyer_tax_num=original.buyer_tax_num,
+        amounts=original.amounts.negated(),
+        now=ctx.now,
+        wall=ctx.wall,
+        issue_delay_s=ctx.issue_delay_s,
+        original=original,
+        red_reason=red_reason,
+    )
+    return answer(codes.SUCCESS, "红冲提交成功", {"invoiceSerialNum": entry.serial_no})
+
+
+def invoice_inspection(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
+    """Verify (查验) an issued invoice by number, date and amount including tax."""
+    invoice_num = _required_text(body, "invoiceNum")
+    date_match = _DATE.fullmatch(_required_text(body, "invoiceDate"))
+    if date_match is None:
+        raise InvalidRequest("invoiceDate 格式应为 YYYY-MM-DD 或 YYYYMMDD")
+    invoice_date = "-".join(date_match.groups())
+    amount = _decimal(body.get("amount"), "amount", None)
+    entry = ctx.ledger.by_invoice_no(invoice_num)
+    if entry is None or entry.status(ctx.now) is not InvoiceStatus.ISSUED:
+        return answer(codes.INSPECTION_NOT_FOUND, f"查无此票：{invoice_num}")
+    if entry.issued_date() != invoice_date or entry.amounts.with_tax != amount:
+        return answer(codes.INSPECTION_MISMATCH, "发票日期或金额与查验信息不一致")
+    reversed_ = bool(ctx.ledger.reversals_of(entry, ctx.now))
+    result = {
+        "invoiceNum": entry.invoice_no,
+        "invoiceDate": entry.issued_date(),
+        "invoiceType": "2" if entry.kind is InvoiceKind.RED else "1",
+        "amount": str(entry.amounts.with_tax),
+        "exTaxAmount": str(entry.amounts.without_tax),
+        "taxAmount": str(entry.amounts.tax),
+        "buyerName": entry.buyer_name,
+        "buyerTaxNum": entry.buyer_tax_num,
+        "salerTaxNum": entry.seller_tax_num,
+        "state": "3" if reversed_ else "0",
+        "stateMsg": "已红冲" if reversed_ else "正常",
+    }
+    return answer(codes.SUCCESS, "查验成功", result)
+
+
+#: The operations by `method` header.
+OPERATIONS: Final[Mapping[str, Operation]] = {
+    REQUEST_BILLING: request_billing,
+    QUERY_INVOICE_RESULT: query_invoice_result,
+    FAST_INVOICE_RED: fast_invoice_red,
+    INVOICE_INSPECTION: invoice_inspection,
+}
+
+
+def _query_view(entry: Invoice, now: float) -> dict[str, Any]:
+    status = entry.status(now)
+    issued = status is InvoiceStatus.ISSUED
+    return {
+        "serialNo": entry.serial_no,
+        "orderNo": entry.order_no,
+        "status": status.value,
+        "statusMsg": STATUS_MESSAGES[status],
+        "failCause": entry.fail_cause if status is InvoiceStatus.FAILED else "",
+        "invoiceType": "2" if entry.kind is InvoiceKind.RED else "1",
+        # 数电票 have no separate invoice code: the 20-digit number identifies them.
+        "invoiceCode": "",
+        "invoiceNo": entry.invoice_no if issued else "",
+        "invoiceTime": round(entry.issued_wall * 1000) if issued else None,
+        "buyerName": entry.buyer_name,
+        "buyerTaxNum": entry.buyer_tax_num,
+        "salerTaxNum": entry.seller_tax_num,
+        "orderAmount": str(entry.amounts.with_tax),
+        "exTaxAmount": str(entry.amounts.without_tax),
+        "taxAmount": str(entry.amounts.tax),
+        "originalOrderNo": entry.original_order_no or "",
+        "redReason": entry.red_reason or "",
+    }
+
+
+def _required_text(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{name} 不能为空")
+    return value
+
+
+def _optional_text(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} 必须是字符串")
+    return value.strip()
+
+
+def _number_list(data: Mapping[str, Any], name: str) -> list[str]:
+    value = data.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidRequest(f"{name} 必须是字符串数组")
+    numbers = [item for item in value if item]  # SDKs send [""] for "none"
+    if len(numbers) > MAX_QUERY_NUMBERS:
+        raise InvalidRequest(f"{name} 最多 {MAX_QUERY_NUMBERS} 个")
+    return numbers
+
+
+def _decimal(value: object, name: str, default: Decimal | None) -> Decimal:
+    if value is None or value == "":
+        if default is None:
+            raise InvalidRequest(f"{name} 不能为空")
+        return default
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidRequest(f"{name} 必须是数字")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidRequest(f"{name} 必须是数字，收到 {value!r}") from None
+    # Bounded so that quantizing (and any invoice) stays sane: 1e12 yuan is beyond any invoice.
+    if not number.is_finite() or abs(number) >= _LIMIT:
+        raise InvalidRequest(f"{name} 必须是数字，收到 {value!r}")
+    return number.quantize(_CENT, ROUND_HALF_UP) if name == "amount" else number
+
+
+def _order_amounts(details: object) -> Amounts:
+    """Totals of the invoice lines. Missing numbers: num 1, price 0, taxRate 0, withTaxFlag 1
+    (prices include tax); `taxIncludedAmount`, when given, is the line total including tax."""
+    if not isinstance(details, list) or not details:
+        raise InvalidRequest("invoiceDetail 不能为空")
+    with_tax = without_tax = Decimal(0)
+    for index, line in enumerate(details):
+        where = f"invoiceDetail[{index}]"
+        if not isinstance(line, dict):
+            raise InvalidRequest(f"{where} 必须是对象")
+        _required_text(line, "goodsName")
+        rate = _decimal(line.get("taxRate"), f"{where}.taxRate", Decimal(0))
+        given = line.get("taxIncludedAmount")
+        if given not in (None, ""):
+            line_with_tax = _decimal(given, f"{where}.taxIncludedAmount", None)
+            line_without_tax = (line_with_tax / (1 + rate)).quantize(_CENT, ROUND_HALF_UP)
+        else:
+            total = _decimal(line.get("price"), f"{where}.price", Decimal(0)) * _decimal(
+                line.get("num"), f"{where}.num", Decimal(1)
+            )
+            if str(line.get("withTaxFlag", "1")) == "0":
+                line_without_tax = total.quantize(_CENT, ROUND_HALF_UP)
+                line_with_tax = (total * (1 + rate)).quantize(_CENT, ROUND_HALF_UP)
+            else:
+                line_with_tax = total.quantize(_CENT, ROUND_HALF_UP)
+                line_without_tax = (total / (1 + rate)).quantize(_CENT, ROUND_HALF_UP)
+        with_tax += line_with_tax.quantize(_CENT, ROUND_HALF_UP)
+        without_tax += line_without_tax
+    return Amounts(with_tax=with_tax, without_tax=without_tax, tax=with_tax - without_tax)

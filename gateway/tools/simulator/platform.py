@@ -1,0 +1,315 @@
+"""The simulated platform's front door: the token endpoint, the checks every call passes, and the
+points where fault rules step in.
+
+A call to `/open/v1/services` is checked in this order, each failure answered as HTTP 200 with
+`{"code", "describe"}` and counted in `Counters`:
+
+    1. appkey is the configured one                                  else 070603
+    2. timestamp is within 300 s of the platform's clock             else 070602
+    3. senid (32 hex) and nonce (8 digits) well formed, and
+       X-Nuonuo-Sign matches `gateway.upstream.auth.signature.sign`           else 070601
+    4. accessToken issued here, not expired, not revoked             else 070301
+    5. userTax is the configured seller tax number                   else 070303
+    6. the `method` header names a known operation                   else 070401
+    7. the body is a JSON object                                     else 0201
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import random
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+
+from gateway.clock import Clock
+from gateway.tools.simulator import codes, wire
+from gateway.tools.simulator.counters import Counters
+from gateway.tools.simulator.faults import TOKEN_OPERATION, FaultBook, FaultKind, FaultRule, Stage
+from gateway.tools.simulator.faults import parse_fault_rule as _parse_fault_rule
+from gateway.tools.simulator.ledger import Ledger
+from gateway.tools.simulator.operations import OPERATIONS, InvalidRequest, OperationContext, answer
+from gateway.tools.simulator.tokens import TokenState, TokenStore
+from gateway.tools.simulator.wire import Reply
+from gateway.upstream.auth.signature import sign
+
+DEMO_APP_KEY: Final = "SD00000001"
+DEMO_APP_SECRET: Final = "SDDEMO0SECRET001"  # noqa: S105  # a public demo value, like the SDKs'
+DEMO_USER_TAX: Final = "91110108123456789H"
+
+TOKEN_PATH: Final = "/accessToken"  # noqa: S105  # a URL path, not a secret
+SERVICES_PATH: Final = "/open/v1/services"
+
+_SENID = re.compile(r"[0-9a-fA-F]{32}")
+_NONCE = re.compile(r"[0-9]{8}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+#: The `calls` counter key for a call without a `method` header.
+_NO_METHOD: Final = "(none)"
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSettings:
+    """How the simulated platform behaves (the CLI flags of `invoice-gateway simulate`)."""
+
+    app_key: str = DEMO_APP_KEY
+    app_secret: str = DEMO_APP_SECRET
+    #: The one seller (销方) this platform serves; calls must carry it as `userTax`.
+    user_tax: str = DEMO_USER_TAX
+    token_ttl_s: float = 86_400.0
+    #: Tokens `/accessToken` may issue in total (None: unlimited); further calls get 070305.
+    token_quota: int | None = None
+    #: Seconds from acceptance (status 20) to issued (2) or failed (22).
+    issue_delay_s: float = 1.0
+    #: Answer E9106 to a reused orderNo. Off, the platform issues the order again (a double).
+    duplicate_detection: bool = True
+    #: How far a request's `timestamp` may be from the platform's clock.
+    timestamp_window_s: float = 300.0
+
+
+class Platform:
+    """The simulated invoice platform: state, checks and operations, behind two aiohttp routes."""
+
+    def __init__(self, settings: PlatformSettings, *, clock: Clock, rng: random.Random) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.ledger = Ledger()
+        self.tokens = TokenStore()
+        self.faults = FaultBook(rng)
+        self.counters = Counters()
+        #: Set when the server shuts down, so hanging and slow calls stop waiting.
+        self.closing = asyncio.Event()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post(TOKEN_PATH, self.handle_token),
+            web.post(SERVICES_PATH, self.handle_services),
+        ]
+
+    def reset(self) -> None:
+        """Forget everything: ledger, tokens, fault rules and counters."""
+        self.ledger.clear()
+        self.tokens.clear()
+        self.faults.clear()
+        self.counters.clear()
+
+    def add_fault(self, spec: object) -> FaultRule:
+        """Validate and install a fault rule (raises `FaultSpecError`)."""
+        now = self.clock.monotonic()
+        rule = _parse_fault_rule(spec, now=now)
+        self.faults.add(rule)
+        self._revoke_due_tokens(now)
+        return rule
+
+    async def pause(self, seconds: float) -> bool:
+        """Wait on the platform's clock; False if the server started shutting down first."""
+        if self.closing.is_set():
+            return False
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        closer = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait({sleeper, closer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            closer.cancel()
+        return not self.closing.is_set()
+
+    async def handle_token(self, request: web.Request) -> web.StreamResponse:
+        """`POST /accessToken` (form fields client_id, client_secret, grant_type)."""
+        self.counters.token_calls += 1
+        return await self._serve(request, TOKEN_OPERATION, self._issue_token)
+
+    async def handle_services(self, request: web.Request) -> web.StreamResponse:
+        """`POST /open/v1/services`: every operation, chosen by the `method` header."""
+        return await self._serve(request, request.headers.get("method", ""), self._call_service)
+
+    async def _serve(
+        self,
+        request: web.Request,
+        operation: str,
+        process: Callable[[web.Request], Awaitable[Reply]],
+    ) -> web.StreamResponse:
+        """One call, with fault rules applied around the processing."""
+        now = self.clock.monotonic()
+        self.counters.calls[operation or _NO_METHOD] += 1
+        self._revoke_due_tokens(now)
+        if self.faults.refusing(now):
+            # Only reachable on a connection opened before the listener closed, or in-process.
+            self.counters.faults_hit[FaultKind.REFUSE] += 1
+            return wire.reset(request)
+
+        before = self.faults.pick(Stage.BEFORE, operation, now)
+        if before is not None:
+            self.counters.faults_hit[before.kind] += 1
+            if before.kind is FaultKind.SLOW:
+                # Processed after the delay even if the client gave up meanwhile: the platform
+                # acting after the caller's timeout is exactly what a gateway must survive.
+                if not await self.pause(before.number("delay_s")):
+                    return wire.reset(request)
+            else:
+                return await self._answer_instead(request, operation, before)
+
+        reply = await process(request)
+
+        after = self.faults.pick(Stage.AFTER, operation, self.clock.monotonic())
+        if after is None:
+            return wire.send(reply)
+        self.counters.faults_hit[after.kind] += 1
+        if after.kind is FaultKind.TRUNCATE:
+            return await wire.send_truncated(request, reply)
+        if after.text("mode") == "hang":
+            await self.pause(after.number("hang_s"))
+        return wire.reset(request)
+
+    async def _answer_instead(
+        self, request: web.Request, operation: str, rule: FaultRule
+    ) -> web.StreamResponse:
+        match rule.kind:
+            case FaultKind.RESET:
+                return wire.reset(request)
+            case FaultKind.HANG:
+                await self.pause(rule.number("hang_s"))
+                return wire.reset(request)
+            case FaultKind.HTTP_ERROR:
+                return wire.send(Reply.http_error(int(rule.number("status"))))
+            case FaultKind.RATE_LIMIT:
+                retry_after = {"Retry-After": str(int(rule.number("retry_after_s")))}
+                return wire.send(Reply.http_error(429, retry_after))
+            case FaultKind.BUSY:
+                return wire.send(self._refusal(operation, codes.BUSY))
+            case FaultKind.QUOTA:
+                return wire.send(self._refusal(operation, codes.QUOTA_EXCEEDED))
+            case _:  # pragma: no cover - Stage.BEFORE holds only the kinds above
+                raise AssertionError(f"{rule.kind} is not answered before processing")
+
+    @staticmethod
+    def _refusal(operation: str, code: str) -> Reply:
+        """A coded refusal in the shape of the endpoint that was called."""
+        if operation == TOKEN_OPERATION:
+            return Reply.json({"error": code, "error_description": codes.DESCRIPTIONS[code]})
+        return answer(code)
+
+    def _revoke_due_tokens(self, now: float) -> None:
+        revocations = self.faults.take_due_revocations(now)
+        if revocations:
+            self.tokens.revoke_all()
+            self.counters.faults_hit[FaultKind.TOKEN_EXPIRY] += revocations
+
+    async def _issue_token(self, request: web.Request) -> Reply:
+        form = await request.post()
+        settings, now = self.settings, self.clock.monotonic()
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        grant_type = form.get("grant_type")
+        if grant_type != "client_credentials":
+            self.counters.bad_credentials += 1
+            return _token_error(codes.BAD_CREDENTIALS, "grant_type必须为client_credentials")
+        if (
+            not isinstance(client_id, str)
+            or not isinstance(client_secret, str)
+            or client_id != settings.app_key
+            or not hmac.compare_digest(client_secret.encode(), settings.app_secret.encode())
+        ):
+            self.counters.bad_credentials += 1
+            return _token_error(codes.BAD_CREDENTIALS)
+        if settings.token_quota is not None and self.tokens.issued >= settings.token_quota:
+            return _token_error(codes.TOKEN_QUOTA_EXHAUSTED)
+        token = self.tokens.issue(now, settings.token_ttl_s)
+        self.counters.tokens_issued += 1
+        ttl = settings.token_ttl_s
+        expires_in = str(int(ttl)) if ttl == int(ttl) else str(ttl)
+        return Reply.json({"access_token": token.value, "expires_in": expires_in})
+
+    async def _call_service(self, request: web.Request) -> Reply:
+        body = await request.read()
+        # Everything below is synchronous: a call is processed whole or not at all.
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        settings, counters = self.settings, self.counters
+        query, headers = request.query, request.headers
+
+        app_key = query.get("appkey", "")
+        if app_key != settings.app_key:
+            counters.unknown_app_key += 1
+            return answer(codes.UNKNOWN_APP_KEY, f"appkey[{app_key}]不存在")
+
+        timestamp = query.get("timestamp", "")
+        if (
+            _TIMESTAMP.fullmatch(timestamp) is None
+            or abs(wall - int(timestamp)) > settings.timestamp_window_s
+        ):
+            counters.stale_timestamp += 1
+            return answer(codes.TIMESTAMP_OUT_OF_WINDOW)
+
+        senid, nonce = query.get("senid", ""), query.get("nonce", "")
+        if _SENID.fullmatch(senid) is None or _NONCE.fullmatch(nonce) is None:
+            counters.rejected_signature += 1
+            return answer(codes.SIGNATURE_MISMATCH, "签名校验失败：senid须为32位、nonce须为8位数字")
+        expected = sign(
+            app_secret=settings.app_secret,
+            app_key=app_key,
+            senid=senid,
+            nonce=nonce,
+            timestamp=timestamp,
+            body=body,
+        )
+        if not hmac.compare_digest(expected.encode(), headers.get("X-Nuonuo-Sign", "").encode()):
+            counters.rejected_signature += 1
+            return answer(codes.SIGNATURE_MISMATCH)
+
+        method = headers.get("method", "")
+        match self.tokens.check(headers.get("accessToken", ""), now):
+            case TokenState.REVOKED:
+                counters.revoked_token += 1
+                return answer(codes.TOKEN_INVALID)
+            case TokenState.UNKNOWN | TokenState.EXPIRED:
+                counters.bad_token += 1
+                return answer(codes.TOKEN_INVALID)
+            case TokenState.VALID:
+                pass
+        injected = self.faults.pick(Stage.TOKEN, method, now)
+        if injected is not None:
+            counters.faults_hit[injected.kind] += 1
+            return answer(codes.TOKEN_INVALID)
+
+        if headers.get("userTax", "") != settings.user_tax:
+            counters.wrong_user_tax += 1
+            return answer(codes.USER_TAX_MISMATCH)
+
+        operation = OPERATIONS.get(method)
+        if operation is None:
+            counters.unknown_method += 1
+            return answer(codes.UNKNOWN_METHOD, f"method[{method}]不存在")
+
+        context = OperationContext(
+            ledger=self.ledger,
+            seller_tax_num=settings.user_tax,
+            now=now,
+            wall=wall,
+            issue_delay_s=settings.issue_delay_s,
+            duplicate_detection=settings.duplicate_detection,
+        )
+        try:
+            payload = _json_object(body)
+            return operation(context, payload)
+        except InvalidRequest as exc:
+            counters.invalid_request += 1
+            return answer(
+                codes.INVALID_REQUEST, f"{codes.DESCRIPTIONS[codes.INVALID_REQUEST]}：{exc}"
+            )
+
+
+def _token_error(code: str, description: str | None = None) -> Reply:
+    return Reply.json({"error": code, "error_description": description or codes.DESCRIPTIONS[code]})
+
+
+def _json_object(body: bytes) -> Mapping[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise InvalidRequest("请求体不是合法的JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("请求体必须是JSON对象")
+    return payload

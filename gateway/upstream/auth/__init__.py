@@ -1,0 +1,75 @@
+"""Upstream auth schemes: how the gateway proves itself to the invoice platform.
+
+A scheme is one class implementing `UpstreamAuth`; `build_auth` picks it from the config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from gateway.clock import Clock
+    from gateway.config import AuthConfig
+    from gateway.outbox.store import TokenStore
+    from gateway.upstream.client import UpstreamRequest, UpstreamResponse
+
+__all__ = ["NoAuth", "UpstreamAuth", "build_auth"]
+
+
+class UpstreamAuth(Protocol):
+    async def prepare(self, request: UpstreamRequest) -> UpstreamRequest:
+        """The request with fresh credentials; called for every attempt, never cached."""
+        ...
+
+    async def credentials_rejected(self, request: UpstreamRequest) -> None:
+        """The upstream said the credentials `request` carried are invalid: renew them once."""
+        ...
+
+    async def clock_rejected(self, response: UpstreamResponse) -> bool:
+        """The upstream refused the signed time of `response.request`: learn its clock from
+        `response`. True when requests are now signed with a time different enough for a
+        resend to pass; False when nothing was learned (no usable `Date` header)."""
+        ...
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds added to the local wall clock when signing: the upstream's time minus ours."""
+        ...
+
+
+class NoAuth:
+    """For upstreams that need no authentication."""
+
+    async def prepare(self, request: UpstreamRequest) -> UpstreamRequest:
+        return request
+
+    async def credentials_rejected(self, request: UpstreamRequest) -> None:
+        return None
+
+    async def clock_rejected(self, response: UpstreamResponse) -> bool:
+        return False
+
+    @property
+    def clock_offset(self) -> float:
+        return 0.0
+
+
+def build_auth(
+    config: AuthConfig,
+    *,
+    base_url: str,
+    session: aiohttp.ClientSession,
+    tokens: TokenStore,
+    clock: Clock,
+) -> UpstreamAuth:
+    """The auth scheme `config` names."""
+    from gateway.config import NuonuoHmacAuthConfig
+    from gateway.upstream.auth.nuonuo import NuonuoHmacAuth
+
+    if isinstance(config, NuonuoHmacAuthConfig):
+        return NuonuoHmacAuth(
+            config, base_url=base_url, session=session, tokens=tokens, clock=clock
+        )
+    return NoAuth()

@@ -1,0 +1,245 @@
+"""The `nuonuo-hmac` scheme: a durable access token plus an HMAC-SHA1 signature on every call.
+
+The platform allows only ~50 token calls per 30 days, so the token is kept in the store
+(a restart reuses it), refreshed at `refresh_at` of its lifetime by one request in flight
+(single-flight), and a rejected token triggers at most one forced refresh per
+`min_refresh_interval`.
+
+The platform refuses a signed `timestamp` more than 300 s off its own clock (070602). When it
+does, the scheme learns the offset from that answer's `Date` header and from then on signs with
+the platform's time (wall clock + offset), as AWS SDKs correct clock skew; the offset is learned
+only from such rejections, never from every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import aiohttp
+import structlog
+from multidict import CIMultiDict
+
+from gateway.clock import Clock
+from gateway.config import NuonuoHmacAuthConfig
+from gateway.errors import StoreError, TokenUnavailable
+from gateway.outbox.store import StoredToken, TokenStore
+from gateway.resilience.failures import parse_http_date
+from gateway.upstream.auth.signature import SIGNED_QUERY_PARAMS, new_nonce, new_senid, sign
+from gateway.upstream.client import UpstreamRequest, UpstreamResponse
+
+log = structlog.get_logger("gateway.upstream.auth")
+
+#: Headers the scheme owns; a client's own values are replaced, never forwarded.
+SIGNED_HEADERS = ("accessToken", "userTax", "X-Nuonuo-Sign")
+#: `Date` has whole seconds: clock differences below this are noise, not skew.
+CLOCK_RESOLUTION = 2.0
+
+
+class NuonuoHmacAuth:
+    def __init__(
+        self,
+        config: NuonuoHmacAuthConfig,
+        *,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        tokens: TokenStore,
+        clock: Clock,
+    ) -> None:
+        self._app_key = config.app_key.value()
+        self._app_secret = config.app_secret.value()
+        self._user_tax = config.user_tax.value()
+        self._token_url = base_url.rstrip("/") + config.token_path
+        self._refresh_at = config.refresh_at
+        self._min_refresh_interval = config.min_refresh_interval
+        self._token_timeout = config.token_timeout
+        self._session = session
+        self._store = tokens
+        self._clock = clock
+        self._store_key = f"nuonuo-hmac:{self._app_key}"
+        self._token: StoredToken | None = None
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
+        self._refresh: asyncio.Task[StoredToken] | None = None
+        self._last_forced = -math.inf
+        self._clock_offset = 0.0
+        #: Token requests sent to the platform by this process, and how many failed.
+        self.refresh_count = 0
+        self.refresh_failures = 0
+
+    @property
+    def token(self) -> StoredToken | None:
+        return self._token
+
+    @property
+    def clock_offset(self) -> float:
+        return self._clock_offset
+
+    async def prepare(self, request: UpstreamRequest) -> UpstreamRequest:
+        token = await self._usable_token()
+        senid, nonce, timestamp = new_senid(), new_nonce(), str(int(self._platform_time()))
+        query = [(k, v) for k, v in request.query if k not in SIGNED_QUERY_PARAMS]
+        query += [
+            ("senid", senid),
+            ("nonce", nonce),
+            ("timestamp", timestamp),
+            ("appkey", self._app_key),
+        ]
+        headers = CIMultiDict(request.headers)
+        for name in SIGNED_HEADERS:
+            headers.popall(name, None)
+        headers["accessToken"] = token.value
+        headers["userTax"] = self._user_tax
+        headers["X-Nuonuo-Sign"] = sign(
+            app_secret=self._app_secret,
+            app_key=self._app_key,
+            senid=senid,
+            nonce=nonce,
+            timestamp=timestamp,
+            body=request.body,
+        )
+        headers.setdefault("Content-Type", "application/json")
+        return request.with_changes(query=query, headers=headers)
+
+    async def credentials_rejected(self, request: UpstreamRequest) -> None:
+        rejected = request.headers.get("accessToken")
+        current = self._token
+        if current is None or rejected != current.value:
+            return  # already renewed since that request was signed
+        if self._refresh is not None:
+            # A renewal is already running (ours or a near-expiry one): wait for it too.
+            await self._single_flight_refresh()
+            return
+        now = self._clock.monotonic()
+        if now - self._last_forced < self._min_refresh_interval:
+            log.warning(
+                "upstream rejected the token again; not refreshing before the minimum interval",
+                min_refresh_interval=self._min_refresh_interval,
+            )
+            return
+        self._last_forced = now
+        await self._single_flight_refresh()
+
+    async def clock_rejected(self, response: UpstreamResponse) -> bool:
+        platform_now = parse_http_date(response.headers.get("Date"))
+        if platform_now is None:
+            log.warning(
+                "the platform refused the signed timestamp and sent no usable Date header; "
+                "cannot correct for the clock difference. Check NTP on this host",
+                date=response.headers.get("Date"),
+            )
+            return False
+        offset = platform_now - self._clock.wall()
+        if abs(offset - self._clock_offset) >= CLOCK_RESOLUTION:
+            self._clock_offset = offset
+            if abs(offset) < CLOCK_RESOLUTION:
+                log.info("the gateway's clock agrees with the platform's again", offset_s=offset)
+            else:
+                direction = "ahead of" if offset < 0 else "behind"
+                log.warning(
+                    f"the gateway's clock is {abs(offset):.0f} s {direction} the platform's; "
+                    "signing with the platform's time — fix NTP on this host",
+                    offset_s=round(offset, 3),
+                )
+        rejected = _signed_time(response.request)
+        # Only a resend signed with a time that differs from the refused one can pass (requests
+        # signed before another one learned the offset still can).
+        return rejected is None or abs(self._platform_time() - rejected) >= CLOCK_RESOLUTION
+
+    def _platform_time(self) -> float:
+        return self._clock.wall() + self._clock_offset
+
+    async def _usable_token(self) -> StoredToken:
+        if not self._loaded:
+            async with self._load_lock:
+                if not self._loaded:
+                    try:
+                        self._token = await self._store.load_token(self._store_key)
+                    except StoreError as exc:
+                        log.warning("cannot read the stored upstream token", error=str(exc))
+                    self._loaded = True
+        token = self._token
+        now = self._clock.wall()
+        if token is None or token.age_fraction(now) >= 1.0:
+            return await self._single_flight_refresh()
+        if token.age_fraction(now) >= self._refresh_at and self._refresh is None:
+            # Still valid: renew in the background and keep serving with the current one.
+            self._start_refresh()
+        return token
+
+    def _start_refresh(self) -> asyncio.Task[StoredToken]:
+        if self._refresh is None:
+            task = asyncio.create_task(self._fetch_and_store(), name="token-refresh")
+            self._refresh = task
+            task.add_done_callback(self._refresh_done)
+        return self._refresh
+
+    def _refresh_done(self, task: asyncio.Task[StoredToken]) -> None:
+        self._refresh = None
+        if not task.cancelled() and task.exception() is not None:
+            self.refresh_failures += 1
+            log.warning("upstream token refresh failed", error=str(task.exception()))
+
+    async def _single_flight_refresh(self) -> StoredToken:
+        # Shielded: one caller giving up must not cancel the refresh everyone else awaits.
+        return await asyncio.shield(self._start_refresh())
+
+    async def _fetch_and_store(self) -> StoredToken:
+        self.refresh_count += 1
+        form = {
+            "client_id": self._app_key,
+            "client_secret": self._app_secret,
+            "grant_type": "client_credentials",
+        }
+        try:
+            async with self._session.post(
+                self._token_url,
+                data=form,
+                timeout=aiohttp.ClientTimeout(total=self._token_timeout),
+                allow_redirects=False,
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TokenUnavailable(f"cannot reach the token endpoint: {exc!r}") from exc
+        try:
+            answer = json.loads(text)
+        except json.JSONDecodeError:
+            raise TokenUnavailable(
+                f"the token endpoint answered HTTP {status} with a body that is not JSON"
+            ) from None
+        value = answer.get("access_token") if isinstance(answer, dict) else None
+        if not value:
+            error = answer.get("error") if isinstance(answer, dict) else None
+            describe = answer.get("error_description") if isinstance(answer, dict) else None
+            raise TokenUnavailable(
+                f"the token endpoint refused (HTTP {status}, error {error}: {describe}); "
+                "check upstream.auth.app_key / app_secret"
+            )
+        try:
+            expires_in = float(answer.get("expires_in", 86400))
+        except (TypeError, ValueError):
+            expires_in = 86400.0
+        token = StoredToken(
+            value=str(value), obtained_at=self._clock.wall(), expires_in=max(expires_in, 1.0)
+        )
+        self._token = token
+        try:
+            await self._store.save_token(self._store_key, token)
+        except StoreError as exc:
+            log.error(
+                "cannot store the new upstream token; a restart will fetch another", error=str(exc)
+            )
+        log.info("upstream token refreshed", expires_in=token.expires_in)
+        return token
+
+
+def _signed_time(request: UpstreamRequest | None) -> float | None:
+    """The `timestamp` a signed request carried, or None."""
+    if request is None:
+        return None
+    for name, value in request.query:
+        if name == "timestamp" and value.isdigit():
+            return float(value)
+    return None

@@ -1,0 +1,225 @@
+"""The one connection pool to the invoice platform, and the translation of its failures.
+
+Every request goes to the configured upstream's base URL and nowhere else: the client's
+path is checked (`upstream_path`) so it cannot climb out of the base path, and the host is
+never taken from the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import unquote
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.errors import (
+    AnswerTruncated,
+    BadRequest,
+    ConnectionLost,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+if TYPE_CHECKING:
+    from gateway.upstream.auth import UpstreamAuth
+
+_SEGMENT_FORBIDDEN = re.compile(r"[\\\x00-\x1f]")
+
+
+def upstream_path(raw_path: str) -> tuple[str, str]:
+    """Split a client's raw request target into (path, query), refusing escapes.
+
+    Dot segments (also percent-encoded, also double-encoded), backslashes and control
+    characters are rejected, so the path always stays below the upstream's base path.
+    """
+    if not raw_path.startswith("/"):
+        raise BadRequest(
+            "the request target must be a path starting with '/'; this is not an open proxy"
+        )
+    path, _, query = raw_path.partition("?")
+    for segment in path.split("/"):
+        decoded = segment
+        for _ in range(3):
+            decoded = unquote(decoded)
+        if decoded in (".", "..") or _SEGMENT_FORBIDDEN.search(decoded) or "/" in decoded:
+            raise BadRequest(
+                f"the request path {path!r} contains a dot segment, an encoded slash or a "
+                "control character; send the plain path of the operation"
+            )
+    return path, query
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """A request as it will be sent, relative to the upstream's base URL."""
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    headers: CIMultiDict[str]
+    body: bytes
+    operation: str = "unmatched"
+
+    def with_changes(
+        self,
+        *,
+        query: Sequence[tuple[str, str]] | None = None,
+        headers: CIMultiDict[str] | None = None,
+    ) -> UpstreamRequest:
+        return replace(
+            self,
+            query=tuple(query) if query is not None else self.query,
+            headers=headers if headers is not None else self.headers,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    elapsed: float = 0.0
+    #: The request as sent (signed), so a rejected credential can be renewed.
+    request: UpstreamRequest | None = None
+
+
+async def _mark_connected(
+    _session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: object
+) -> None:
+    # A connection exists: from here on the request may reach the platform.
+    state = ctx.trace_request_ctx
+    if isinstance(state, _SendState):
+        state.connected = True
+
+
+class _SendState:
+    __slots__ = ("connected",)
+
+    def __init__(self) -> None:
+        self.connected = False
+
+
+def trace_config() -> aiohttp.TraceConfig:
+    """The tracing the client session needs so failures can say whether a request left."""
+    config = aiohttp.TraceConfig()
+    config.on_connection_create_end.append(_mark_connected)
+    config.on_connection_reuseconn.append(_mark_connected)
+    return config
+
+
+class Upstream(Protocol):
+    """What the resilience pipeline needs of a transport; tests pass a fake."""
+
+    @property
+    def auth(self) -> UpstreamAuth: ...
+
+    async def send(
+        self, request: UpstreamRequest, *, time_limit: float | None = None
+    ) -> UpstreamResponse: ...
+
+
+class UpstreamClient:
+    """Sends `UpstreamRequest`s to the configured base URL through one pooled session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        auth: UpstreamAuth,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        max_response_bytes: int,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._auth = auth
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._max_response_bytes = max_response_bytes
+
+    @property
+    def auth(self) -> UpstreamAuth:
+        return self._auth
+
+    def url_for(self, request: UpstreamRequest) -> URL:
+        target = self._base + request.path
+        url = URL(target, encoded=True)
+        if request.query:
+            url = url.with_query(request.query)
+        return url
+
+    async def send(
+        self, request: UpstreamRequest, *, time_limit: float | None = None
+    ) -> UpstreamResponse:
+        """Authenticate (freshly, every call) and send `request`.
+
+        Raises `UpstreamUnreachable` (provably not sent), `UpstreamTimeout` (`sent` tells),
+        `UpstreamProtocolError`, or the auth scheme's `UpstreamAuthError`.
+        """
+        signed = await self._auth.prepare(request)
+        return await self._send_prepared(signed, time_limit=time_limit)
+
+    async def _send_prepared(
+        self, request: UpstreamRequest, *, time_limit: float | None
+    ) -> UpstreamResponse:
+        state = _SendState()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        client_timeout = aiohttp.ClientTimeout(
+            total=time_limit or self._timeout, sock_connect=self._connect_timeout
+        )
+        url = self.url_for(request)
+        try:
+            async with self._session.request(
+                request.method,
+                url,
+                headers=request.headers,
+                data=request.body if request.body else None,
+                timeout=client_timeout,
+                allow_redirects=False,
+                trace_request_ctx=state,
+            ) as response:
+                body = await self._read_limited(response)
+                return UpstreamResponse(
+                    status=response.status,
+                    headers=response.headers,
+                    body=body,
+                    elapsed=loop.time() - started,
+                    request=request,
+                )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamTimeout(
+                f"connecting to the upstream timed out: {exc}", sent=False
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnreachable(f"cannot connect to the upstream: {exc.os_error}") from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(
+                "the upstream did not answer in time", sent=state.connected
+            ) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise AnswerTruncated(f"the upstream's answer was cut off: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            if not state.connected:
+                raise UpstreamUnreachable(f"cannot reach the upstream: {exc}") from exc
+            raise ConnectionLost(f"the connection to the upstream failed: {exc!r}") from exc
+
+    async def _read_limited(self, response: aiohttp.ClientResponse) -> bytes:
+        limit = self._max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await response.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamProtocolError(f"the upstream answer exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,0 +1,202 @@
+"""Configuration validation: every mistake is named by its key (SPEC §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import NuonuoHmacAuthConfig, load_config, parse_config
+from gateway.errors import ConfigError
+from tests.support.processes import ROOT
+
+ENV = {
+    "GATEWAY_DEMO_API_KEY": "k",
+    "NUONUO_APP_KEY": "ak",
+    "NUONUO_APP_SECRET": "sk",
+    "NUONUO_USER_TAX": "91110000000000000X",
+}
+
+
+def default_raw() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text()))
+
+
+def problems(raw: Any, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, ENV if environ is None else environ)
+    return caught.value.problems
+
+
+def test_default_profile_is_valid() -> None:
+    """config/gateway.yaml loads and classifies all four reference operations."""
+    config = load_config(ROOT / "config" / "gateway.yaml", ENV)
+    kinds = {op.name: op.kind for op in config.operations}
+    assert {
+        "nuonuo.OpeMplatform.requestBillingNew": "submit",
+        "nuonuo.OpeMplatform.fastInvoiceRed": "submit",
+        "nuonuo.OpeMplatform.queryInvoiceResult": "read",
+        "nuonuo.electronInvoice.invoiceInspection": "read",
+    } == kinds
+    assert isinstance(config.upstream.auth, NuonuoHmacAuthConfig)
+    assert "sk" == config.upstream.auth.app_secret.value()
+
+
+def test_unknown_key_is_an_error_with_a_suggestion() -> None:
+    """A typo'd key is rejected, naming the key and the likely intended one."""
+    raw = default_raw()
+    raw["upstream"]["timout"] = "3s"
+    assert ["upstream.timout: unknown key (did you mean 'timeout'?)"] == problems(raw)
+
+
+def test_unknown_top_level_key() -> None:
+    """Unknown keys at the top level are errors too."""
+    raw = default_raw()
+    raw["listne"] = "0.0.0.0:1"
+    assert ["listne: unknown key (did you mean 'listen'?)"] == problems(raw)
+
+
+def test_bad_type_names_key_and_value() -> None:
+    """A value of the wrong type names the key and what was given."""
+    raw = default_raw()
+    raw["limits"]["max_body_bytes"] = "lots"
+    [problem] = problems(raw)
+    assert problem.startswith("limits.max_body_bytes: ")
+    assert "'lots'" in problem
+
+
+def test_bad_enum_value() -> None:
+    """An operation kind outside submit/read/passthrough is rejected."""
+    raw = default_raw()
+    raw["operations"][0]["kind"] = "write"
+    [problem] = problems(raw)
+    assert problem.startswith("operations[0].kind: ")
+
+
+def test_missing_secret_env_var_is_named() -> None:
+    """A secret whose environment variable is unset names both the key and the variable."""
+    environ = {k: v for k, v in ENV.items() if k != "NUONUO_APP_SECRET"}
+    assert ["upstream.auth.app_secret: environment variable NUONUO_APP_SECRET is not set"] == (
+        problems(default_raw(), environ)
+    )
+
+
+def test_literal_secret_is_refused() -> None:
+    """Secrets are never literal in the file."""
+    raw = default_raw()
+    raw["upstream"]["auth"]["app_secret"] = "hunter2"
+    [problem] = problems(raw)
+    assert problem.startswith("upstream.auth.app_secret: secrets are never literal")
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    """A secret can be read from a file, trimmed of its newline."""
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n")
+    raw = default_raw()
+    raw["upstream"]["auth"]["app_secret"] = {"file": str(secret)}
+    config = parse_config(raw, ENV)
+    assert isinstance(config.upstream.auth, NuonuoHmacAuthConfig)
+    assert "from-file" == config.upstream.auth.app_secret.value()
+
+
+def test_missing_secret_file(tmp_path: Path) -> None:
+    """An unreadable secret file is reported with its path."""
+    raw = default_raw()
+    raw["upstream"]["auth"]["app_secret"] = {"file": str(tmp_path / "nope")}
+    [problem] = problems(raw)
+    assert problem.startswith(f"upstream.auth.app_secret: cannot read file {tmp_path / 'nope'}")
+
+
+def test_env_overrides_apply() -> None:
+    """GATEWAY_* variables override the file (SPEC §6)."""
+    environ = {
+        **ENV,
+        "GATEWAY_LISTEN": "127.0.0.1:9999",
+        "GATEWAY_ADMIN_LISTEN": "127.0.0.1:9998",
+        "GATEWAY_STORE_URL": "sqlite:////tmp/x.db",
+        "GATEWAY_UPSTREAM_URL": "http://127.0.0.1:1234/base/",
+        "GATEWAY_ADMIN_TOKEN": "admintoken",
+    }
+    config = parse_config(default_raw(), environ)
+    assert "127.0.0.1:9999" == config.listen
+    assert "127.0.0.1:9998" == config.admin.listen
+    assert "sqlite:////tmp/x.db" == config.store_url
+    assert "http://127.0.0.1:1234/base" == config.upstream.url
+    assert [("env", "operator", "admintoken")] == [
+        (t.name, t.role, t.token.value()) for t in config.admin.tokens
+    ]
+
+
+def test_durations_accept_units() -> None:
+    """Durations may be plain seconds or carry a unit."""
+    raw = default_raw()
+    raw["upstream"]["timeout"] = "250ms"
+    raw["upstream"]["connect_timeout"] = 2
+    config = parse_config(raw, ENV)
+    assert 0.25 == config.upstream.timeout
+    assert 2.0 == config.upstream.connect_timeout
+
+
+def test_bad_duration() -> None:
+    """A duration that cannot be parsed says how to write one."""
+    raw = default_raw()
+    raw["upstream"]["timeout"] = "soon"
+    [problem] = problems(raw)
+    assert "upstream.timeout: not a duration: 'soon'" in problem
+
+
+def test_bad_upstream_url() -> None:
+    """The upstream must be an http(s) URL."""
+    raw = default_raw()
+    raw["upstream"]["url"] = "ftp://example.com"
+    [problem] = problems(raw)
+    assert problem.startswith("upstream.url: expected an http(s) URL")
+
+
+def test_duplicate_operation_names() -> None:
+    """Two operations with one name are ambiguous and rejected."""
+    raw = default_raw()
+    raw["operations"].append(raw["operations"][0])
+    [problem] = problems(raw)
+    assert "duplicate names ['nuonuo.OpeMplatform.requestBillingNew']" in problem
+
+
+def test_bad_json_pointer() -> None:
+    """A business key must be a JSON pointer."""
+    raw = default_raw()
+    raw["operations"][0]["business_key"] = "order.orderNo"
+    [problem] = problems(raw)
+    assert problem.startswith("operations[0].business_key: ")
+
+
+def test_missing_required_section() -> None:
+    """A config without an upstream says so."""
+    raw = default_raw()
+    del raw["upstream"]
+    assert ["upstream: required key is missing"] == problems(raw)
+
+
+def test_top_level_must_be_mapping() -> None:
+    """A YAML list at the top level is refused with a clear message."""
+    [problem] = problems(["not", "a", "mapping"])
+    assert "the top level must be a mapping" in problem
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    """Broken YAML is reported with its line."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("listen: 1\nupstream: [\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV)
+    assert "not valid YAML at line" in caught.value.problems[0]
+
+
+def test_postgres_url_is_explained() -> None:
+    """A PostgreSQL store URL is refused with a reason until that store exists."""
+    raw = default_raw()
+    raw["store_url"] = "postgresql://localhost/test"
+    [problem] = problems(raw)
+    assert problem.startswith("store_url: PostgreSQL stores are not available")
