@@ -1,9 +1,13 @@
-"""Time as a dependency: behaviour that depends on time takes a `Clock`, so tests never sleep."""
+"""Time as a dependency: behaviour that depends on time takes a `Clock`, so tests never sleep.
+
+Also the one way the gateway writes a moment as text: `iso_utc`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -55,3 +59,13 @@ class SteadyClock:
 
     async def sleep(self, seconds: float) -> None:
         await self._base.sleep(seconds)
+
+
+def iso_utc(wall: float) -> str:
+    """Unix seconds as ISO 8601 UTC with milliseconds: `2026-11-27T10:00:00.250Z`.
+
+    The form of the times the gateway shows (admin API, on-call command line): always three
+    decimals, so readers may rely on the fraction being there; sub-millisecond digits are cut.
+    """
+    moment = datetime.fromtimestamp(wall, UTC)
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
