@@ -1,7 +1,15 @@
-"""The Grafana dashboards in this folder, generated from the metrics the gateway exposes.
+"""The Grafana dashboards in this folder, built with Grafana's Foundation SDK and checked against
+the metrics the gateway exposes.
 
     python dashboards/generate.py          # (re)write outage-overview.json and traffic-slo.json
     python dashboards/generate.py --check  # exit 1 when either file is not what this would write
+
+Panels, queries, variables and the dashboards themselves are made with the SDK's typed builders
+(`grafana-foundation-sdk`, a dev dependency pinned to its build for Grafana 11.6) and serialised
+by its encoder, rather than written as JSON by hand: an option a panel does not have, or a value
+of the wrong kind, fails here, when the dashboards are generated, instead of being dropped
+silently by Grafana on import. The one thing that build cannot say, a query variable's
+`definition` (the query as Grafana's variable list shows it), is added to the encoded JSON.
 
 Every metric an expression below names is checked, when the dashboards are built, against the
 metric families of a real gateway's registry (opened in process on a scratch store, never
@@ -13,17 +21,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import re
+import string
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 import yaml
+from grafana_foundation_sdk.builders import (
+    common,
+    dashboard,
+    prometheus,
+    stat,
+    statetimeline,
+    timeseries,
+)
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_types
+from grafana_foundation_sdk.models import dashboard as dashboard_types
 
 from gateway.app import open_gateway
 from gateway.config import parse_config
@@ -130,7 +151,7 @@ async def _exposed_series() -> frozenset[str]:
 
 def recorded_series(rules_dir: Path = RULES) -> frozenset[str]:
     """The names the recording rules in `rules_dir` record."""
-    names = set()
+    names: set[str] = set()
     for path in sorted(rules_dir.glob("*.yml")):
         for group in yaml.safe_load(path.read_text())["groups"]:
             names.update(rule["record"] for rule in group["rules"] if "record" in rule)
@@ -167,247 +188,340 @@ def metric_names(expr: str) -> frozenset[str]:
     )
 
 
-def expressions(dashboard: dict[str, Any]) -> list[str]:
+def expressions(board: dict[str, Any]) -> list[str]:
     """Every PromQL expression of a dashboard's panels."""
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [target["expr"] for panel in board["panels"] for target in panel["targets"]]
 
 
 # -- building blocks ---------------------------------------------------------------------------
 
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+TAG = "invoice-gateway"
 TENANT = 'tenant=~"$tenant"'
 OPERATION = 'operation=~"$operation"'
 RATE = "$__rate_interval"
+GRID_COLUMNS = 24
+
+PanelBuilder = stat.Panel | timeseries.Panel | statetimeline.Panel
+AnyPanel = TypeVar("AnyPanel", stat.Panel, timeseries.Panel, statetimeline.Panel)
 
 
-def target(expr: str, legend: str = "", *, instant: bool = False) -> dict[str, Any]:
-    return {
-        "datasource": DATASOURCE,
-        "expr": expr,
-        "legendFormat": legend or "__auto",
-        "range": not instant,
-        "instant": instant,
-    }
+def datasource() -> dashboard_types.DataSourceRef:
+    """The `datasource` variable: whichever Prometheus data source the importer picks."""
+    return dashboard_types.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 
-def thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
-    return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
+def query(expr: str, legend: str = "") -> prometheus.Dataquery:
+    """A range query on the `datasource` variable; its refId is given by the panel."""
+    return (
+        prometheus.Dataquery()
+        .expr(expr)
+        .legend_format(legend or "__auto")
+        .range()
+        .datasource(datasource())
+    )
 
 
-def value_mappings(texts: dict[int, tuple[str, str]]) -> list[dict[str, Any]]:
+def thresholds(*steps: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
+    """Absolute thresholds, as (from value, colour); the first from None (minus infinity)."""
+    return (
+        dashboard.ThresholdsConfig()
+        .mode(dashboard_types.ThresholdsMode.ABSOLUTE)
+        .steps([dashboard_types.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def value_mappings(texts: dict[int, tuple[str, str]]) -> list[dashboard_types.ValueMapping]:
+    """Numbers shown as (text, colour)."""
     options = {
-        str(value): {"text": text, "color": color, "index": index}
+        str(value): dashboard_types.ValueMappingResult(text=text, color=color, index=index)
         for index, (value, (text, color)) in enumerate(texts.items())
     }
-    return [{"type": "value", "options": options}]
+    return [dashboard_types.ValueMap(options=options)]
 
 
-def panel(
-    kind: str,
+def colours(mode: dashboard_types.FieldColorModeId) -> dashboard.FieldColor:
+    return dashboard.FieldColor().mode(mode)
+
+
+def legend_options(*, shown: bool) -> common.VizLegendOptions:
+    return (
+        common.VizLegendOptions()
+        .show_legend(shown)
+        .display_mode(common_types.LegendDisplayMode.LIST)
+        .placement(common_types.LegendPlacement.BOTTOM)
+    )
+
+
+def tooltip_options(
+    mode: common_types.TooltipDisplayMode, sort: common_types.SortOrder
+) -> common.VizTooltipOptions:
+    return common.VizTooltipOptions().mode(mode).sort(sort)
+
+
+def unit_property(unit: str) -> dashboard_types.DynamicConfigValue:
+    return dashboard_types.DynamicConfigValue(id_val="unit", value=unit)
+
+
+def with_basics(
+    panel: AnyPanel,
     title: str,
     description: str,
-    targets: list[dict[str, Any]],
+    queries: Sequence[prometheus.Dataquery],
     *,
     width: int,
     height: int,
-    unit: str = "short",
-    steps: dict[str, Any] | None = None,
-    mappings: list[dict[str, Any]] | None = None,
+    unit: str,
+    steps: dashboard.ThresholdsConfig | None,
+    mappings: list[dashboard_types.ValueMapping] | None = None,
     no_value: str | None = None,
-    minimum: float | None = None,
-    options: dict[str, Any] | None = None,
-    custom: dict[str, Any] | None = None,
-    overrides: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"unit": unit, "mappings": mappings or []}
-    defaults["thresholds"] = steps or thresholds((None, "green"))
+) -> AnyPanel:
+    """What every panel here has: title, description, size, unit, thresholds (green unless
+    given), value mappings, and its queries on the `datasource` variable, refIds A, B, C…"""
+    panel.title(title).description(description).datasource(datasource())
+    panel.span(width).height(height).unit(unit).mappings(mappings or [])
+    panel.thresholds(steps or thresholds((None, "green")))
     if no_value is not None:
-        defaults["noValue"] = no_value
-    if minimum is not None:
-        defaults["min"] = minimum
-    if kind == "stat":
-        defaults["color"] = {"mode": "thresholds"}
-        base_options: dict[str, Any] = {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "background",
-            "graphMode": "none",
-            "justifyMode": "center",
-            "textMode": "value_and_name" if len(targets) > 1 else "value",
-            "orientation": "auto",
-        }
-    elif kind == "state-timeline":
-        defaults["color"] = {"mode": "thresholds"}
-        defaults["custom"] = {"fillOpacity": 80, "lineWidth": 0}
-        base_options = {
-            "showValue": "never",
-            "mergeValues": True,
-            "rowHeight": 0.8,
-            "alignValue": "left",
-            "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"},
-            "tooltip": {"mode": "single", "sort": "none"},
-        }
-    else:
-        defaults["color"] = {"mode": "palette-classic"}
-        defaults["custom"] = {
-            "drawStyle": "line",
-            "lineWidth": 1,
-            "fillOpacity": 10,
-            "showPoints": "never",
-            "spanNulls": False,
-            "thresholdsStyle": {"mode": "line" if steps else "off"},
-            **(custom or {}),
-        }
-        base_options = {
-            "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        }
-    for ref, item in zip("ABCDEFGHIJ", targets, strict=False):
-        item["refId"] = ref
-    return {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "gridPos": {"w": width, "h": height},
-        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
-        "options": {**base_options, **(options or {})},
-        "targets": targets,
-    }
+        panel.no_value(no_value)
+    for ref, item in zip(string.ascii_uppercase, queries, strict=False):
+        panel.with_target(item.ref_id(ref))
+    return panel
+
+
+def big_number(
+    title: str,
+    description: str,
+    *queries: prometheus.Dataquery,
+    width: int,
+    height: int = 5,
+    unit: str = "short",
+    steps: dashboard.ThresholdsConfig | None = None,
+    mappings: list[dashboard_types.ValueMapping] | None = None,
+    no_value: str | None = None,
+    query_units: dict[str, str] | None = None,
+) -> stat.Panel:
+    """A stat panel: each query's last value on a background coloured by the thresholds, named
+    when there is more than one; `query_units` gives some queries (by refId) their own unit."""
+    panel = with_basics(
+        stat.Panel(),
+        title,
+        description,
+        queries,
+        width=width,
+        height=height,
+        unit=unit,
+        steps=steps,
+        mappings=mappings,
+        no_value=no_value,
+    )
+    panel.color_scheme(colours(dashboard_types.FieldColorModeId.THRESHOLDS))
+    panel.reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
+    panel.color_mode(common_types.BigValueColorMode.BACKGROUND)
+    panel.graph_mode(common_types.BigValueGraphMode.NONE)
+    panel.justify_mode(common_types.BigValueJustifyMode.CENTER)
+    panel.text_mode(
+        common_types.BigValueTextMode.VALUE_AND_NAME
+        if len(queries) > 1
+        else common_types.BigValueTextMode.VALUE
+    )
+    panel.orientation(common_types.VizOrientation.AUTO)
+    for ref, unit_of_query in (query_units or {}).items():
+        panel.override_by_query(ref, [unit_property(unit_of_query)])
+    return panel
+
+
+def timeline(
+    title: str,
+    description: str,
+    item: prometheus.Dataquery,
+    *,
+    mappings: list[dashboard_types.ValueMapping],
+) -> statetimeline.Panel:
+    """A state timeline half a row wide: one band per series, coloured by its value mapping."""
+    panel = with_basics(
+        statetimeline.Panel(),
+        title,
+        description,
+        [item],
+        width=12,
+        height=5,
+        unit="short",
+        steps=None,
+        mappings=mappings,
+    )
+    panel.color_scheme(colours(dashboard_types.FieldColorModeId.THRESHOLDS))
+    panel.fill_opacity(80).line_width(0)
+    panel.show_value(common_types.VisibilityMode.NEVER).merge_values(True).row_height(0.8)
+    panel.align_value(common_types.TimelineValueAlignment.LEFT)
+    panel.legend(legend_options(shown=False))
+    panel.tooltip(
+        tooltip_options(common_types.TooltipDisplayMode.SINGLE, common_types.SortOrder.NONE)
+    )
+    return panel
 
 
 def graph(
     title: str,
     description: str,
-    *targets: dict[str, Any],
+    *queries: prometheus.Dataquery,
     width: int = 8,
     height: int = 8,
+    unit: str = "short",
     minimum: float | None = 0,
-    **options: Any,
-) -> dict[str, Any]:
-    """A time series panel in the usual shape: a third of a row, 8 high, its axis from 0."""
-    return panel(
-        "timeseries",
+    steps: dashboard.ThresholdsConfig | None = None,
+    bars: bool = False,
+    stacked: bool = False,
+    right_axis: dict[str, str] | None = None,
+) -> timeseries.Panel:
+    """A time series panel in the usual shape: a third of a row, 8 high, its axis from 0, lines
+    (or `bars`), thresholds drawn as lines when given; `right_axis` puts queries (by refId) on
+    a right-hand axis in their own unit."""
+    panel = with_basics(
+        timeseries.Panel(),
         title,
         description,
-        list(targets),
+        queries,
         width=width,
         height=height,
-        minimum=minimum,
-        **options,
+        unit=unit,
+        steps=steps,
+    )
+    panel.color_scheme(colours(dashboard_types.FieldColorModeId.PALETTE_CLASSIC))
+    if bars:
+        panel.draw_style(common_types.GraphDrawStyle.BARS).fill_opacity(60)
+    else:
+        panel.draw_style(common_types.GraphDrawStyle.LINE).fill_opacity(10)
+    panel.line_width(1).show_points(common_types.VisibilityMode.NEVER).span_nulls(False)
+    panel.thresholds_style(
+        common.GraphThresholdsStyleConfig().mode(
+            common_types.GraphThresholdsStyleMode.LINE
+            if steps is not None
+            else common_types.GraphThresholdsStyleMode.OFF
+        )
+    )
+    if stacked:
+        panel.stacking(common.StackingConfig().mode(common_types.StackingMode.NORMAL))
+    if minimum is not None:
+        panel.min(minimum)
+    panel.legend(legend_options(shown=True))
+    panel.tooltip(
+        tooltip_options(common_types.TooltipDisplayMode.MULTI, common_types.SortOrder.DESCENDING)
+    )
+    for ref, unit_of_query in (right_axis or {}).items():
+        panel.override_by_query(
+            ref,
+            [
+                dashboard_types.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                unit_property(unit_of_query),
+            ],
+        )
+    return panel
+
+
+def label_variable(name: str, label: str, metric: str) -> dashboard.QueryVariable:
+    """A filter on `name`, its values the label's values on `metric`; "All" by default."""
+    return (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .datasource(datasource())
+        .query({"query": f"label_values({metric}, {name})", "refId": f"{name}-values"})
+        .refresh(dashboard_types.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .include_all(True)
+        .multi(True)
+        .all_value(".*")
+        .current(dashboard_types.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .options([])
+        .regex("")
+        .sort(dashboard_types.VariableSort.ALPHABETICAL_ASC)
+        .hide(dashboard_types.VariableHide.DONT_HIDE)
     )
 
 
-def right_axis(ref: str, unit: str) -> dict[str, Any]:
-    """A field override: query `ref` on the right-hand axis, in `unit`."""
-    return {
-        "matcher": {"id": "byFrameRefID", "options": ref},
-        "properties": [
-            {"id": "custom.axisPlacement", "value": "right"},
-            {"id": "unit", "value": unit},
-        ],
-    }
+def width_of(panel: PanelBuilder) -> int:
+    grid = panel.build().grid_pos
+    return grid.w if grid is not None else 0
 
 
-def layout(rows: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Panels placed row by row, left to right, on Grafana's 24-column grid; ids in order."""
-    placed = []
-    y = 0
+def place(board: dashboard.Dashboard, rows: list[list[PanelBuilder]]) -> dashboard.Dashboard:
+    """Panels row by row, left to right, on Grafana's 24-column grid; ids in order.
+
+    The SDK puts each panel right of the one before and starts a new row once 24 columns are
+    used, so each row here must fill the 24 columns exactly to be a row there.
+    """
+    ids = itertools.count(1)
     for row in rows:
-        x = 0
-        for item in row:
-            item["gridPos"].update(x=x, y=y)
-            x += item["gridPos"]["w"]
-            if x > 24:
-                raise ValueError(f"row wider than 24 columns at {item['title']!r}")
-        y += max(item["gridPos"]["h"] for item in row)
-        placed.extend(row)
-    for number, item in enumerate(placed, start=1):
-        item["id"] = number
-    return placed
+        width = sum(width_of(panel) for panel in row)
+        if width != GRID_COLUMNS:
+            first = row[0].build().title
+            raise ValueError(f"the row from {first!r} is {width} columns wide, not {GRID_COLUMNS}")
+        for panel in row:
+            board.with_panel(panel.id(next(ids)))
+    return board
 
 
-def label_variable(name: str, label: str, metric: str) -> dict[str, Any]:
-    query = f"label_values({metric}, {name})"
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": DATASOURCE,
-        "definition": query,
-        "query": {"query": query, "refId": f"{name}-values"},
-        "refresh": 2,
-        "includeAll": True,
-        "multi": True,
-        "allValue": ".*",
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "options": [],
-        "regex": "",
-        "sort": 1,
-        "hide": 0,
-    }
+def exported(board: dashboard.Dashboard) -> dict[str, Any]:
+    """The dashboard as Grafana's JSON model: the SDK's encoding, plus each query variable's
+    `definition`, which the pinned SDK build has no field for."""
+    model: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    for variable in model["templating"]["list"]:
+        if variable["type"] == "query":
+            variable["definition"] = variable["query"]["query"]
+    return model
 
 
-def dashboard(
-    *, uid: str, title: str, description: str, panels: list[dict[str, Any]], time_from: str
+def gateway_dashboard(
+    *,
+    uid: str,
+    title: str,
+    description: str,
+    rows: list[list[PanelBuilder]],
+    time_from: str,
 ) -> dict[str, Any]:
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": ["invoice-gateway"],
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": time_from, "to": "now"},
-        "timepicker": {},
-        "timezone": "",
-        "fiscalYearStartMonth": 0,
-        "liveNow": False,
-        "weekStart": "",
-        "annotations": {
-            "list": [
-                {
-                    "builtIn": 1,
-                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                    "enable": True,
-                    "hide": True,
-                    "iconColor": "rgba(0, 211, 255, 1)",
-                    "name": "Annotations & Alerts",
-                    "type": "dashboard",
-                }
-            ]
-        },
-        "links": [
-            {
-                "title": "Gateway dashboards",
-                "type": "dashboards",
-                "tags": ["invoice-gateway"],
-                "asDropdown": False,
-                "includeVars": True,
-                "keepTime": True,
-            }
-        ],
-        "templating": {
-            "list": [
-                {
-                    "name": "datasource",
-                    "label": "Data source",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {},
-                    "options": [],
-                    "refresh": 1,
-                    "regex": "",
-                    "hide": 0,
-                },
-                label_variable("tenant", "Tenant", REQUESTS),
-                label_variable("operation", "Operation", REQUESTS),
-            ]
-        },
-        "panels": panels,
-    }
+    """A dashboard of the gateway's: shared crosshair, 30 s refresh, Grafana's built-in
+    annotations, a link to the other gateway dashboards, and the data source, tenant and
+    operation variables."""
+    board = (
+        dashboard.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags([TAG])
+        .editable()
+        .tooltip(dashboard_types.DashboardCursorSync.CROSSHAIR)
+        .version(1)
+        .refresh("30s")
+        .time(time_from, "now")
+        .timezone("")
+        .week_start("")
+        .fiscal_year_start_month(0)
+        .live_now(False)
+        .annotation(
+            dashboard.AnnotationQuery()
+            .name("Annotations & Alerts")
+            .datasource(dashboard_types.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+            .enable(True)
+            .hide(True)
+            .icon_color("rgba(0, 211, 255, 1)")
+            .type("dashboard")
+            .built_in(1)
+        )
+        .link(
+            dashboard.DashboardLink("Gateway dashboards")
+            .type(dashboard_types.DashboardLinkType.DASHBOARDS)
+            .tags([TAG])
+            .as_dropdown(False)
+            .include_vars(True)
+            .keep_time(True)
+        )
+        .with_variable(
+            dashboard.DatasourceVariable("datasource")
+            .label("Data source")
+            .type("prometheus")
+            .regex("")
+            .hide(dashboard_types.VariableHide.DONT_HIDE)
+        )
+        .with_variable(label_variable("tenant", "Tenant", REQUESTS))
+        .with_variable(label_variable("operation", "Operation", REQUESTS))
+    )
+    return exported(place(board, rows))
 
 
 # -- expressions shared by panels -----------------------------------------------------------------
@@ -440,10 +554,10 @@ def state_code(metric: str, label: str, codes: dict[str, int], by: str) -> str:
     return f"max by ({by}) ({parts})"
 
 
-def quantiles(metric: str, selector: str, by: str, legend: str) -> list[dict[str, Any]]:
+def quantiles(metric: str, selector: str, by: str, legend: str) -> list[prometheus.Dataquery]:
     group = f"{by}, le" if by else "le"
     return [
-        target(
+        query(
             f"histogram_quantile({q}, sum by ({group}) (rate({metric}{{{selector}}}[{RATE}])))",
             f"p{round(q * 100)}{legend}",
         )
@@ -452,19 +566,15 @@ def quantiles(metric: str, selector: str, by: str, legend: str) -> list[dict[str
 
 
 CIRCUIT_CODES = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3, "forced_closed": 4}
-CIRCUIT_MAPPINGS = value_mappings(
-    {
-        0: ("closed", "green"),
-        1: ("half-open", "yellow"),
-        2: ("open", "red"),
-        3: ("forced open", "purple"),
-        4: ("forced closed", "blue"),
-    }
-)
+CIRCUIT_TEXTS = {
+    0: ("closed", "green"),
+    1: ("half-open", "yellow"),
+    2: ("open", "red"),
+    3: ("forced open", "purple"),
+    4: ("forced closed", "blue"),
+}
 HEALTH_CODES = {"unknown": 0, "up": 1, "down": 2}
-HEALTH_MAPPINGS = value_mappings(
-    {0: ("unknown (no probe)", "text"), 1: ("up", "green"), 2: ("down", "red")}
-)
+HEALTH_TEXTS = {0: ("unknown (no probe)", "text"), 1: ("up", "green"), 2: ("down", "red")}
 
 
 # -- the outage overview -------------------------------------------------------------------------
@@ -473,116 +583,90 @@ HEALTH_MAPPINGS = value_mappings(
 def outage_overview() -> dict[str, Any]:
     """Is the platform down, since when, how much is queued, how fast is it draining, when will
     it be empty, is anything dead: one screen."""
-    stats = [
-        panel(
-            "stat",
+    stats: list[PanelBuilder] = [
+        big_number(
             "Platform",
             "Down while the active probe says so or a circuit breaker is open or half-open.",
-            [target(PLATFORM_DOWN_RAW, "platform")],
+            query(PLATFORM_DOWN_RAW, "platform"),
             width=4,
-            height=5,
             mappings=value_mappings({0: ("UP", "green"), 1: ("DOWN", "red")}),
             steps=thresholds((None, "green"), (1, "red")),
             no_value="no data",
         ),
-        panel(
-            "stat",
+        big_number(
             "Down for",
             "Time since the gateway last saw the platform up (recording rule "
             f"{PLATFORM_UP_AT}); empty while it is up.",
-            [
-                target(
-                    f"(time() - max(max_over_time({PLATFORM_UP_AT}[7d])))"
-                    f" and on () (max({PLATFORM_DOWN}) == 1)",
-                    "down for",
-                )
-            ],
+            query(
+                f"(time() - max(max_over_time({PLATFORM_UP_AT}[7d])))"
+                f" and on () (max({PLATFORM_DOWN}) == 1)",
+                "down for",
+            ),
             width=4,
-            height=5,
             unit="s",
             steps=thresholds((None, "orange"), (900, "red")),
             no_value="—",
         ),
-        panel(
-            "stat",
+        big_number(
             "Queued",
             "Submissions waiting for delivery (queued and being delivered).",
-            [target(BACKLOG, "queued")],
+            query(BACKLOG, "queued"),
             width=3,
-            height=5,
             steps=thresholds((None, "green"), (1, "orange")),
         ),
-        panel(
-            "stat",
+        big_number(
             "Draining at",
             "Submissions leaving the outbox per second over the last 5 minutes.",
-            [target(drained("5m"), "drained")],
+            query(drained("5m"), "drained"),
             width=3,
-            height=5,
             unit="ops",
             steps=thresholds((None, "blue")),
         ),
-        panel(
-            "stat",
+        big_number(
             "Empty in",
             "Queued ÷ drain rate: when the backlog will be gone at the current pace. Empty "
             "while nothing drains (the platform is down, or the dispatcher paused).",
-            [target(f"{BACKLOG} / ({drained('5m')} > 0)", "ETA")],
+            query(f"{BACKLOG} / ({drained('5m')} > 0)", "ETA"),
             width=4,
-            height=5,
             unit="s",
             steps=thresholds((None, "green"), (600, "orange"), (DEADLINE_SECONDS, "red")),
             no_value="not draining",
         ),
-        panel(
-            "stat",
+        big_number(
             "Oldest queued",
             f"Age of the oldest queued submission; the deadline alert is at {DEADLINE_SECONDS}s.",
-            [target(f"max({OLDEST_QUEUED})", "oldest")],
+            query(f"max({OLDEST_QUEUED})", "oldest"),
             width=3,
-            height=5,
             unit="s",
             steps=thresholds((None, "green"), (300, "orange"), (DEADLINE_SECONDS, "red")),
         ),
-        panel(
-            "stat",
+        big_number(
             "Dead",
             "Submissions that ran out of attempts or age: on-call must replay or discard them.",
-            [target(f'max({OUTBOX}{{state="dead"}})', "dead")],
+            query(f'max({OUTBOX}{{state="dead"}})', "dead"),
             width=3,
-            height=5,
             steps=thresholds((None, "green"), (1, "red")),
         ),
     ]
-    timelines = [
-        panel(
-            "state-timeline",
+    timelines: list[PanelBuilder] = [
+        timeline(
             "Circuit state",
             "Each circuit breaker's state over time.",
-            [target(state_code(CIRCUIT_STATE, "state", CIRCUIT_CODES, "breaker"), "{{breaker}}")],
-            width=12,
-            height=5,
-            mappings=CIRCUIT_MAPPINGS,
+            query(state_code(CIRCUIT_STATE, "state", CIRCUIT_CODES, "breaker"), "{{breaker}}"),
+            mappings=value_mappings(CIRCUIT_TEXTS),
         ),
-        panel(
-            "state-timeline",
+        timeline(
             "Platform health (active probe)",
             "What the active health probe concludes, per gateway instance.",
-            [
-                target(
-                    state_code(UPSTREAM_HEALTH, "status", HEALTH_CODES, "instance"), "{{instance}}"
-                )
-            ],
-            width=12,
-            height=5,
-            mappings=HEALTH_MAPPINGS,
+            query(state_code(UPSTREAM_HEALTH, "status", HEALTH_CODES, "instance"), "{{instance}}"),
+            mappings=value_mappings(HEALTH_TEXTS),
         ),
     ]
-    upstream = [
+    upstream: list[PanelBuilder] = [
         graph(
             "Upstream error ratio by class",
             "Share of calls to the platform that failed, by failure class.",
-            target(
+            query(
                 f'sum by (result) (rate({UPSTREAM_ATTEMPTS}{{result!="success", {OPERATION}}}'
                 f"[{RATE}])) / ignoring (result) group_left"
                 f" sum(rate({UPSTREAM_ATTEMPTS}{{{OPERATION}}}[{RATE}]))",
@@ -590,34 +674,32 @@ def outage_overview() -> dict[str, Any]:
             ),
             width=12,
             unit="percentunit",
-            custom={"drawStyle": "bars", "fillOpacity": 60, "stacking": {"mode": "normal"}},
+            bars=True,
+            stacked=True,
         ),
-        panel(
-            "timeseries",
+        graph(
             "Upstream latency",
             "Duration of calls to the platform: p50, p95, p99.",
-            quantiles(UPSTREAM_DURATION, OPERATION, "", ""),
+            *quantiles(UPSTREAM_DURATION, OPERATION, "", ""),
             width=12,
-            height=8,
             unit="s",
-            minimum=0,
         ),
     ]
-    outbox = [
+    outbox: list[PanelBuilder] = [
         graph(
             "Queued vs drained",
             "Submissions in the outbox by state (left) against submissions queued and drained "
             "per second (right).",
-            target(f'max by (state) ({OUTBOX}{{state=~"queued|delivering|unknown"}})', "{{state}}"),
-            target(f"sum(rate({ENQUEUED}{{{TENANT}, {OPERATION}}}[{RATE}]))", "queued per second"),
-            target(drained(RATE), "drained per second"),
+            query(f'max by (state) ({OUTBOX}{{state=~"queued|delivering|unknown"}})', "{{state}}"),
+            query(f"sum(rate({ENQUEUED}{{{TENANT}, {OPERATION}}}[{RATE}]))", "queued per second"),
+            query(drained(RATE), "drained per second"),
             width=12,
-            overrides=[right_axis("B", "ops"), right_axis("C", "ops")],
+            right_axis={"B": "ops", "C": "ops"},
         ),
         graph(
             "Oldest queued",
             "Age of the oldest queued submission; the line is the business deadline.",
-            target(f"max({OLDEST_QUEUED})", "oldest queued"),
+            query(f"max({OLDEST_QUEUED})", "oldest queued"),
             width=6,
             unit="s",
             steps=thresholds((None, "green"), (DEADLINE_SECONDS, "red")),
@@ -625,17 +707,17 @@ def outage_overview() -> dict[str, Any]:
         graph(
             "ETA to empty",
             "Queued ÷ drain rate over 5 minutes; gaps while nothing drains.",
-            target(f"{BACKLOG} / ({drained('5m')} > 0)", "time to empty"),
+            query(f"{BACKLOG} / ({drained('5m')} > 0)", "time to empty"),
             width=6,
             unit="s",
         ),
     ]
-    details = [
+    details: list[PanelBuilder] = [
         graph(
             "Client answers by outcome",
             "What clients got: forwarded (the platform answered), queued (202), replayed "
             "(same key), rejected (the gateway answered itself).",
-            target(
+            query(
                 f"sum by (outcome) (rate({REQUESTS}{{{TENANT}, {OPERATION}}}[{RATE}]))",
                 "{{outcome}}",
             ),
@@ -645,51 +727,48 @@ def outage_overview() -> dict[str, Any]:
             "Dead and parked",
             "Dead submissions in the outbox (left); submissions dying or parked for on-call "
             "per second (right).",
-            target(f'max({OUTBOX}{{state="dead"}})', "dead in the outbox"),
-            target(f"sum(rate({DEAD}[{RATE}]))", "dying per second"),
-            target(f"sum(rate({PARKED}[{RATE}]))", "parked per second"),
-            overrides=[right_axis("B", "ops"), right_axis("C", "ops")],
+            query(f'max({OUTBOX}{{state="dead"}})', "dead in the outbox"),
+            query(f"sum(rate({DEAD}[{RATE}]))", "dying per second"),
+            query(f"sum(rate({PARKED}[{RATE}]))", "parked per second"),
+            right_axis={"B": "ops", "C": "ops"},
         ),
         graph(
             "Dispatcher",
             "Deliveries in flight, and 1 while on-call has paused the dispatcher.",
-            target(f"sum({DISPATCHER_IN_FLIGHT})", "in flight"),
-            target(f"max({DISPATCHER_PAUSED})", "paused"),
-            target(f"sum(rate({REQUEUED}[{RATE}]))", "put back per second"),
+            query(f"sum({DISPATCHER_IN_FLIGHT})", "in flight"),
+            query(f"max({DISPATCHER_PAUSED})", "paused"),
+            query(f"sum(rate({REQUEUED}[{RATE}]))", "put back per second"),
         ),
         graph(
             "Platform business codes",
             "Business codes in the platform's answers (070601: signature rejected, 070301: "
             "token rejected, 040102: busy).",
-            target(
-                f"sum by (code) (rate({BUSINESS_CODES}{{{OPERATION}}}[{RATE}]))",
-                "{{code}}",
-            ),
+            query(f"sum by (code) (rate({BUSINESS_CODES}{{{OPERATION}}}[{RATE}]))", "{{code}}"),
             unit="ops",
         ),
         graph(
             "Circuit transitions",
             "Circuit breaker state changes, by the state entered.",
-            target(
+            query(
                 f"sum by (breaker, to) (increase({CIRCUIT_TRANSITIONS}[{RATE}]))",
                 "{{breaker}} → {{to}}",
             ),
-            custom={"drawStyle": "bars", "fillOpacity": 60},
+            bars=True,
         ),
         graph(
             "Access token",
             "Token requests to the platform by result (left), age of the token in use (right).",
-            target(f"sum by (result) (increase({TOKEN_REFRESHES}[{RATE}]))", "{{result}}"),
-            target(f"max({TOKEN_AGE})", "token age"),
-            overrides=[right_axis("B", "s")],
+            query(f"sum by (result) (increase({TOKEN_REFRESHES}[{RATE}]))", "{{result}}"),
+            query(f"max({TOKEN_AGE})", "token age"),
+            right_axis={"B": "s"},
         ),
     ]
-    return dashboard(
+    return gateway_dashboard(
         uid="invoice-gateway-outage",
         title="Invoice gateway — outage overview",
         description="Is the platform down, since when, how much is queued, how fast is it "
         "draining, when will it be empty, is anything dead. Generated by dashboards/generate.py.",
-        panels=layout([stats, timelines, upstream, outbox, details[:3], details[3:]]),
+        rows=[stats, timelines, upstream, outbox, details[:3], details[3:]],
         time_from="now-3h",
     )
 
@@ -699,73 +778,66 @@ def outage_overview() -> dict[str, Any]:
 
 def traffic_slo() -> dict[str, Any]:
     """RED per operation, acceptance availability against its SLO, error-budget burn."""
-    availability = [
-        panel(
-            "stat",
+    availability: list[PanelBuilder] = [
+        big_number(
             f"Acceptance availability ({window})",
             f"Submissions answered 2xx (forwarded, queued or replayed) over all submissions "
             f"but the client's own 4xx, over {window}. SLO {SLO_OBJECTIVE:.1%}.",
-            [target(f"1 - max({acceptance_errors(window)})", "availability")],
+            query(f"1 - max({acceptance_errors(window)})", "availability"),
             width=4,
-            height=5,
             unit="percentunit",
             steps=thresholds((None, "red"), (SLO_OBJECTIVE, "green")),
         )
         for window, _ in BURN_WINDOWS
     ]
-    burn_stats = [
-        panel(
-            "stat",
+    burn_stats: list[PanelBuilder] = [
+        big_number(
             f"Budget burn rate ({window})",
             f"Error ratio over {window} ÷ error budget ({ERROR_BUDGET}). 1 spends the budget in "
             f"exactly 30 days; the {window} alert is at {rate:g}.",
-            [target(f"max({acceptance_errors(window)}) / {ERROR_BUDGET}", "burn rate")],
+            query(f"max({acceptance_errors(window)}) / {ERROR_BUDGET}", "burn rate"),
             width=4,
-            height=5,
             unit="x",
             steps=thresholds((None, "green"), (1, "orange"), (rate, "red")),
         )
         for window, rate in BURN_WINDOWS
     ]
-    slo = [
+    slo: list[PanelBuilder] = [
         graph(
             "Acceptance availability",
             f"Over 5 minutes and 1 hour; the line is the SLO ({SLO_OBJECTIVE:.1%}).",
-            target(f"1 - max({acceptance_errors('5m')})", "5m"),
-            target(f"1 - max({acceptance_errors('1h')})", "1h"),
+            query(f"1 - max({acceptance_errors('5m')})", "5m"),
+            query(f"1 - max({acceptance_errors('1h')})", "1h"),
             width=12,
             unit="percentunit",
             steps=thresholds((None, "red"), (SLO_OBJECTIVE, "green")),
             minimum=None,
         ),
-        panel(
-            "timeseries",
+        graph(
             "Error-budget burn rate",
             "Each window's error ratio ÷ the error budget; alerts page at 14.4 (1h and 5m) and "
             "6 (6h and 30m), and open a ticket at 1 (3d and 6h).",
-            [
-                target(f"max({acceptance_errors(window)}) / {ERROR_BUDGET}", window)
+            *(
+                query(f"max({acceptance_errors(window)}) / {ERROR_BUDGET}", window)
                 for window in ("5m", "30m", "1h", "6h", "3d")
-            ],
+            ),
             width=12,
-            height=8,
             unit="x",
-            minimum=0,
             steps=thresholds((None, "green"), (1, "orange"), (6, "red"), (14.4, "dark-red")),
         ),
     ]
     selector = f"{TENANT}, {OPERATION}"
-    red = [
+    red: list[PanelBuilder] = [
         graph(
             "Rate by operation",
             "Client requests per second.",
-            target(f"sum by (operation) (rate({REQUESTS}{{{selector}}}[{RATE}]))", "{{operation}}"),
+            query(f"sum by (operation) (rate({REQUESTS}{{{selector}}}[{RATE}]))", "{{operation}}"),
             unit="reqps",
         ),
         graph(
             "Errors by operation and class",
             "Client requests that did not end in success, per second, by error class.",
-            target(
+            query(
                 f"sum by (operation, error_class) (rate({REQUEST_ERRORS}{{{OPERATION}}}[{RATE}]))",
                 "{{operation}} {{error_class}}",
             ),
@@ -774,7 +846,7 @@ def traffic_slo() -> dict[str, Any]:
         graph(
             "5xx ratio by operation",
             "Share of client requests answered 5xx.",
-            target(
+            query(
                 f'sum by (operation) (rate({REQUESTS}{{status_class="5xx", {selector}}}'
                 f"[{RATE}])) / sum by (operation) (rate({REQUESTS}{{{selector}}}[{RATE}]))",
                 "{{operation}}",
@@ -782,22 +854,19 @@ def traffic_slo() -> dict[str, Any]:
             unit="percentunit",
         ),
     ]
-    duration = [
-        panel(
-            "timeseries",
+    duration: list[PanelBuilder] = [
+        graph(
             "Duration by operation",
             "Time to answer a client: p50, p95, p99 per operation (buckets sit at the SLO "
             "thresholds 10 ms, 250 ms, 1 s, 10 s).",
-            quantiles(REQUEST_DURATION, OPERATION, "operation", " {{operation}}"),
+            *quantiles(REQUEST_DURATION, OPERATION, "operation", " {{operation}}"),
             width=12,
-            height=8,
             unit="s",
-            minimum=0,
         ),
         graph(
             "Answers by outcome and status",
             "What clients got, per second.",
-            target(
+            query(
                 f"sum by (outcome, status_class) (rate({REQUESTS}{{{selector}}}[{RATE}]))",
                 "{{outcome}} {{status_class}}",
             ),
@@ -805,92 +874,75 @@ def traffic_slo() -> dict[str, Any]:
             unit="reqps",
         ),
     ]
-    resilience = [
+    resilience: list[PanelBuilder] = [
         graph(
             "Retries and budget rejections",
             "Retries within client requests per second, and retries the retry budget refused.",
-            target(f"sum by (operation) (rate({RETRIES}{{{OPERATION}}}[{RATE}]))", "{{operation}}"),
-            target(f"sum(rate({RETRY_BUDGET_REJECTIONS}[{RATE}]))", "refused by the budget"),
+            query(f"sum by (operation) (rate({RETRIES}{{{OPERATION}}}[{RATE}]))", "{{operation}}"),
+            query(f"sum(rate({RETRY_BUDGET_REJECTIONS}[{RATE}]))", "refused by the budget"),
             unit="ops",
         ),
         graph(
             "Idempotent replays",
             "Requests answered from a stored result (the same key sent again).",
-            target(f"sum by (operation) (rate({REPLAYS}{{{OPERATION}}}[{RATE}]))", "{{operation}}"),
+            query(f"sum by (operation) (rate({REPLAYS}{{{OPERATION}}}[{RATE}]))", "{{operation}}"),
             unit="reqps",
         ),
         graph(
             "In flight",
             "Client requests being served, and deliveries the dispatcher has in flight.",
-            target(f"sum({IN_FLIGHT})", "client requests"),
-            target(f"sum({DISPATCHER_IN_FLIGHT})", "deliveries"),
+            query(f"sum({IN_FLIGHT})", "client requests"),
+            query(f"sum({DISPATCHER_IN_FLIGHT})", "deliveries"),
         ),
     ]
-    store = [
-        panel(
-            "timeseries",
+    store: list[PanelBuilder] = [
+        graph(
             "Store commit latency",
             "One group commit (transaction plus fsync): p50 and p99. Every 202 waits for one.",
-            [
-                target(
+            *(
+                query(
                     f"histogram_quantile({q}, sum by (le) (rate({COMMIT_DURATION}[{RATE}])))",
                     f"p{round(q * 100)}",
                 )
                 for q in (0.5, 0.99)
-            ],
-            width=8,
-            height=8,
+            ),
             unit="s",
-            minimum=0,
         ),
-        panel(
-            "timeseries",
+        graph(
             "Writes per commit",
             "How many writes shared one commit (group commit): p50 and p99.",
-            [
-                target(
+            *(
+                query(
                     f"histogram_quantile({q}, sum by (le) (rate({COMMIT_BATCH}[{RATE}])))",
                     f"p{round(q * 100)}",
                 )
                 for q in (0.5, 0.99)
-            ],
-            width=8,
-            height=8,
-            minimum=0,
+            ),
         ),
-        panel(
-            "stat",
+        big_number(
             "Builds running",
             "Gateway instances by version, and the shortest uptime.",
-            [
-                target(
-                    f"count by (version, python) ({BUILD_INFO})", "{{version}} (Python {{python}})"
-                ),
-                target(f"min(time() - {START_TIME})", "shortest uptime"),
-            ],
+            query(f"count by (version, python) ({BUILD_INFO})", "{{version}} (Python {{python}})"),
+            query(f"min(time() - {START_TIME})", "shortest uptime"),
             width=8,
             height=8,
             steps=thresholds((None, "blue")),
-            overrides=[
-                {
-                    "matcher": {"id": "byFrameRefID", "options": "B"},
-                    "properties": [{"id": "unit", "value": "s"}],
-                }
-            ],
+            query_units={"B": "s"},
         ),
     ]
-    return dashboard(
+    return gateway_dashboard(
         uid="invoice-gateway-traffic-slo",
         title="Invoice gateway — traffic and SLO",
         description="RED per operation, acceptance availability against its SLO, error-budget "
         "burn. Generated by dashboards/generate.py.",
-        panels=layout([availability + burn_stats, slo, red, duration, resilience, store]),
+        rows=[availability + burn_stats, slo, red, duration, resilience, store],
         time_from="now-24h",
     )
 
 
 # -- writing -----------------------------------------------------------------------------------
 
+#: Each file, and what builds its JSON model.
 OUTPUTS: dict[str, Callable[[], dict[str, Any]]] = {
     "outage-overview.json": outage_overview,
     "traffic-slo.json": traffic_slo,

@@ -1,5 +1,6 @@
 """The Grafana dashboards in dashboards/: importable JSON, a query on every panel, only metrics a
-real gateway exposes (or the rules record), and up to date with their generator."""
+real gateway exposes (or the rules record), a layout the SDK's builders cannot bend, and up to
+date with their generator."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ import sys
 from typing import Any
 
 import pytest
+from grafana_foundation_sdk.builders import dashboard
 
-from dashboards.generate import OUTPUTS, expressions, metric_names, recorded_series
+from dashboards.generate import (
+    OUTPUTS,
+    expressions,
+    graph,
+    metric_names,
+    place,
+    query,
+    recorded_series,
+)
 from tests.support.processes import ROOT
 
 DASHBOARDS = sorted(OUTPUTS)
@@ -22,10 +32,11 @@ def load(name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", DASHBOARDS)
 def test_dashboard_is_importable(name: str) -> None:
-    """Grafana can import it: schema 39, a uid and title, the data source and the tenant and
-    operation filters as variables."""
+    """Grafana can import it: the schema of the Grafana release the pinned SDK build models
+    (11.6: 41), a uid and title, the data source and the tenant and operation filters as
+    variables."""
     board = load(name)
-    assert 39 == board["schemaVersion"]
+    assert 41 == board["schemaVersion"]
     assert board["uid"]
     assert board["title"]
     variables = {v["name"]: v for v in board["templating"]["list"]}
@@ -90,6 +101,21 @@ def test_metric_names_reads_promql() -> None:
         ' and on () (max(c) == bool 1) or label_replace(d, "dst", "$1", "src", "(.*)")'
     )
     assert {"a_bucket", "b:rec:ratio", "c", "d"} == metric_names(expr)
+
+
+def test_a_row_that_does_not_fill_the_grid_is_refused() -> None:
+    """The SDK starts a new row only once 24 columns are used, so a narrower row would shift
+    every panel after it: generating refuses it."""
+    row = [graph("left", "", query("up"), width=12), graph("right", "", query("up"), width=8)]
+    with pytest.raises(ValueError, match="20 columns wide"):
+        place(dashboard.Dashboard("rows"), [row])
+
+
+def test_a_panel_wider_than_the_grid_fails_when_generating() -> None:
+    """The SDK's builders check what they are given: a panel 25 columns wide is an error when
+    the dashboards are generated, not a broken dashboard in Grafana."""
+    with pytest.raises(ValueError, match="w must be <= 24"):
+        graph("too wide", "", query("up"), width=25)
 
 
 def test_generated_files_are_up_to_date() -> None:
