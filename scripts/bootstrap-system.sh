@@ -15,7 +15,7 @@ REQUIRED=(
     "prometheus:prometheus,promtool"
     # Headless browser for the /status page test (tests/observability/test_status_chromium.py).
     "chromium:chromium"
-    # The load generator of `invoice-gateway bench` (tests/unit/test_bench.py runs it once).
+    # The load generator of `invoice-gateway bench` (tests/unit/tools/bench/ runs it once).
     "wrk:wrk"
     # LD_PRELOAD library that jumps a process's wall clock (the clock-jump test in
     # tests/integration/test_resilience.py).

@@ -109,6 +109,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.oncall import configure_circuit, configure_outbox
+    from gateway.tools.bench import DESCRIPTION as BENCH_DESCRIPTION
     from gateway.tools.bench import configure_parser as configure_bench
     from gateway.tools.demo import configure_parser as configure_demo
     from gateway.tools.drill.cli import configure_parser as configure_drill
@@ -163,9 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="measure the gateway against SPEC targets (durable acceptance, ...)",
-        description="Run a named benchmark scenario against a fresh simulator and gateway and "
-        "report the figures. Never part of the tests: timing belongs here.",
+        help="benchmark the gateway: a named scenario, its figures as a table or JSON",
+        description=BENCH_DESCRIPTION,
     )
     configure_bench(bench)
     bench.set_defaults(handler=_cmd_bench)

@@ -1,0 +1,81 @@
+"""`invoice-gateway bench`: the project's own benchmark, run by hand and never a timed test. A
+scenario (`scenarios`, registered with `@scenario`) starts the simulator and a gateway as child
+processes (`platform`), proves what it depends on (`checks`: the circuit open, every 202 on
+disk), drives load from wrk or a built-in asyncio generator (`generators`), and reports figures
+with the machine and store they were measured on (`environment`) as a table or JSON (`report`);
+`cli` holds the options and `run_bench`. Each gateway run gets a fresh temporary directory
+(config, SQLite store, child logs) on a local disk (not tmpfs, where fsync costs nothing),
+removed at the end unless `--keep`.
+"""
+
+from gateway.tools.bench.checks import DurabilityCheck, count_submissions, open_circuit
+from gateway.tools.bench.cli import DESCRIPTION, configure_parser, main, run_bench
+from gateway.tools.bench.environment import (
+    bench_environment,
+    choose_store_parent,
+    filesystem_type,
+    process_cpu_seconds,
+)
+from gateway.tools.bench.generators import (
+    WRK_MARKER,
+    AiohttpGenerator,
+    BodyTemplate,
+    LoadGenerator,
+    LoadResult,
+    LoadTarget,
+    WrkGenerator,
+    body_templates,
+    choose_generator,
+    lua_string,
+    parse_wrk_output,
+    submit_headers,
+    wrk_script,
+)
+from gateway.tools.bench.options import BenchError, BenchOptions
+from gateway.tools.bench.platform import Platform, apply_overrides, running_platform
+from gateway.tools.bench.report import Report, Row, format_table
+from gateway.tools.bench.scenarios import (
+    SCENARIOS,
+    Scenario,
+    durable_accept_overrides,
+    scenario,
+)
+
+__all__ = [
+    "DESCRIPTION",
+    "SCENARIOS",
+    "WRK_MARKER",
+    "AiohttpGenerator",
+    "BenchError",
+    "BenchOptions",
+    "BodyTemplate",
+    "DurabilityCheck",
+    "LoadGenerator",
+    "LoadResult",
+    "LoadTarget",
+    "Platform",
+    "Report",
+    "Row",
+    "Scenario",
+    "WrkGenerator",
+    "apply_overrides",
+    "bench_environment",
+    "body_templates",
+    "choose_generator",
+    "choose_store_parent",
+    "configure_parser",
+    "count_submissions",
+    "durable_accept_overrides",
+    "filesystem_type",
+    "format_table",
+    "lua_string",
+    "main",
+    "open_circuit",
+    "parse_wrk_output",
+    "process_cpu_seconds",
+    "run_bench",
+    "running_platform",
+    "scenario",
+    "submit_headers",
+    "wrk_script",
+]

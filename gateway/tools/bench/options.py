@@ -1,0 +1,37 @@
+"""What a benchmark run is asked to do (`BenchOptions`), how it fails (`BenchError`), and its
+progress lines on stderr (`say`)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+DEFAULT_DURATION_S: Final = 10.0
+DEFAULT_CONNECTIONS: Final = 64
+
+
+class BenchError(Exception):
+    """The benchmark cannot run or its result cannot be trusted; the message says why."""
+
+
+GroupCommitChoice = Literal["on", "off", "both"]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    scenario: str
+    duration_s: float = DEFAULT_DURATION_S
+    connections: int = DEFAULT_CONNECTIONS
+    group_commit: GroupCommitChoice = "both"
+    #: Parent of the per-run temporary directories; None picks a local disk.
+    store_parent: Path | None = None
+    keep: bool = False
+    #: Use the asyncio generator even when wrk is installed.
+    builtin_generator: bool = False
+
+
+def say(text: str) -> None:
+    """A progress line on stderr (stdout is the report's)."""
+    print(f"invoice-gateway bench: {text}", file=sys.stderr, flush=True)

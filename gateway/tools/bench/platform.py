@@ -1,0 +1,78 @@
+"""The simulator and a gateway as child processes for one measured run (`running_platform`),
+the gateway on the default profile with the scenario's overrides."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from gateway.tools.demo import (
+    Child,
+    Credentials,
+    Endpoints,
+    gateway_child,
+    simulator_child,
+    stop_children,
+    wait_ready,
+    write_gateway_config,
+)
+
+
+def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`outbox.group_commit`) in `config`, creating parents as needed.
+
+    None is written as YAML null, which switches off an optional section (`resilience.probe`).
+    """
+    for key, value in overrides.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return config
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """A running simulator and gateway, and where the gateway keeps its store."""
+
+    credentials: Credentials
+    endpoints: Endpoints
+    config: Mapping[str, Any]
+    store_path: Path
+    simulator: Child
+    gateway: Child
+
+
+@contextlib.asynccontextmanager
+async def running_platform(
+    workdir: Path, session: aiohttp.ClientSession, overrides: Mapping[str, Any]
+) -> AsyncIterator[Platform]:
+    """The simulator and a gateway (default profile + `overrides`), stopped on exit."""
+    credentials = Credentials.generate()
+    endpoints = Endpoints.allocate()
+    config_path = write_gateway_config(workdir, endpoints)
+    config = apply_overrides(yaml.safe_load(config_path.read_text(encoding="utf-8")), overrides)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "utf-8")
+    env = credentials.child_env()
+    simulator = simulator_child(endpoints, env, workdir)
+    gateway = gateway_child(config_path, env, workdir)
+    children = [simulator, gateway]
+    try:
+        for child in children:
+            child.start()
+        await asyncio.gather(
+            wait_ready(simulator, session, f"{endpoints.control_url}/_sim/health"),
+            wait_ready(gateway, session, f"{endpoints.gateway_url}/healthz"),
+        )
+        store_path = Path(str(config["store_url"]).removeprefix("sqlite:///"))
+        yield Platform(credentials, endpoints, config, store_path, simulator, gateway)
+    finally:
+        await asyncio.to_thread(stop_children, children)
