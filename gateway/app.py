@@ -241,7 +241,7 @@ def _health_probe(
 
 
 class Health:
-    """`/healthz` (the process answers) and `/readyz` (the store is writable, SPEC §5)."""
+    """`/healthz` (the process answers) and `/readyz` (the store is writable)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway

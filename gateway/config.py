@@ -1,4 +1,4 @@
-"""Configuration: YAML validated at start (SPEC §6).
+"""Configuration: YAML validated at start (docs/design.md#configuration).
 
 Errors name the key and the problem; an unknown key is an error, never silently ignored.
 Secrets are never literal in the file: `{env: NAME}` or `{file: PATH}`.
@@ -29,7 +29,7 @@ from pydantic import (
 from gateway.errors import ConfigError
 from gateway.jsonpointer import JsonPointer
 
-#: Environment variables that override the file (SPEC §6), and the key each one sets.
+#: Environment variables that override the file, and the key each one sets.
 ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "GATEWAY_LISTEN": ("listen",),
     "GATEWAY_ADMIN_LISTEN": ("admin", "listen"),
@@ -150,7 +150,7 @@ class TenantConfig(_Model):
 
 
 class NuonuoHmacAuthConfig(_Model):
-    """Access token + HMAC-SHA1 signature of every call (SPEC §2)."""
+    """Access token + HMAC-SHA1 signature of every call (docs/design.md#platform-contract)."""
 
     scheme: Literal["nuonuo-hmac"]
     app_key: SecretRef
@@ -189,7 +189,7 @@ RetryableClassName = Literal[
 
 
 class BusinessCodesConfig(_Model):
-    """Business codes inside HTTP 200 answers, and what each means (SPEC §2)."""
+    """Business codes in HTTP 200 answers, and what each means (docs/design.md#business-codes)."""
 
     #: Where the code is in the answer's JSON body.
     pointer: Pointer = Field(default_factory=lambda: JsonPointer("/code"))
@@ -340,7 +340,7 @@ class PolicyDefaults(_Model):
 
 
 class ResilienceConfig(_Model):
-    """Retries, budgets, circuit breaking and health probing (SPEC §3)."""
+    """Retries, budgets, circuit breaking and health probing (docs/design.md#resilience)."""
 
     #: An operation's own `policy` overrides these field by field.
     defaults: PolicyDefaults = Field(default_factory=PolicyDefaults)
@@ -402,7 +402,7 @@ class MatchConfig(_Model):
 
 
 class ReconcileConfig(_Model):
-    """How to learn the result of a submission whose answer was lost (SPEC §4).
+    """How to learn the result of a submission whose answer was lost (docs/design.md#exactly-once).
 
     The dispatcher resends it with the same business key; the platform's duplicate code proves
     the earlier attempt succeeded, and `lookup` (a read operation) fetches what it produced.
@@ -422,7 +422,7 @@ class ReconcileConfig(_Model):
 
 
 class OperationConfig(_Model):
-    """One upstream operation the gateway recognises, and what kind it is (SPEC §3)."""
+    """One upstream operation the gateway recognises, and its kind (docs/design.md#outcomes)."""
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     kind: Literal["submit", "read", "passthrough"]
@@ -452,7 +452,7 @@ class DispatcherConfig(_Model):
 
 
 class OutboxConfig(_Model):
-    """The durable outbox (SPEC §4)."""
+    """The durable outbox (docs/design.md#outbox)."""
 
     #: How long a claimed or in-flight submission stays leased before it is presumed abandoned.
     lease: Seconds = 60.0
@@ -693,7 +693,7 @@ def parse_config(raw: Any, environ: Mapping[str, str], *, source: str = "config"
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read, validate and resolve the configuration at `path` (SPEC §6)."""
+    """Read, validate and resolve the configuration at `path`."""
     environ = os.environ if environ is None else environ
     path = Path(path)
     try:

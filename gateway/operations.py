@@ -1,4 +1,5 @@
-"""Operation classification (SPEC §3): which configured operation a request is, and its kind.
+"""Operation classification: which configured operation a request is, and its kind
+(docs/design.md#outcomes).
 
 A request is matched against each configured `OperationRule` in order; the first that matches wins.
 Rules look at the HTTP method, the path, header values and values inside the JSON body.

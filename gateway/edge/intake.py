@@ -107,7 +107,7 @@ class Intake:
             self.wake_dispatcher()
             return accepted(submission, exchange)
         # Forward now. Shielded: the call and the recording of its result finish even if the
-        # client disconnects (SPEC §4); the client's retry then finds the result.
+        # client disconnects (docs/design.md#edge-cases); the client's retry finds the result.
         return await asyncio.shield(self._forward(submission, outgoing, operation, exchange))
 
     async def _forward(
@@ -256,7 +256,7 @@ class Intake:
 
 
 def accepted(submission: Submission, exchange: Exchange, *, replayed: bool = False) -> web.Response:
-    """The 202 for a submission that is durably in the outbox (SPEC §3)."""
+    """The 202 for a submission that is durably in the outbox (docs/design.md#outcomes)."""
     exchange.outcome = "replayed" if replayed else "queued"
     status_url = STATUS_PATH.format(id=submission.id)
     response = web.json_response(

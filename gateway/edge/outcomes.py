@@ -1,4 +1,4 @@
-"""What the client gets (SPEC §3): a pipeline `Outcome` turned into an HTTP response.
+"""What the client gets (docs/design.md#outcomes): a pipeline `Outcome` as an HTTP response.
 
 The platform's own answers (success, and verdicts such as `0201` or `E9106`) are relayed as
 they came. Everything the gateway says itself is problem+json, in words an integrator can act on.
@@ -131,7 +131,7 @@ def problem_for(outcome: Outcome, operation: Operation, exchange: Exchange) -> w
         status, slug, title = 504, "upstream-timeout", "Invoice platform did not answer"
         detail = f"the invoice platform did not answer in time {tried}"
     elif failure.answer_lost:
-        # SPEC §3: a passthrough whose answer was lost is a 504 (it was sent once, not retried).
+        # A passthrough whose answer was lost is a 504 (it was sent once, not retried).
         status = 504 if operation.kind is OperationKind.PASSTHROUGH else 502
         slug, title = "upstream-bad-answer", "Bad answer from the invoice platform"
         detail = (

@@ -120,7 +120,7 @@ class Proxy:
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         exchange.tenant = self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
-        # Every line logged for this request from here on names its tenant (SPEC §5).
+        # Every line logged for this request from here on names its tenant.
         structlog.contextvars.bind_contextvars(tenant=exchange.tenant)
         path, query = upstream_path(request.raw_path)
         body = RequestBody(await self._read_body(request))

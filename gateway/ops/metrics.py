@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §7): prefix `gateway_`, base units, bounded labels only.
+"""Prometheus metrics (docs/design.md#metrics): prefix `gateway_`, base units, bounded labels.
 
 Request and attempt metrics are recorded as they happen; the state of the breakers, the outbox,
 the dispatcher, the token and the store is read when Prometheus scrapes (`GatewayCollector`),

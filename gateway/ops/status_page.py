@@ -1,4 +1,4 @@
-"""`/status`: a self-contained page for people (SPEC §5) — no external assets, no scripts, no
+"""`/status`: a self-contained page for people — no external assets, no scripts, no
 secrets, no payloads. `/status?format=json` gives the same facts to scripts (and the demo).
 
     StatusHistory   the last hour in memory: a `Sample` every 10 s (client outcomes, failed

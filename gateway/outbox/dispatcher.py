@@ -1,4 +1,4 @@
-"""The dispatcher: delivers what the outbox holds, exactly once in effect (SPEC §4).
+"""The dispatcher: delivers what the outbox holds, exactly once in effect.
 
     loop (one background task per gateway process):
         sweep every `outbox.sweep_interval`: expired leases → unknown; old final rows purged
@@ -422,7 +422,7 @@ class Dispatcher:
 
     async def _deliver(self, submission: Submission) -> None:
         # Every line of this delivery, whoever logs it, names the submission and carries the
-        # request id its client saw in `X-Request-Id` (SPEC §5: one id from intake to delivery).
+        # request id its client saw in `X-Request-Id` (one id from intake to delivery).
         with structlog.contextvars.bound_contextvars(
             request_id=submission.request_id,
             submission_id=submission.id,

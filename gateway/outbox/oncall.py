@@ -1,4 +1,4 @@
-"""On-call actions on the outbox (SPEC §5): what an operator may do, and the audit trail of it.
+"""On-call actions on the outbox: what an operator may do, and the audit trail of it.
 
 Each action checks the submission's state, changes it under its fence (so it cannot race the
 dispatcher), and records who did it and why in the same transaction. The admin API and the

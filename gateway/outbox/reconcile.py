@@ -1,4 +1,4 @@
-"""Reconciliation lookups: what the platform holds for a submission's business key (SPEC §4).
+"""Reconciliation lookups: what the platform holds for a submission's business key.
 
 When an attempt may have reached the platform without the gateway learning the result, the
 dispatcher resends it with the same business key; the platform's duplicate code (`E9106`)
@@ -6,6 +6,7 @@ proves the earlier attempt succeeded. The `Reconciler` then asks the operation's
 lookup (e.g. `queryInvoiceResult` by `orderNo`) what that attempt produced, and the
 dispatcher records the answer as the delivery. The lookup reports what it finds; it does not
 wait for the platform to finish issuing (status 20 "issuing" already proves it exists).
+docs/design.md#exactly-once says why, and what is planned (a lookup before any resend).
 """
 
 from __future__ import annotations

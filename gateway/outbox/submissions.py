@@ -1,4 +1,4 @@
-"""Submissions: what the outbox keeps for every `submit` request (SPEC §4).
+"""Submissions: what the outbox keeps for every `submit` request (docs/design.md#lifecycle).
 
     queued ──claim──▶ delivering ──▶ delivered | failed            (final)
        ▲                  │
@@ -247,7 +247,7 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """Who did what to which submissions, and why (SPEC §5)."""
+    """Who did what to which submissions, and why: one entry of the audit log."""
 
     actor: str
     role: str

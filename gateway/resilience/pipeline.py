@@ -242,7 +242,7 @@ class ResiliencePipeline:
             return False
         if run.operation.kind is OperationKind.SUBMIT:
             if failure.answer_lost:
-                return False  # never resent blindly: the invoice may exist (SPEC §4)
+                return False  # never resent blindly: the invoice may exist; the outbox reconciles
             if failure.sent and run.operation.business_key is None:
                 return False  # no business key, so the platform cannot detect a duplicate
         return True

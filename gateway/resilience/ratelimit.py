@@ -1,7 +1,7 @@
 """A token bucket: at most `rate` operations per second on average, `burst` at once.
 
 The dispatcher takes one token before every call it makes to the platform, so draining a
-backlog after an outage cannot flatten a platform that has just recovered (SPEC §4). Time comes
+backlog after an outage cannot flatten a platform that has just recovered. Time comes
 from the injected `Clock`, so tests run on a fake clock and never sleep for real.
 """
 

@@ -36,7 +36,7 @@ OUTCOME_HEADER: Final = "X-Gateway-Outcome"
 REPLAYED_HEADER: Final = "Idempotent-Replayed"
 PROBLEM_TYPE_PREFIX: Final = "urn:invoice-gateway:problem:"
 
-#: The outcomes of SPEC §3, in the order they are shown.
+#: The outcomes a client sees in `X-Gateway-Outcome`, in the order they are shown.
 OUTCOMES: Final = ("forwarded", "queued", "replayed", "rejected")
 #: The request got no HTTP answer at all (connection refused or reset, client timeout).
 NO_ANSWER: Final = "no answer"

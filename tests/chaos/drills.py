@@ -93,7 +93,8 @@ def blind_resend_bound(
 
     The platform answers E9106 only to an order number it has seen, so each E9106 is a send
     after one whose answer never arrived. A correct gateway makes such a send only to
-    reconcile (SPEC §4), i.e. at most once per send whose outcome it could not know:
+    reconcile (docs/design.md#exactly-once), i.e. at most once per send whose outcome it could
+    not know:
 
     - a platform fault that acts and then loses the answer: `answer_lost`, `truncate`, `hang`
       (answered by a reset), and `refuse` (it resets connections already open, possibly after

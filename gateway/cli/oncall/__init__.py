@@ -5,7 +5,7 @@
     render.py    Output: rich tables for people, JSON lines for scripts (--json)
     commands.py  the argparse tree and one function per command
 
-`gateway/cli.py` mounts the two groups with `configure_outbox` and `configure_circuit`.
+`gateway/cli/main.py` mounts the two groups with `configure_outbox` and `configure_circuit`.
 """
 
 from gateway.cli.oncall.client import (

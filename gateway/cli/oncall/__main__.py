@@ -1,7 +1,7 @@
 """`python -m gateway.cli.oncall outbox|circuit …`: the on-call commands on their own.
 
 The same commands as `invoice-gateway outbox|circuit …`, for use where only this package is
-importable, and while it is not yet mounted in `gateway/cli.py`.
+importable.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The admin API (SPEC §5, docs/admin-api.md): on-call operations over HTTP, on a listener of
+"""The admin API (docs/admin-api.md): on-call operations over HTTP, on a listener of
 its own, behind bearer tokens with roles.
 
     routes      the route table and `admin_app`

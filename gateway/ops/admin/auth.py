@@ -1,4 +1,4 @@
-"""Who is calling the admin API, and whether they may (SPEC §5, docs/admin-api.md).
+"""Who is calling the admin API, and whether they may (docs/admin-api.md).
 
 Bearer tokens from `admin.tokens[]`, each with a role. A presented token is hashed with SHA-256
 and its digest compared, in constant time, with the digest of *every* configured token, so

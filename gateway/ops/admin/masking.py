@@ -1,4 +1,4 @@
-"""Masking for `viewer` tokens (SPEC §5): personal and banking data hidden in admin answers.
+"""Masking for `viewer` tokens: personal and banking data hidden in admin answers.
 
 Which fields are sensitive and how a value is masked is shared with the logs
 (`gateway.ops.masking`); what is particular to the admin API lives here: payload edits in the audit

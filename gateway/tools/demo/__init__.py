@@ -1,4 +1,4 @@
-"""`invoice-gateway demo`: simulator, gateway and client traffic through an outage (SPEC §8).
+"""`invoice-gateway demo`: simulator, gateway and client traffic through an outage.
 
     plan       the command line and the timeline: healthy → outage → recovery → settle
     children   the simulator and gateway processes (with the demo's lively timings), and the

@@ -1,4 +1,5 @@
-"""A stand-in for the invoice platform (SPEC §2, §8), with fault injection and a ledger.
+"""A stand-in for the invoice platform (docs/design.md#simulator), with fault injection and a
+ledger.
 
     simulator = build_simulator(PlatformSettings(issue_delay_s=0.5))
     await simulator.start(("127.0.0.1", 9000), control_listen=("127.0.0.1", 9001))

@@ -1,8 +1,9 @@
 """Every code the simulator answers with, and the words that come with it.
 
-Codes from SPEC §2 keep their documented meaning. Where the public Nuonuo documentation names no
-code for a situation, the simulator uses one of its own, listed here and in `docs/simulator.md`;
-none of them collides with a SPEC §2 code.
+Codes of the platform (docs/design.md#business-codes) keep their documented meaning. Where the
+public Nuonuo documentation names no code for a situation, the simulator uses one of its own,
+listed here and in `docs/simulator.md` (which also notes the two, 070401 and 070305, that mean
+something else on the real platform).
 """
 
 # ruff: noqa: S105  # names containing "TOKEN" hold platform answer codes, not secrets

@@ -1,4 +1,4 @@
-"""The four platform operations (SPEC §2), on a call that has passed every check.
+"""The four platform operations (docs/design.md#operations), on a call that passed every check.
 
 Each takes the parsed JSON body and answers a `Reply`; all ledger changes happen synchronously
 inside it, so a call is either processed entirely or not at all.

@@ -1,4 +1,4 @@
-"""The Nuonuo open-platform request signature (SPEC §2), shared by the gateway and the simulator."""
+"""The Nuonuo request signature (docs/design.md#signed-calls), shared with the simulator."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dispatcher on the real SQLite store, a fake platform and a fake clock (SPEC §4).
+"""The dispatcher on the real SQLite store, a fake platform and a fake clock.
 
 Failure behaviour first: what is sent, what is recorded, and what is never sent twice.
 """

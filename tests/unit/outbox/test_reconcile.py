@@ -1,4 +1,4 @@
-"""Reconciliation lookups (SPEC §4): the lookup request, and what its answer is taken to mean."""
+"""Reconciliation lookups: the lookup request, and what its answer is taken to mean."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every failure gets exactly one class (SPEC §2 codes, transport errors)."""
+"""Every failure gets exactly one class (the platform's business codes, transport errors)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Configuration validation: every mistake is named by its key (SPEC §6)."""
+"""Configuration validation: every mistake is named by its key."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_missing_secret_file(tmp_path: Path) -> None:
 
 
 def test_env_overrides_apply() -> None:
-    """GATEWAY_* variables override the file (SPEC §6)."""
+    """GATEWAY_* variables override the file."""
     environ = {
         **ENV,
         "GATEWAY_LISTEN": "127.0.0.1:9999",

@@ -1,4 +1,4 @@
-"""Operation classification by method, path, header and JSON pointer (SPEC §3)."""
+"""Operation classification by method, path, header and JSON pointer."""
 
 from __future__ import annotations
 

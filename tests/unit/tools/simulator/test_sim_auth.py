@@ -1,4 +1,4 @@
-"""The token endpoint and the checks every platform call passes (SPEC §2)."""
+"""The token endpoint and the checks every platform call passes."""
 
 from __future__ import annotations
 

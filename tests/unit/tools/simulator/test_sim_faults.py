@@ -1,4 +1,4 @@
-"""Fault rules: each kind's effect, and probability / count / window semantics (SPEC §8)."""
+"""Fault rules: each kind's effect, and probability / count / window semantics."""
 
 from __future__ import annotations
 

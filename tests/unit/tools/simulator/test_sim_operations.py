@@ -1,4 +1,4 @@
-"""The four operations: issue, query, red-letter reversal, inspection (SPEC §2)."""
+"""The four operations: issue, query, red-letter reversal, inspection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The nuonuo-hmac scheme: signatures, durable single-flight tokens (SPEC §2)."""
+"""The nuonuo-hmac scheme: signatures, durable single-flight tokens."""
 
 from __future__ import annotations
 
