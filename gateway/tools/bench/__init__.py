@@ -32,7 +32,7 @@ from gateway.tools.bench.generators import (
     wrk_script,
 )
 from gateway.tools.bench.options import BenchError, BenchOptions
-from gateway.tools.bench.platform import Platform, apply_overrides, running_platform
+from gateway.tools.bench.platform import Platform, running_platform
 from gateway.tools.bench.report import Report, Row, format_table
 from gateway.tools.bench.scenarios import (
     SCENARIOS,
@@ -58,7 +58,6 @@ __all__ = [
     "Row",
     "Scenario",
     "WrkGenerator",
-    "apply_overrides",
     "bench_environment",
     "body_templates",
     "choose_generator",

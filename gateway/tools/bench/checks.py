@@ -16,7 +16,7 @@ import aiohttp
 from gateway.tools.bench.generators import LoadTarget
 from gateway.tools.bench.options import BenchError
 from gateway.tools.bench.platform import Platform
-from gateway.tools.demo import SimulatorControl
+from gateway.tools.children import SimulatorControl
 from gateway.tools.loadgen import outcome_of, percentile
 
 #: Submits that must be queued in a row, without reaching the platform, to call the circuit open.

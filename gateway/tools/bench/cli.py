@@ -15,19 +15,16 @@ from gateway.tools.bench.generators import INSTALL_WRK
 from gateway.tools.bench.options import (
     DEFAULT_CONNECTIONS,
     DEFAULT_DURATION_S,
-    BenchError,
     BenchOptions,
     say,
 )
 from gateway.tools.bench.report import format_table
 from gateway.tools.bench.scenarios import SCENARIOS
-from gateway.tools.demo import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_USAGE,
-    ChildStartError,
-    DemoError,
-)
+from gateway.tools.children import ChildStartError, ToolError
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
 
 #: What `invoice-gateway bench --help` says the command does.
 DESCRIPTION: Final = (
@@ -112,7 +109,7 @@ def run_bench(args: argparse.Namespace) -> int:
     except ChildStartError as exc:
         say(f"{exc}.\n--- last lines of its stderr ---\n{exc.stderr_tail or '(empty)'}\n---")
         return EXIT_FAILURE
-    except (BenchError, DemoError) as exc:
+    except ToolError as exc:
         say(str(exc))
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from gateway.tools.children import ToolError
+
 DEFAULT_DURATION_S: Final = 10.0
 DEFAULT_CONNECTIONS: Final = 64
 
 
-class BenchError(Exception):
+class BenchError(ToolError):
     """The benchmark cannot run or its result cannot be trusted; the message says why."""
 
 

@@ -1,5 +1,6 @@
 """The simulator and a gateway as child processes for one measured run (`running_platform`),
-the gateway on the default profile with the scenario's overrides."""
+the gateway on the default profile with the scenario's overrides (through the harness the tools
+share, `gateway.tools.children`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from gateway.tools.demo import (
+from gateway.tools.children import (
     Child,
     Credentials,
     Endpoints,
@@ -23,20 +24,6 @@ from gateway.tools.demo import (
     wait_ready,
     write_gateway_config,
 )
-
-
-def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (`outbox.group_commit`) in `config`, creating parents as needed.
-
-    None is written as YAML null, which switches off an optional section (`resilience.probe`).
-    """
-    for key, value in overrides.items():
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return config
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +45,8 @@ async def running_platform(
     """The simulator and a gateway (default profile + `overrides`), stopped on exit."""
     credentials = Credentials.generate()
     endpoints = Endpoints.allocate()
-    config_path = write_gateway_config(workdir, endpoints)
-    config = apply_overrides(yaml.safe_load(config_path.read_text(encoding="utf-8")), overrides)
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "utf-8")
+    config_path = write_gateway_config(workdir, endpoints, overrides)
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     env = credentials.child_env()
     simulator = simulator_child(endpoints, env, workdir)
     gateway = gateway_child(config_path, env, workdir)

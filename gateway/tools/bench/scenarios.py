@@ -11,10 +11,8 @@ report.
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from gateway.tools.bench.generators import (
 from gateway.tools.bench.options import BenchOptions, say
 from gateway.tools.bench.platform import running_platform
 from gateway.tools.bench.report import Report, Row
+from gateway.tools.children import scratch_dir
 
 #: A scenario: runs what it measures, returns the report.
 ScenarioRun = Callable[[BenchOptions], Coroutine[Any, Any, Report]]
@@ -72,25 +71,6 @@ def durable_accept_overrides(*, group_commit: bool) -> dict[str, Any]:
         "resilience.breaker.reset_timeout": "1h",
         "resilience.probe": None,
     }
-
-
-@dataclass
-class _Workdirs:
-    parent: Path
-    keep: bool
-    made: list[Path] = field(default_factory=list)
-
-    def new(self, label: str) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=f"invoice-gateway-bench-{label}-", dir=self.parent))
-        self.made.append(path)
-        return path
-
-    def finish(self) -> None:
-        for path in self.made:
-            if self.keep:
-                say(f"kept {path}")
-            else:
-                shutil.rmtree(path, ignore_errors=True)
 
 
 async def _durable_accept_run(
@@ -166,17 +146,14 @@ async def durable_accept(options: BenchOptions) -> Report:
     parent, environment = bench_environment(options, generator)
     report = Report("durable-accept", "accepted", environment)
     choices = {"on": (True,), "off": (False,), "both": (True, False)}[options.group_commit]
-    workdirs = _Workdirs(parent, options.keep)
-    try:
-        for group_commit in choices:
-            workdir = workdirs.new("on" if group_commit else "off")
+    for group_commit in choices:
+        prefix = f"invoice-gateway-bench-{'on' if group_commit else 'off'}-"
+        with scratch_dir("bench", prefix, keep=options.keep, parent=parent) as workdir:
             row, problems = await _durable_accept_run(
                 options, workdir, generator, group_commit=group_commit
             )
-            report.rows.append(row)
-            report.problems += problems
-    finally:
-        workdirs.finish()
+        report.rows.append(row)
+        report.problems += problems
     by_setting = {row.settings["group_commit"]: row for row in report.rows}
     if {"on", "off"} <= by_setting.keys() and by_setting["off"].good_per_s > 0:
         report.ratios["group commit on / off"] = (

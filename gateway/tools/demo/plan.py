@@ -1,38 +1,43 @@
-"""The demo's command line and its timeline: healthy → outage → recovery → settle."""
+"""The demo's command line, its timeline (healthy → outage → recovery → settle), and the lively
+timings its gateway runs with."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from gateway.quantities import number
+from gateway.tools.children import ToolError
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 
+#: Time the simulator takes from accepting an invoice to issuing it.
+ISSUE_DELAY_S: Final = 1.0
 
-class DemoError(Exception):
+#: Demo timings on top of the default profile, for a lively demo. The profile's production
+#: values (probe every 15 s, circuit retried after 15 s, outbox back-off from 1 s, drain at
+#: 50/s) would leave a one-minute demo staring at an open circuit long after the platform is
+#: back. This is a demo, not advice: keep the profile's values in production.
+DEMO_OVERRIDES: Final[Mapping[str, Any]] = {
+    "resilience.probe.interval": "1s",
+    "resilience.probe.timeout": "1s",
+    "resilience.probe.healthy_threshold": 2,
+    "resilience.breaker.reset_timeout": "3s",
+    "outbox.backoff": {"base": "200ms", "cap": "2s"},
+    # Slow enough that the drain is visible, fast enough that it ends within seconds.
+    "outbox.dispatcher.rate": 40,
+    "outbox.dispatcher.burst": 5,
+}
+#: The demo timings in words, for the header.
+DEMO_TIMINGS: Final = "probe every 1 s, circuit retried after 3 s, outbox drains at most 40/s"
+
+
+class DemoError(ToolError):
     """The demo cannot run as asked; the message says what to do."""
-
-
-class ChildStartError(DemoError):
-    """A child process did not start; carries the tail of its stderr."""
-
-    def __init__(self, message: str, stderr_tail: str) -> None:
-        super().__init__(message)
-        self.stderr_tail = stderr_tail
-
-    def explain(self, command: str, config: str = "config/gateway.yaml") -> str:
-        """What `invoice-gateway {command}` prints: the error, the child's last words, and
-        what to do (`config`: the file the run was based on)."""
-        return (
-            f"invoice-gateway {command}: {self}.\n--- last lines of its stderr ---\n"
-            f"{self.stderr_tail or '(empty)'}\n---\n"
-            f"What to do: read the error above; `invoice-gateway check-config {config}` "
-            "checks the config, and `--keep` keeps the config and full logs for a look."
-        )
 
 
 _positive = number(0, above=True)

@@ -23,24 +23,28 @@ from typing import Final
 
 import aiohttp
 
-from gateway.tools.demo.children import (
-    ISSUE_DELAY_S,
+from gateway.tools.children import (
     Child,
+    ChildStartError,
     Credentials,
     Endpoints,
     SimulatorControl,
-    build_children,
+    ToolError,
+    gateway_child,
     platform_listening,
     scratch_dir,
+    simulator_child,
     stop_children,
     wait_ready,
+    write_gateway_config,
 )
 from gateway.tools.demo.outbox import OutboxTracker, StatusPoller, describe_counts
 from gateway.tools.demo.plan import (
+    DEMO_OVERRIDES,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    ChildStartError,
+    ISSUE_DELAY_S,
     DemoError,
     Plan,
 )
@@ -329,6 +333,14 @@ class Scenario:
 # -- putting it together ------------------------------------------------------------------------
 
 
+def build_children(workdir: Path, endpoints: Endpoints, credentials: Credentials) -> list[Child]:
+    """The simulator and the gateway (default profile with the demo's timings), not started."""
+    env = credentials.child_env()
+    config = write_gateway_config(workdir, endpoints, DEMO_OVERRIDES)
+    simulator = simulator_child(endpoints, env, workdir, "--issue-delay", str(ISSUE_DELAY_S))
+    return [simulator, gateway_child(config, env, workdir)]
+
+
 async def _demo(plan: Plan, args: argparse.Namespace, workdir: Path, children: list[Child]) -> int:
     # Ctrl-C and SIGTERM end the demo gracefully from the first moment, startup included.
     stop = asyncio.Event()
@@ -415,7 +427,7 @@ def run_demo(args: argparse.Namespace) -> int:
         except ChildStartError as exc:
             print(exc.explain("demo"), file=sys.stderr)
             return EXIT_FAILURE
-        except DemoError as exc:
+        except ToolError as exc:
             print(f"invoice-gateway demo: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         finally:

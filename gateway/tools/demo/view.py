@@ -21,9 +21,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from gateway.tools.demo.children import DEMO_TIMINGS, Endpoints, LedgerTotals
+from gateway.tools.children import Endpoints, LedgerTotals
 from gateway.tools.demo.outbox import OutboxTracker, describe_counts
-from gateway.tools.demo.plan import Plan
+from gateway.tools.demo.plan import DEMO_TIMINGS, Plan
 from gateway.tools.loadgen import NO_ANSWER, TrafficStats
 
 #: How often the plain view prints a status line.

@@ -18,8 +18,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from gateway.quantities import number
-from gateway.tools.demo.children import scratch_dir
-from gateway.tools.demo.plan import ChildStartError, DemoError
+from gateway.tools.children import ChildStartError, ToolError, scratch_dir
 from gateway.tools.drill import report
 from gateway.tools.drill.runner import DrillOptions, run_drill
 from gateway.tools.drill.scenarios import SCENARIOS, describe_scenarios
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             config = str(args.config) if args.config else "config/gateway.yaml"
             print(exc.explain("drill", config), file=sys.stderr)
             return EXIT_FAIL
-        except DemoError as exc:
+        except ToolError as exc:
             print(f"invoice-gateway drill: {exc}", file=sys.stderr)
             return EXIT_FAIL
     print()

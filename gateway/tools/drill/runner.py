@@ -24,18 +24,18 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from gateway.tools.demo.children import (
+from gateway.tools.children import (
     PROFILE,
     Child,
     Credentials,
     Endpoints,
+    ToolError,
     gateway_child,
     simulator_child,
     stop_children,
     wait_ready,
     write_gateway_config,
 )
-from gateway.tools.demo.plan import DemoError
 from gateway.tools.drill.checks import Check, Issued, check
 from gateway.tools.drill.integrator import Book, Integrator
 from gateway.tools.drill.relay import FaultRelay
@@ -74,7 +74,7 @@ TENANT_KEY_ENV: Final = "GATEWAY_DRILL_API_KEY"
 STAGING_ENV: Final = ("NUONUO_APP_KEY", "NUONUO_APP_SECRET", "NUONUO_USER_TAX")
 
 
-class DrillError(DemoError):
+class DrillError(ToolError):
     """The drill could not run (a child did not start, an API did not answer): the message
     says what to do."""
 
@@ -390,7 +390,7 @@ class Drill:
             config = write_gateway_config(
                 workdir, endpoints, overrides, profile=options.config or PROFILE
             )
-        except DemoError:
+        except ToolError:
             if relay is not None:
                 await relay.close()
             raise

@@ -23,22 +23,16 @@ from multidict import CIMultiDict
 
 from gateway.config import load_config
 from gateway.edge.intake import STATUS_PATH as GATEWAY_STATUS_PATH
+from gateway.tools.children import Endpoints, LedgerTotals, write_gateway_config
 from gateway.tools.demo import (
     DEMO_OVERRIDES,
-    Child,
-    ChildStartError,
     DemoError,
-    Endpoints,
-    LedgerTotals,
     OutboxTracker,
     Plan,
     Scenario,
     StatusPoller,
     describe_ledger,
     describe_outage,
-    stop_children,
-    wait_ready,
-    write_gateway_config,
 )
 from gateway.tools.demo.outbox import STATUS_PATH, parse_time
 from gateway.tools.demo.view import DemoState, Event, PlainView, describe_drain, is_alert
@@ -60,7 +54,7 @@ from gateway.tools.loadgen import (
 from gateway.tools.simulator.ledger import Ledger
 from gateway.tools.simulator.operations import OperationContext, request_billing
 from gateway.tools.simulator.tax_numbers import is_valid_tax_number, make_tax_number
-from tests.support.processes import ROOT, wait_until
+from tests.support.processes import ROOT
 
 SELLER = make_tax_number(424242)
 PROBLEM_502 = (
@@ -828,39 +822,6 @@ def test_ledger_line_flags_doubles_and_missing_invoices() -> None:
     assert ["DOUBLES", "MISSING", "not settled yet"] == [
         describe_ledger(10, 0, ledger).split(":")[0] for ledger in (doubled, short, busy)
     ]
-
-
-# -- children -----------------------------------------------------------------------------------
-
-
-def python_child(tmp_path: Path, name: str, code: str) -> Child:
-    return Child(name, [sys.executable, "-c", code], dict(os.environ), tmp_path)
-
-
-async def test_child_that_exits_at_start_reports_its_stderr(tmp_path: Path) -> None:
-    """A child dying while starting raises ChildStartError carrying its last stderr lines."""
-    child = python_child(tmp_path, "gateway", "import sys; sys.exit('boom: bad config')")
-    child.start()
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(ChildStartError, match="exited with code 1") as caught:
-            await wait_ready(child, session, "http://127.0.0.1:9/healthz")
-    assert "boom: bad config" in caught.value.stderr_tail
-
-
-def test_child_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
-    """stop_children falls back to SIGKILL when SIGTERM is ignored."""
-    ready = tmp_path / "ready"
-    code = (
-        "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
-    )
-    child = python_child(tmp_path, "stubborn", code)
-    child.start()
-    wait_until(ready.exists, timeout=10, what="the child to ignore SIGTERM")
-    started = time.monotonic()
-    stop_children([child], timeout_s=0.5)
-    assert child.exit_code() is not None
-    assert time.monotonic() - started < 5
 
 
 # -- a real run ---------------------------------------------------------------------------------

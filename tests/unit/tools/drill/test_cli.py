@@ -13,7 +13,7 @@ import pytest
 
 import gateway.tools.drill.cli as drill_cli
 from gateway.cli.main import main
-from gateway.tools.demo.plan import ChildStartError
+from gateway.tools.children import ChildStartError
 from gateway.tools.drill.checks import check
 from gateway.tools.drill.runner import DrillOptions, DrillResult, Event
 from gateway.tools.drill.scenarios import SCENARIOS

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.tools.demo.plan import DemoError
+from gateway.tools.children import ToolError
 from gateway.tools.drill import runner
 from gateway.tools.drill.relay import FaultRelay
 from gateway.tools.drill.runner import DrillError, DrillOptions, run_drill
@@ -18,6 +18,7 @@ STAGING = {"NUONUO_APP_KEY": "k", "NUONUO_APP_SECRET": "s", "NUONUO_USER_TAX": "
 async def test_staging_without_credentials_names_the_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A staging drill without the platform credentials in the environment names them all."""
     for name in STAGING:
         monkeypatch.delenv(name, raising=False)
     options = DrillOptions(SCENARIOS["outage"], upstream="http://127.0.0.1:1")
@@ -49,6 +50,6 @@ async def test_unreadable_config_stops_the_relay_it_started(
     options = DrillOptions(
         SCENARIOS["outage"], upstream="http://127.0.0.1:1", config=tmp_path / "missing.yaml"
     )
-    with pytest.raises(DemoError, match="cannot read the profile"):
+    with pytest.raises(ToolError, match="cannot read the profile"):
         await run_drill(options, lambda _line: None, tmp_path)
     assert [True] == [relay.closed for relay in relays]

@@ -1,17 +1,24 @@
-"""The demo's children (simulator and gateway as processes) and the simulator's control API.
+"""The child-process harness the demo, the drills and the bench share: the simulator and a
+gateway started as child processes of this interpreter, waited for, and stopped.
 
     Credentials       fresh, fake platform credentials and tenant key for one run
     Endpoints         free ports on 127.0.0.1 for everything
+    scratch_dir       a run's temporary directory (config, store, logs), removed unless kept
+    set_dotted        dotted keys (`outbox.dispatcher.rate`) set in a nested config
+    write_gateway_config   a profile pointed at the simulator, with overrides, in a scratch dir
     Child             one child process: start, readiness, stop (SIGTERM, then SIGKILL)
+    simulator_child, gateway_child, wait_ready, stop_children
     SimulatorControl  the simulator's `/_sim/` API: fault rules and the ledger
 
-`gateway.tools.bench` starts its platform with these too.
+    ToolError         a tool cannot run as asked; the message says what to do
+    └── ChildStartError   a child did not start; carries the tail of its stderr
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import secrets
 import shutil
@@ -29,33 +36,36 @@ from typing import Any, Final
 import aiohttp
 import yaml
 
-from gateway.tools.demo.plan import ChildStartError, DemoError
 from gateway.tools.simulator.tax_numbers import make_tax_number
 
-PACKAGE_ROOT: Final = Path(__file__).resolve().parents[3]
+#: The checkout this package runs from (this file is `gateway/tools/children.py` in it).
+PACKAGE_ROOT: Final = Path(__file__).resolve().parents[2]
 PROFILE: Final = PACKAGE_ROOT / "config" / "gateway.yaml"
 
 READY_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 5.0
-#: Time the simulator takes from accepting an invoice to issuing it.
-ISSUE_DELAY_S: Final = 1.0
 
-#: Demo timings on top of the default profile, for a lively demo. The profile's production
-#: values (probe every 15 s, circuit retried after 15 s, outbox back-off from 1 s, drain at
-#: 50/s) would leave a one-minute demo staring at an open circuit long after the platform is
-#: back. This is a demo, not advice: keep the profile's values in production.
-DEMO_OVERRIDES: Final[Mapping[str, Any]] = {
-    "resilience.probe.interval": "1s",
-    "resilience.probe.timeout": "1s",
-    "resilience.probe.healthy_threshold": 2,
-    "resilience.breaker.reset_timeout": "3s",
-    "outbox.backoff": {"base": "200ms", "cap": "2s"},
-    # Slow enough that the drain is visible, fast enough that it ends within seconds.
-    "outbox.dispatcher.rate": 40,
-    "outbox.dispatcher.burst": 5,
-}
-#: The demo timings in words, for the header.
-DEMO_TIMINGS: Final = "probe every 1 s, circuit retried after 3 s, outbox drains at most 40/s"
+
+class ToolError(Exception):
+    """A tool (demo, drill, bench) cannot run as asked; the message says what to do."""
+
+
+class ChildStartError(ToolError):
+    """A child process did not start; carries the tail of its stderr."""
+
+    def __init__(self, message: str, stderr_tail: str) -> None:
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
+
+    def explain(self, command: str, config: str = "config/gateway.yaml") -> str:
+        """What `invoice-gateway {command}` prints: the error, the child's last words, and
+        what to do (`config`: the file the run was based on)."""
+        return (
+            f"invoice-gateway {command}: {self}.\n--- last lines of its stderr ---\n"
+            f"{self.stderr_tail or '(empty)'}\n---\n"
+            f"What to do: read the error above; `invoice-gateway check-config {config}` "
+            "checks the config, and `--keep` keeps the config and full logs for a look."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +102,12 @@ class Credentials:
 
 
 @contextlib.contextmanager
-def scratch_dir(command: str, prefix: str, *, keep: bool) -> Iterator[Path]:
-    """A fresh temporary directory for one run's config, store and logs: removed afterwards,
-    or kept (and said so) with `--keep`."""
-    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+def scratch_dir(
+    command: str, prefix: str, *, keep: bool, parent: Path | None = None
+) -> Iterator[Path]:
+    """A fresh temporary directory for one run's config, store and logs (in `parent`, else the
+    system's temporary directory): removed afterwards, or kept (and said so) with `--keep`."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
         yield workdir
     finally:
@@ -154,7 +166,7 @@ class Child:
             (self._workdir / f"{self.name}.stdout.log").open("wb") as out,
             self.stderr_path.open("wb") as err,
         ):
-            # Own session: a Ctrl-C in the terminal reaches only the demo, which stops us.
+            # Own session: a Ctrl-C in the terminal reaches only the tool, which stops us.
             self._process = subprocess.Popen(  # noqa: S603 — our own interpreter and module
                 self._argv,
                 env=self._env,
@@ -214,13 +226,18 @@ def stop_children(children: Sequence[Child], timeout_s: float = STOP_TIMEOUT_S) 
 
 
 def set_dotted(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (`outbox.dispatcher.rate`) in `config`, creating parents as needed."""
+    """Set dotted keys (`outbox.dispatcher.rate`) in `config`, creating parents as needed;
+    returns `config`.
+
+    Values are copied, so a later override never changes the caller's dicts. None is written
+    as YAML null, which switches off an optional section (`resilience.probe`).
+    """
     for key, value in overrides.items():
         node = config
         *parents, last = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[last] = value
+        node[last] = copy.deepcopy(value)
     return config
 
 
@@ -236,7 +253,7 @@ def write_gateway_config(
     try:
         config: dict[str, Any] = yaml.safe_load(profile.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise DemoError(
+        raise ToolError(
             f"cannot read the profile {profile}: {exc.strerror}; run from a source checkout "
             "(make demo) or name a readable config file"
         ) from None
@@ -280,14 +297,6 @@ def gateway_child(
 ) -> Child:
     """`invoice-gateway run` on `config`, not started."""
     return Child(name, [*COMMAND, "run", "--config", str(config)], env, workdir)
-
-
-def build_children(workdir: Path, endpoints: Endpoints, credentials: Credentials) -> list[Child]:
-    """The simulator and the gateway (default profile with the demo's timings), not started."""
-    env = credentials.child_env()
-    config = write_gateway_config(workdir, endpoints, DEMO_OVERRIDES)
-    simulator = simulator_child(endpoints, env, workdir, "--issue-delay", str(ISSUE_DELAY_S))
-    return [simulator, gateway_child(config, env, workdir)]
 
 
 async def wait_ready(
@@ -342,17 +351,17 @@ class SimulatorControl:
         self._timeout = aiohttp.ClientTimeout(total=3)
 
     async def add_fault(self, rule: Mapping[str, Any]) -> str:
-        """Install a fault rule; its id. Raises `DemoError` when the simulator refuses it."""
+        """Install a fault rule; its id. Raises `ToolError` when the simulator refuses it."""
         try:
             async with self._session.post(
                 f"{self._url}/faults", json=dict(rule), timeout=self._timeout
             ) as response:
                 document = await response.json()
                 if response.status >= 300:
-                    raise DemoError(f"the simulator refused the fault rule {rule}: {document}")
+                    raise ToolError(f"the simulator refused the fault rule {rule}: {document}")
                 return str(document["id"])
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DemoError(f"cannot reach the simulator's control API: {exc!r}") from exc
+            raise ToolError(f"cannot reach the simulator's control API: {exc!r}") from exc
 
     async def ledger(self) -> LedgerTotals | None:
         """The ledger's totals, or None when the simulator does not answer."""
