@@ -27,7 +27,7 @@ from gateway.edge.tenants import TenantDirectory
 from gateway.errors import StoreError
 from gateway.operations import Classifier
 from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
-from gateway.ops.status_page import StatusPage
+from gateway.ops.status import StatusPage
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.oncall import OnCall
 from gateway.outbox.store import Store, open_store
@@ -63,6 +63,7 @@ class Gateway:
     proxy: Proxy
     metrics: Metrics
     started_at: float
+    status_page: StatusPage
 
 
 @asynccontextmanager
@@ -80,6 +81,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
     probe: HealthProbe | None = None
     dispatcher: Dispatcher | None = None
     sampler: OutboxSampler | None = None
+    status_page: StatusPage | None = None
     try:
         auth = build_auth(
             upstream_config.auth,
@@ -183,6 +185,17 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         dispatcher.start()
         sampler = OutboxSampler(metrics, store, steady, interval=2.0)
         sampler.start()
+        started_at = clock.wall()
+        status_page = StatusPage(
+            outbox=store,
+            breakers=breakers,
+            health=health,
+            dispatcher=dispatcher,
+            metrics=metrics,
+            started_at=started_at,
+            clock=clock,
+        )
+        status_page.start()
         gateway = Gateway(
             config=config,
             clock=clock,
@@ -197,11 +210,14 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             oncall=oncall,
             proxy=proxy,
             metrics=metrics,
-            started_at=clock.wall(),
+            started_at=started_at,
+            status_page=status_page,
         )
         metrics.registry.register(GatewayCollector(gateway))
         yield gateway
     finally:
+        if status_page is not None:
+            await status_page.stop()
         if sampler is not None:
             await sampler.stop()
         if dispatcher is not None:
@@ -274,7 +290,7 @@ def client_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get(STATUS_PATH, gateway.proxy.submission_status)
-    app.router.add_get("/status", StatusPage(gateway).handle)
+    app.router.add_get("/status", gateway.status_page.handle)
     app.router.add_route("*", "/{tail:.*}", gateway.proxy.handle)
     return app
 

@@ -1,5 +1,6 @@
-"""`/status` as a person sees it: a real gateway and simulator through an outage, the page opened
-in headless Chromium (Debian's `chromium`, driven by Playwright; never a downloaded browser).
+"""`/status` as a person sees it: a real gateway and simulator through an outage, and markup
+typed by on-call, the page opened in headless Chromium (Debian's `chromium`, driven by
+Playwright; never a downloaded browser).
 
 Screenshots are saved under `test-artifacts/` (git-ignored) for a human to look at.
 """
@@ -43,6 +44,13 @@ OVERRIDES = {
     "upstream.timeout": "2s",
 }
 QUEUED = 8
+OPERATOR_TOKEN = "status-operator-token-0123456789"
+ADMIN = {
+    "admin.tokens": [
+        {"name": "oncall-alice", "role": "operator", "token": {"env": "STATUS_ADMIN_OPERATOR"}}
+    ]
+}
+HOSTILE = "<script>document.title='owned'</script><b>bold</b>"
 
 
 @pytest.fixture
@@ -77,6 +85,18 @@ def simulator(tmp_path: Path) -> Iterator[Simulator]:
 @pytest.fixture
 def gateway(tmp_path: Path, simulator: Simulator) -> Iterator[Gateway]:
     with Gateway.start(tmp_path / "gw", simulator.url, overrides=OVERRIDES) as gw:
+        yield gw
+
+
+@pytest.fixture
+def operated_gateway(tmp_path: Path, simulator: Simulator) -> Iterator[Gateway]:
+    """A gateway with an on-call operator who may force the circuit."""
+    with Gateway.start(
+        tmp_path / "gw",
+        simulator.url,
+        overrides={**OVERRIDES, **ADMIN},
+        env={"STATUS_ADMIN_OPERATOR": OPERATOR_TOKEN},
+    ) as gw:
         yield gw
 
 
@@ -147,3 +167,22 @@ def test_status_page_in_chromium_through_an_outage(
 
     assert requested
     assert all(url.startswith(gateway.url + "/") for url in requested), requested
+
+
+def test_markup_typed_by_on_call_is_shown_as_text(
+    browser_page: Page, operated_gateway: Gateway
+) -> None:
+    """A reason for forcing the circuit open that carries markup reaches the page as text: the
+    browser builds no script or bold element from it and shows the characters as typed."""
+    page = browser_page
+    status, _, answer = operated_gateway.admin(
+        "POST", "/circuit/open", {"reason": HOSTILE}, token=OPERATOR_TOKEN
+    )
+    assert 200 == status, answer
+    response = page.goto(operated_gateway.url + "/status")
+    assert response is not None
+    assert 200 == response.status
+    assert "Sending held by on-call" in page.locator("h1").inner_text()
+    circuit = page.locator("h2:text-is('Circuit') + table").inner_text()
+    assert f"oncall-alice: {HOSTILE}" in circuit
+    assert (0, 0) == (page.locator("script").count(), page.locator("td b").count())

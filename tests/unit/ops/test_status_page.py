@@ -1,23 +1,31 @@
 """The /status page: the facts people need, escaped, without secrets or payloads; the last hour
-kept in memory and drawn as inline SVG."""
+kept in memory and drawn as inline SVG; its background sampling started and stopped."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import Gateway, client_app, open_gateway
-from gateway.config import GatewayConfig, parse_config
-from gateway.ops.status_page import Sample, StatusHistory, StatusPage, render
-from gateway.resilience.breaker import CircuitState
-from tests.support.fakes import FakeClock
+from gateway.config import BreakerConfig, GatewayConfig, parse_config
+from gateway.errors import StoreError
+from gateway.ops import status as status_package
+from gateway.ops.metrics import Metrics
+from gateway.ops.status import Sample, StatusHistory, StatusPage, render
+from gateway.ops.status.render import ENVIRONMENT
+from gateway.outbox.store import OutboxCounts
+from gateway.outbox.submissions import SubmissionState
+from gateway.resilience.breaker import BreakerRegistry, CircuitState
+from gateway.resilience.probe import UpstreamHealth
+from tests.support.fakes import FakeClock, ManualClock
 from tests.support.processes import free_port
 
 T0 = 1_800_000_000.0
@@ -121,7 +129,7 @@ def test_outage_page_shows_what_a_person_needs() -> None:
     assert "open — failing fast, submissions are queued" in page
     assert "since 10:04:59 UTC" in page
     assert (
-        "platform refused connections <small>(refused)</small></td><td class='n'>12</td>"
+        'platform refused connections <small>(refused)</small></td><td class="n">12</td>'
         "<td>in the last 10 s</td>"
     ) in page
     assert "1 submission(s) gave up and need on-call" in page
@@ -159,6 +167,57 @@ def test_values_are_escaped() -> None:
     page = render(facts(circuits=circuits))
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
+
+
+HOSTILE = "<script>alert('x')</script>"
+
+
+def test_hostile_text_in_every_shown_value_is_escaped() -> None:
+    """An error class, a circuit, an outbox state, a store error or a version carrying markup
+    is shown as text wherever it appears."""
+    hostile = outage_facts()
+    hostile["version"] = HOSTILE
+    hostile["circuits"] = [{"name": HOSTILE, "state": HOSTILE, "since": HOSTILE, "reason": None}]
+    hostile["errors"] = [
+        {"class": HOSTILE, "words": HOSTILE, "count": 1, "last_seen_ago_s": 0.0},
+    ]
+    hostile["outbox"] = {"counts": {HOSTILE: 1}, "waiting": 0, "oldest_queued_age_s": None}
+    page = render(hostile)
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    assert 0 == render(facts(outbox={"error": HOSTILE})).count("<script")
+
+
+async def test_a_hostile_failure_class_from_the_metrics_is_escaped() -> None:
+    """A failure class the page has no words for is a metric label: it reaches the JSON
+    unchanged and the page escaped."""
+    clock = FakeClock(T0)
+    parts = Parts(clock)
+    parts.metrics.upstream_attempts.labels(ISSUE, HOSTILE).inc(3)
+    found = await parts.page().facts()
+    assert [HOSTILE] == [entry["class"] for entry in found["errors"]]
+    page = render(found)
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+
+
+def test_a_missing_fact_is_an_error_not_a_blank() -> None:
+    """The template is strict: a fact it shows that is missing fails the rendering."""
+    incomplete = facts()
+    del incomplete["version"]
+    with pytest.raises(jinja2.UndefinedError, match="version"):
+        render(incomplete)
+
+
+def test_the_template_is_autoescaped_and_strict() -> None:
+    """The page's template is autoescaped, and rendered without its context it fails rather
+    than print blanks."""
+    assert (True, jinja2.StrictUndefined) == (
+        ENVIRONMENT.autoescape("status.html"),
+        ENVIRONMENT.undefined,
+    )
+    with pytest.raises(jinja2.UndefinedError):
+        ENVIRONMENT.get_template("status.html").render()
 
 
 def test_self_contained_and_refreshing() -> None:
@@ -213,7 +272,7 @@ def test_the_ring_buffer_keeps_one_hour() -> None:
     assert {"ago_s": 0.0, "waiting": 0} == depth[-1]
 
 
-def test_failures_in_the_window_in_plain_words() -> None:
+def test_failures_in_the_window() -> None:
     """Failed calls are counted over the last hour only, most frequent first, with when each
     class was last seen."""
     history = StatusHistory(FakeClock(T0), window=3600.0)
@@ -222,14 +281,22 @@ def test_failures_in_the_window_in_plain_words() -> None:
     history.add(Sample(at=T0 + 3590, failures={"busy": 5, "refused": 4}))
     found = history.failures(Sample(at=T0 + 3650, failures={"busy": 5, "refused": 4}))
     assert [
-        {
-            "class": "refused",
-            "words": "platform refused connections",
-            "count": 4,
-            "last_seen_ago_s": 60.0,
-        },
-        {"class": "busy", "words": "platform busy", "count": 2, "last_seen_ago_s": 650.0},
+        {"class": "refused", "count": 4, "last_seen_ago_s": 60.0},
+        {"class": "busy", "count": 2, "last_seen_ago_s": 650.0},
     ] == found
+
+
+async def test_failures_are_shown_in_plain_words() -> None:
+    """The facts name each failure class as a person would say it; a class without words is
+    shown with spaces for underscores."""
+    parts = Parts(FakeClock(T0))
+    parts.metrics.upstream_attempts.labels(ISSUE, "refused").inc(2)
+    parts.metrics.upstream_attempts.labels(ISSUE, "new_kind").inc()
+    parts.metrics.upstream_attempts.labels(ISSUE, "success").inc(5)
+    found = await parts.page().facts()
+    assert [("refused", "platform refused connections"), ("new_kind", "new kind")] == [
+        (entry["class"], entry["words"]) for entry in found["errors"]
+    ]
 
 
 def test_an_outage_lasts_from_open_until_closed() -> None:
@@ -317,16 +384,190 @@ async def test_status_during_an_outage_in_process(
     assert TENANT_KEY not in page
 
 
-async def test_the_page_samples_while_the_gateway_runs(tmp_path: Path) -> None:
-    """Built inside a running gateway, the page samples it in the background."""
+async def test_open_gateway_starts_the_status_page_and_stops_it(tmp_path: Path) -> None:
+    """The gateway's status page samples while the gateway is open and not after."""
     async with open_gateway(refused_platform(tmp_path)) as gateway:
-        page = StatusPage(gateway, interval=0.01)
-        try:
-            for _ in range(100):
-                facts = await page.facts()
-                if len(facts["history"]["depth"]) >= 3:  # two samples and the live one
-                    break
-                await asyncio.sleep(0.01)
-            assert 3 <= len(facts["history"]["depth"])
-        finally:
-            await page.close()
+        page = gateway.status_page
+        assert page.running
+        assert 1 == len(sampler_tasks())
+    assert not page.running
+    assert [] == sampler_tasks()
+
+
+# -- the background sampling, on a manual clock ------------------------------------------------
+
+
+class FakeOutbox:
+    """An outbox with fixed counts; `hold()` makes the next reads wait until `release()`."""
+
+    def __init__(self, queued: int = 0) -> None:
+        self.queued = queued
+        self.reads = 0
+        self._gate: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+
+    async def counts(self) -> OutboxCounts:
+        self.reads += 1
+        if self._gate is not None:
+            await self._gate.wait()
+        return OutboxCounts(by_state={SubmissionState.QUEUED: self.queued}, oldest_queued_at=None)
+
+
+class BrokenOutbox:
+    """An outbox whose store cannot be read."""
+
+    async def counts(self) -> OutboxCounts:
+        raise StoreError("disk I/O error")
+
+
+class IdleDispatcher:
+    """A dispatcher, as far as the page sees it, with nothing to do."""
+
+    paused = False
+    in_flight = 0
+
+
+class Parts:
+    """The parts of a gateway the page is handed, on `clock`."""
+
+    def __init__(self, clock: FakeClock, outbox: Any = None) -> None:
+        self.clock = clock
+        self.outbox = outbox if outbox is not None else FakeOutbox()
+        self.breakers = BreakerRegistry(BreakerConfig(), clock)
+        self.metrics = Metrics(operations=[ISSUE], business_codes=[])
+
+    def page(self, *, interval: float = 10.0) -> StatusPage:
+        return StatusPage(
+            outbox=self.outbox,
+            breakers=self.breakers,
+            health=UpstreamHealth(self.clock),
+            dispatcher=IdleDispatcher(),
+            metrics=self.metrics,
+            started_at=self.clock.wall(),
+            clock=self.clock,
+            interval=interval,
+        )
+
+
+def sampler_tasks() -> list[asyncio.Task[Any]]:
+    """The status page's sampling tasks still running."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_name() == "status-sampler" and not task.done()
+    ]
+
+
+async def until(condition: Callable[[], bool], *, turns: int = 1000) -> None:
+    """Let the event loop run until `condition` holds (turns of the loop, no wall time)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+async def test_samples_every_interval_between_start_and_stop() -> None:
+    """Started, the page adds a sample at once and one every interval on its clock."""
+    clock = ManualClock(T0)
+    outbox = FakeOutbox(queued=3)
+    page = Parts(clock, outbox).page(interval=10.0)
+    page.start()
+    try:
+        await until(lambda: [10.0] == clock.sleeps)
+        clock.advance(10.0)
+        await until(lambda: [10.0, 10.0] == clock.sleeps)
+        found = await page.facts()
+    finally:
+        await page.stop()
+    assert [
+        {"ago_s": 10.0, "waiting": 3},
+        {"ago_s": 0.0, "waiting": 3},
+        {"ago_s": 0.0, "waiting": 3},
+    ] == found["history"]["depth"]
+
+
+async def test_start_is_idempotent() -> None:
+    """Starting a running page again leaves one sampling task."""
+    page = Parts(ManualClock(T0)).page()
+    page.start()
+    first = sampler_tasks()
+    page.start()
+    try:
+        assert 1 == len(first)
+        assert first == sampler_tasks()
+    finally:
+        await page.stop()
+
+
+async def test_stop_ends_the_background_task() -> None:
+    """`stop()` returns once the sampling task has ended, even while a sample is waiting on
+    the store; stopping again is harmless and the page can be started anew."""
+    clock = ManualClock(T0)
+    outbox = FakeOutbox()
+    outbox.hold()
+    page = Parts(clock, outbox).page()
+    page.start()
+    await until(lambda: 1 == outbox.reads)
+    await page.stop()
+    assert (False, []) == (page.running, sampler_tasks())
+    await page.stop()
+    outbox.release()
+    page.start()
+    try:
+        await until(lambda: [10.0] == clock.sleeps)
+        assert (True, 1) == (page.running, len(sampler_tasks()))
+    finally:
+        await page.stop()
+    assert [] == sampler_tasks()
+
+
+async def test_a_sample_the_store_cannot_answer_is_kept_without_depth() -> None:
+    """While the store cannot be read the sampling goes on; the page says the store is
+    unavailable and the depth chart has no point for that time."""
+    clock = ManualClock(T0)
+    page = Parts(clock, BrokenOutbox()).page()
+    page.start()
+    try:
+        await until(lambda: [10.0] == clock.sleeps)
+        found = await page.facts()
+    finally:
+        await page.stop()
+    assert ({"error": "disk I/O error"}, []) == (found["outbox"], found["history"]["depth"])
+
+
+async def test_outages_come_from_the_breakers_it_is_handed() -> None:
+    """The page watches the breakers it is given: a circuit opening is an outage since then."""
+    clock = FakeClock(T0)
+    parts = Parts(clock)
+    page = parts.page()
+    parts.breakers.force_open("maintenance")
+    clock.advance(30)
+    found = await page.facts()
+    assert ("held", 30.0) == (
+        found["availability"]["state"],
+        found["availability"]["since_ago_s"],
+    )
+    assert [{"start_ago_s": 30.0, "end_ago_s": None}] == found["history"]["outages"]
+
+
+def test_the_package_exports_its_public_surface() -> None:
+    """`gateway.ops.status` exports the page, its history, its facts and the renderer, each
+    defined."""
+    assert [
+        "CountedOutbox",
+        "DispatcherState",
+        "HistorySampler",
+        "Sample",
+        "StatusFacts",
+        "StatusHistory",
+        "StatusPage",
+        "render",
+    ] == status_package.__all__
+    assert all(hasattr(status_package, name) for name in status_package.__all__)
