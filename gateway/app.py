@@ -8,7 +8,6 @@ import os
 import secrets
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from gateway.config import GatewayConfig
 from gateway.edge.intake import STATUS_PATH, Intake
 from gateway.edge.proxy import Proxy
 from gateway.edge.tenants import TenantDirectory
-from gateway.errors import StoreError
 from gateway.operations import Classifier
+from gateway.ops.health import Health
 from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
 from gateway.ops.status import StatusPage
 from gateway.outbox.dispatcher import Dispatcher
@@ -37,12 +36,10 @@ from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.resilience.probe import HealthProbe, UpstreamHealth
 from gateway.resilience.retry import Backoff
 from gateway.upstream.auth import UpstreamAuth, build_auth
-from gateway.upstream.client import UpstreamClient, UpstreamRequest, trace_config
+from gateway.upstream.client import UpstreamClient, trace_config
+from gateway.upstream.models import UpstreamRequest
 
 log = structlog.get_logger("gateway")
-
-#: How long a `/readyz` store check is reused, so probes cannot load the store.
-READY_CACHE_SECONDS = 1.0
 
 
 @dataclass
@@ -178,7 +175,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             intake=intake,
             store=store,
             max_body_bytes=config.limits.max_body_bytes,
-            metrics=metrics,
+            observer=metrics,
         )
         if probe is not None:
             probe.start()
@@ -256,37 +253,10 @@ def _health_probe(
     return HealthProbe(probe, send, breakers, health, clock)
 
 
-class Health:
-    """`/healthz` (the process answers) and `/readyz` (the store is writable)."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        self._checked_at = -READY_CACHE_SECONDS
-        self._problem: str | None = None
-        self._lock = asyncio.Lock()
-
-    async def healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": __version__})
-
-    async def readyz(self, _request: web.Request) -> web.Response:
-        async with self._lock:
-            now = time.monotonic()
-            if now - self._checked_at >= READY_CACHE_SECONDS:
-                try:
-                    await self._gateway.store.check_writable()
-                    self._problem = None
-                except StoreError as exc:
-                    self._problem = str(exc)
-                self._checked_at = now
-        if self._problem:
-            return web.json_response({"status": "unready", "store": self._problem}, status=503)
-        return web.json_response({"status": "ready", "store": "writable"})
-
-
 def client_app(gateway: Gateway) -> web.Application:
     """The client listener: health, then everything else proxied."""
     app = web.Application(client_max_size=gateway.config.limits.max_body_bytes + 1)
-    health = Health(gateway)
+    health = Health(gateway.store)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get(STATUS_PATH, gateway.proxy.submission_status)

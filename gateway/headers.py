@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -61,3 +62,29 @@ def add_forwarded(
         element += f';host="{host}"'
     previous_fwd = headers.get("Forwarded")
     headers["Forwarded"] = f"{previous_fwd}, {element}" if previous_fwd else element
+
+
+def parse_retry_after(value: str | None, now_wall: float) -> float | None:
+    """Seconds to wait from a `Retry-After` value (delay-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    when = parse_http_date(value)
+    if when is None:
+        return None
+    return max(0.0, when - now_wall)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """Unix seconds of an HTTP-date (RFC 9110 IMF-fixdate, e.g. a `Date` header), or None."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp()

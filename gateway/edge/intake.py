@@ -28,24 +28,30 @@ import structlog
 from aiohttp import web
 
 from gateway.clock import Clock
-from gateway.edge.outcomes import Exchange, duplicate_of_own_attempt, problem_for, relays
+from gateway.edge.outcomes import Exchange, problem_for, relays
 from gateway.errors import BadRequest, IdempotencyKeyReused, RequestInFlight, StoreError
 from gateway.headers import end_to_end
 from gateway.operations import Operation, RequestBody
+from gateway.outbox.settlement import (
+    Settlement,
+    may_have_acted,
+    own_duplicate,
+    settle,
+    waiting_state,
+)
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import (
     NewSubmission,
-    StoredResponse,
     Submission,
     SubmissionState,
     Transition,
     fingerprint,
+    stored_response,
 )
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
-from gateway.resilience.failures import FailureClass
 from gateway.resilience.pipeline import Outcome, ResiliencePipeline
 from gateway.resilience.retry import Backoff
-from gateway.upstream.client import UpstreamRequest, UpstreamResponse
+from gateway.upstream.models import UpstreamRequest
 
 log = structlog.get_logger("gateway.edge.intake")
 
@@ -53,8 +59,6 @@ IDEMPOTENCY_KEY = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 STATUS_PATH = "/gateway/v1/submissions/{id}"
 _KEY_OK = re.compile(r"^[\x21-\x7e]{1,255}$")
-#: Failures that say the platform did not act, so a resend cannot double anything.
-_NOT_PROCESSED = frozenset({FailureClass.BUSY, FailureClass.HTTP_429, FailureClass.QUOTA})
 _OPEN = frozenset({CircuitState.OPEN, CircuitState.FORCED_OPEN})
 
 
@@ -123,7 +127,7 @@ class Intake:
         exchange.error_class = verdict.failure.value if verdict.failure else None
         if verdict.response is not None:
             exchange.upstream_status = verdict.response.status
-        change = self._record_for(outcome, operation)
+        change = self._record_for(outcome)
         try:
             await self._store.transition(
                 submission.id, submission.fence, change, now=self._clock.wall()
@@ -147,12 +151,14 @@ class Intake:
             )
         return problem_for(outcome, operation, exchange)
 
-    def _record_for(self, outcome: Outcome, operation: Operation) -> Transition:
-        """The state a forwarded submission moves to, given how the attempts ended."""
+    def _record_for(self, outcome: Outcome) -> Transition:
+        """The state a forwarded submission moves to: the settlement table's, as for the
+        dispatcher."""
         verdict = outcome.verdict
         failure = verdict.failure
-        response = _stored(verdict.response) if verdict.response is not None else None
+        response = stored_response(verdict.response)
         now = self._clock.wall()
+        settled = settle(outcome)
         if failure is None:
             return Transition(
                 SubmissionState.DELIVERED,
@@ -161,17 +167,7 @@ class Intake:
                 clear_error=True,
             )
         error = f"{failure.value} after {outcome.attempts} attempt(s)"
-        if failure.answer_lost or duplicate_of_own_attempt(outcome):
-            return Transition(
-                SubmissionState.UNKNOWN,
-                attempts_delta=outcome.attempts,
-                maybe_sent=True,
-                acknowledged=True,
-                error_class=failure.value,
-                error=f"{error}: the platform may have issued it; reconciling before any resend",
-                next_attempt_at=now,
-            )
-        if relays(outcome, operation):
+        if settled is Settlement.FAILED:
             return Transition(
                 SubmissionState.FAILED,
                 attempts_delta=outcome.attempts,
@@ -179,17 +175,23 @@ class Intake:
                 error_class=failure.value,
                 error=f"the platform refused it ({verdict.code or failure.value})",
             )
-        wait = self._backoff.delay(max(1, outcome.attempts), self._rng)
-        if verdict.retry_after is not None:
-            wait = max(wait, verdict.retry_after)
-        maybe_sent = any(f.sent and f not in _NOT_PROCESSED for f in outcome.failures)
+        maybe_sent = settled is Settlement.RECONCILE or may_have_acted(outcome)
+        if failure.answer_lost or own_duplicate(outcome):
+            # Reconcile at once: the client may be waiting to hear whether it was issued.
+            wait = 0.0
+            error += ": the platform may have issued it; reconciling before any resend"
+        else:
+            wait = self._backoff.delay(max(1, outcome.attempts), self._rng)
+            if verdict.retry_after is not None:
+                wait = max(wait, verdict.retry_after)
+            error += "; queued for delivery"
         return Transition(
-            SubmissionState.QUEUED,
+            waiting_state(maybe_sent=maybe_sent),
             attempts_delta=outcome.attempts,
             maybe_sent=maybe_sent or None,
             acknowledged=True,
             error_class=failure.value,
-            error=f"{error}; queued for delivery",
+            error=error,
             next_attempt_at=now + wait,
         )
 
@@ -267,14 +269,6 @@ def accepted(submission: Submission, exchange: Exchange, *, replayed: bool = Fal
     if replayed:
         response.headers[REPLAYED] = "true"
     return response
-
-
-def _stored(response: UpstreamResponse) -> StoredResponse:
-    return StoredResponse(
-        status=response.status,
-        headers=tuple(end_to_end(response.headers).items()),
-        body=response.body,
-    )
 
 
 def _key_text(value: object) -> str | None:

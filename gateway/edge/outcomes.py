@@ -14,15 +14,12 @@ from aiohttp import web
 from gateway.edge.problem import problem_response
 from gateway.headers import end_to_end
 from gateway.operations import UNMATCHED, Operation, OperationKind
+from gateway.outbox import settlement
 from gateway.resilience.failures import FailureClass
 from gateway.resilience.pipeline import Outcome
 
 OUTCOME = "X-Gateway-Outcome"
 
-#: Failures whose answer is the platform's verdict on the request: relayed to the client.
-_VERDICTS = frozenset(
-    {FailureClass.PERMANENT, FailureClass.HTTP_4XX, FailureClass.QUOTA, FailureClass.DUPLICATE}
-)
 DEFAULT_RETRY_AFTER = 5.0
 
 
@@ -57,20 +54,14 @@ def respond(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.R
 
 
 def relays(outcome: Outcome, operation: Operation) -> bool:
-    """Whether the platform's own answer goes to the client as it came."""
+    """Whether the platform's own answer goes to the client as it came: its word on the
+    request (the settlement table's), or anything but a rejected token for a passthrough."""
     failure = outcome.verdict.failure
-    return outcome.verdict.response is not None and (
-        failure is None
-        or (failure in _VERDICTS and not duplicate_of_own_attempt(outcome))
-        or (operation.kind is OperationKind.PASSTHROUGH and failure is not FailureClass.AUTH)
-    )
-
-
-def duplicate_of_own_attempt(outcome: Outcome) -> bool:
-    """E9106 after an earlier attempt of ours that may have been processed: ours succeeded."""
-    return outcome.verdict.failure is FailureClass.DUPLICATE and any(
-        f.sent for f in outcome.failures[:-1]
-    )
+    if outcome.verdict.response is None:
+        return False
+    if operation.kind is OperationKind.PASSTHROUGH and failure is not FailureClass.AUTH:
+        return True
+    return settlement.relays(outcome)
 
 
 def problem_for(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.Response:
@@ -112,7 +103,7 @@ def problem_for(outcome: Outcome, operation: Operation, exchange: Exchange) -> w
             "off its clock) and re-signing with the platform's time did not help; nothing was "
             "issued. Retry later; the gateway operator must fix the host's clock (NTP)"
         )
-    elif submit and (failure.answer_lost or duplicate_of_own_attempt(outcome)):
+    elif submit and (failure.answer_lost or settlement.own_duplicate(outcome)):
         status, slug, title = 504, "outcome-unknown", "Outcome unknown"
         detail = (
             "the invoice platform received the submission but its answer was lost "

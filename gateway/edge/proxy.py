@@ -11,6 +11,7 @@ Every response carries `X-Request-Id` and `X-Gateway-Outcome`, and produces one 
 from __future__ import annotations
 
 import time
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import structlog
@@ -23,12 +24,33 @@ from gateway.edge.tenants import API_KEY_HEADER, TenantDirectory
 from gateway.errors import BadRequest, ClientRequestError, NotFound, PayloadTooLarge, StoreError
 from gateway.headers import REQUEST_ID, add_forwarded, end_to_end, request_id
 from gateway.operations import Classifier, Operation, OperationKind, RequestBody
-from gateway.ops.metrics import Metrics
 from gateway.outbox.store import OutboxStore
 from gateway.resilience.pipeline import ResiliencePipeline
-from gateway.upstream.client import UpstreamRequest, upstream_path
+from gateway.upstream.client import upstream_path
+from gateway.upstream.models import UpstreamRequest
 
 access_log = structlog.get_logger("gateway.access")
+
+
+class ExchangeObserver(Protocol):
+    """Told about every client request (metrics); the edge does not know who listens."""
+
+    def request_started(self) -> None:
+        """A client request is being served."""
+        ...
+
+    def request_done(
+        self,
+        *,
+        operation: str,
+        tenant: str | None,
+        outcome: str,
+        status: int,
+        error_class: str | None,
+        seconds: float,
+    ) -> None:
+        """The request got its response: `status`, after `seconds`, as `outcome`."""
+        ...
 
 
 class Proxy:
@@ -41,9 +63,9 @@ class Proxy:
         intake: Intake,
         store: OutboxStore,
         max_body_bytes: int,
-        metrics: Metrics,
+        observer: ExchangeObserver,
     ) -> None:
-        self._metrics = metrics
+        self._observer = observer
         self._tenants = tenants
         self._classifier = classifier
         self._pipeline = pipeline
@@ -59,7 +81,7 @@ class Proxy:
 
     async def _handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         started = time.perf_counter()
-        self._metrics.in_flight.inc()
+        self._observer.request_started()
         try:
             response = await self._serve(request, exchange)
         except ClientRequestError as exc:
@@ -88,12 +110,10 @@ class Proxy:
                 ),
                 request_id=exchange.request_id,
             )
-        finally:
-            self._metrics.in_flight.dec()
         response.headers[REQUEST_ID] = exchange.request_id
         response.headers[OUTCOME] = exchange.outcome
         elapsed = time.perf_counter() - started
-        self._metrics.request_done(
+        self._observer.request_done(
             operation=exchange.operation.name,
             tenant=exchange.tenant,
             outcome=exchange.outcome,

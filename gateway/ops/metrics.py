@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import platform
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -33,14 +33,34 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.clock import Clock
 from gateway.errors import StoreError
+from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import SubmissionState
-from gateway.resilience.breaker import CircuitState
+from gateway.resilience.breaker import BreakerRegistry, CircuitState
 from gateway.resilience.failures import Verdict
-from gateway.resilience.probe import HealthStatus
+from gateway.resilience.pipeline import ResiliencePipeline
+from gateway.resilience.probe import HealthStatus, UpstreamHealth
+from gateway.upstream.auth import UpstreamAuth
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+
+class Observed(Protocol):
+    """The running gateway's parts read at scrape time (`gateway.app.Gateway` is one)."""
+
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def auth(self) -> UpstreamAuth: ...
+    @property
+    def pipeline(self) -> ResiliencePipeline: ...
+    @property
+    def breakers(self) -> BreakerRegistry: ...
+    @property
+    def health(self) -> UpstreamHealth: ...
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+    @property
+    def started_at(self) -> float: ...
+
 
 log = structlog.get_logger("gateway.ops.metrics")
 
@@ -174,6 +194,9 @@ class Metrics:
 
     # -- hooks -------------------------------------------------------------------------------
 
+    def request_started(self) -> None:
+        self.in_flight.inc()
+
     def request_done(
         self,
         *,
@@ -184,6 +207,7 @@ class Metrics:
         error_class: str | None,
         seconds: float,
     ) -> None:
+        self.in_flight.dec()
         op = self.operation(operation)
         self.requests.labels(op, tenant or "-", outcome, f"{status // 100}xx").inc()
         self.request_duration.labels(op, outcome).observe(seconds)
@@ -205,7 +229,7 @@ class Metrics:
 class GatewayCollector(Collector):
     """Reads the running gateway's parts at scrape time."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Observed) -> None:
         self._gateway = gateway
 
     def collect(self) -> Iterator[Metric]:

@@ -27,7 +27,7 @@ from gateway.operations import Operation, OperationRule
 from gateway.outbox.submissions import StoredResponse, Submission
 from gateway.resilience.failures import FailureClass
 from gateway.resilience.pipeline import ResiliencePipeline
-from gateway.upstream.client import UpstreamRequest
+from gateway.upstream.models import UpstreamRequest
 
 #: The placeholder a lookup body template uses for the submission's business key.
 BUSINESS_KEY_PLACEHOLDER = "{business_key}"

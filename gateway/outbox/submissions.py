@@ -23,6 +23,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from gateway.clock import iso_utc
+from gateway.headers import end_to_end
+from gateway.upstream.models import UpstreamResponse
+
 
 class SubmissionState(StrEnum):
     QUEUED = "queued"
@@ -87,6 +91,17 @@ class StoredResponse:
             headers=tuple((str(k), str(v)) for k, v in data["headers"]),
             body=base64.b64decode(data["body_b64"]),
         )
+
+
+def stored_response(response: UpstreamResponse | None) -> StoredResponse | None:
+    """The platform's answer as kept for replaying: its end-to-end headers only."""
+    if response is None:
+        return None
+    return StoredResponse(
+        status=response.status,
+        headers=tuple(end_to_end(response.headers).items()),
+        body=response.body,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +199,10 @@ class Submission(NewSubmission):
             "last_error_class": self.last_error_class,
             "last_error": self.last_error,
             "business_key": self.business_key,
-            "accepted_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "next_attempt_at": _iso(self.next_attempt_at) if self.next_attempt_at else None,
-            "delivered_at": _iso(self.delivered_at) if self.delivered_at else None,
+            "accepted_at": iso_utc(self.created_at),
+            "updated_at": iso_utc(self.updated_at),
+            "next_attempt_at": iso_utc(self.next_attempt_at) if self.next_attempt_at else None,
+            "delivered_at": iso_utc(self.delivered_at) if self.delivered_at else None,
         }
         if self.state.final and self.response is not None:
             try:
@@ -218,10 +233,6 @@ class Transition:
     reset_attempts: bool = False
     restart_age: bool = False
     body: bytes | None = None
-
-
-def _iso(wall: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +272,7 @@ class AuditEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
-            "at": _iso(self.at),
+            "at": iso_utc(self.at),
             "actor": self.actor,
             "role": self.role,
             "action": self.action,

@@ -6,7 +6,6 @@ the client is told; metrics and logs carry its value.
 
 from __future__ import annotations
 
-import email.utils
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,8 +21,9 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gateway.headers import parse_retry_after
 from gateway.jsonpointer import MISSING, JsonPointer
-from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.models import UpstreamResponse
 
 
 class FailureClass(StrEnum):
@@ -183,29 +183,3 @@ class FailureClassifier:
         else:
             failure = FailureClass.TOKEN_UNAVAILABLE
         return Verdict(failure, error=error)
-
-
-def parse_retry_after(value: str | None, now_wall: float) -> float | None:
-    """Seconds to wait from a `Retry-After` value (delay-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    when = parse_http_date(value)
-    if when is None:
-        return None
-    return max(0.0, when - now_wall)
-
-
-def parse_http_date(value: str | None) -> float | None:
-    """Unix seconds of an HTTP-date (RFC 9110 IMF-fixdate, e.g. a `Date` header), or None."""
-    if not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return when.timestamp()

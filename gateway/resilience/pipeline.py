@@ -29,7 +29,8 @@ from gateway.operations import Operation, OperationKind
 from gateway.resilience.breaker import BreakerRegistry
 from gateway.resilience.failures import FailureClass, FailureClassifier, Verdict
 from gateway.resilience.retry import RetryBudget, RetryPolicy
-from gateway.upstream.client import Upstream, UpstreamRequest
+from gateway.upstream.client import Upstream
+from gateway.upstream.models import UpstreamRequest
 
 log = structlog.get_logger("gateway.resilience.pipeline")
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.errors import (
@@ -27,6 +24,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
     from gateway.upstream.auth import UpstreamAuth
@@ -55,40 +53,6 @@ def upstream_path(raw_path: str) -> tuple[str, str]:
                 "control character; send the plain path of the operation"
             )
     return path, query
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
-    """A request as it will be sent, relative to the upstream's base URL."""
-
-    method: str
-    path: str
-    query: tuple[tuple[str, str], ...]
-    headers: CIMultiDict[str]
-    body: bytes
-    operation: str = "unmatched"
-
-    def with_changes(
-        self,
-        *,
-        query: Sequence[tuple[str, str]] | None = None,
-        headers: CIMultiDict[str] | None = None,
-    ) -> UpstreamRequest:
-        return replace(
-            self,
-            query=tuple(query) if query is not None else self.query,
-            headers=headers if headers is not None else self.headers,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    elapsed: float = 0.0
-    #: The request as sent (signed), so a rejected credential can be renewed.
-    request: UpstreamRequest | None = None
 
 
 async def _mark_connected(

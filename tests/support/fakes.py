@@ -14,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.config import NuonuoHmacAuthConfig
 from gateway.outbox.store import StoredToken
 from gateway.upstream.auth.nuonuo import NuonuoHmacAuth
-from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.models import UpstreamResponse
 
 
 class FakeClock:

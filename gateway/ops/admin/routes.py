@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 from aiohttp import web
 
+from gateway.config import GatewayConfig
 from gateway.ops.admin.audit import AuditRoutes
 from gateway.ops.admin.auth import AdminTokens, Role
 from gateway.ops.admin.control import ControlRoutes
@@ -20,10 +21,32 @@ from gateway.ops.admin.jobs import JobRoutes
 from gateway.ops.admin.middleware import ROUTE_ROLES, Handler, guard
 from gateway.ops.admin.submissions import SubmissionRoutes
 from gateway.ops.admin.transfer import TransferRoutes
-from gateway.ops.metrics import metrics_handler
+from gateway.ops.metrics import Metrics, metrics_handler
+from gateway.outbox.dispatcher import Dispatcher
+from gateway.outbox.oncall import OnCall
+from gateway.outbox.store import OutboxStore
+from gateway.resilience.breaker import BreakerRegistry
+from gateway.resilience.probe import UpstreamHealth
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+
+class Administered(Protocol):
+    """The running gateway's parts the admin API acts on (`gateway.app.Gateway` is one)."""
+
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def store(self) -> OutboxStore: ...
+    @property
+    def oncall(self) -> OnCall: ...
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+    @property
+    def breakers(self) -> BreakerRegistry: ...
+    @property
+    def health(self) -> UpstreamHealth: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
 
 log = structlog.get_logger("gateway.ops.admin")
 
@@ -45,7 +68,7 @@ def openapi_document() -> bytes:
     return resources.files("gateway.ops.admin").joinpath("openapi.json").read_bytes()
 
 
-def admin_app(gateway: Gateway) -> web.Application:
+def admin_app(gateway: Administered) -> web.Application:
     """The admin listener's application: `/admin/v1/…` behind bearer tokens with roles."""
     tokens = AdminTokens(gateway.config.admin.tokens)
     if not tokens:
@@ -67,12 +90,10 @@ def admin_app(gateway: Gateway) -> web.Application:
     return app
 
 
-def _routes(gateway: Gateway, openapi: Handler) -> list[AdminRoute]:
+def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
     submissions = SubmissionRoutes(gateway.oncall, gateway.store)
     jobs = JobRoutes(gateway.oncall)
-    control = ControlRoutes(
-        gateway.oncall, gateway.dispatcher, gateway.breakers, gateway.health
-    )
+    control = ControlRoutes(gateway.oncall, gateway.dispatcher, gateway.breakers, gateway.health)
     transfer = TransferRoutes(gateway.oncall)
     audit = AuditRoutes(gateway.store)
     v, o = Role.VIEWER, Role.OPERATOR

@@ -17,8 +17,8 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import StoreError
-from gateway.outbox.store import Admission, OutboxCounts, StoredToken
 from gateway.outbox.store.group_commit import CommitStats, GroupCommitter
+from gateway.outbox.store.protocol import Admission, OutboxCounts
 from gateway.outbox.submissions import (
     UNRESOLVED_STATES,
     AuditEntry,
@@ -31,6 +31,7 @@ from gateway.outbox.submissions import (
     Transition,
     new_submission_id,
 )
+from gateway.upstream.auth.tokens import StoredToken
 
 #: Each entry migrates the schema from version i to i + 1. Never edit one that has shipped.
 MIGRATIONS: Sequence[str] = (

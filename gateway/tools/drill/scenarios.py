@@ -18,12 +18,37 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
+from gateway.tools.drill.integrator import Book
 from gateway.tools.loadgen import SUBMIT_OPERATION
 
-if TYPE_CHECKING:
-    from gateway.tools.drill.runner import DrillStage
+
+class FaultTarget(Protocol):
+    async def add_fault(self, rule: Mapping[str, Any]) -> str:
+        """Install one fault rule; returns its id."""
+        ...
+
+
+class DrillStage(Protocol):
+    """What a step acts on (the runner's stage): the platform, the gateway, the timeline."""
+
+    @property
+    def platform(self) -> FaultTarget: ...
+
+    @property
+    def book(self) -> Book:
+        """The client's orders (a step with a client of its own adds its orders here)."""
+        ...
+
+    async def crash_gateway(self) -> None:
+        """kill -9 the gateway, start it again on the same config and store, wait until ready."""
+        ...
+
+    def note(self, text: str) -> None:
+        """Put a line on the drill's timeline."""
+        ...
+
 
 #: Fault kinds only the simulator can produce (they need the platform's cooperation).
 SIMULATOR_ONLY: Final = frozenset({"busy", "token_expiry", "rate_limit", "quota"})

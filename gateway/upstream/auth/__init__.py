@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
     from gateway.clock import Clock
     from gateway.config import AuthConfig
-    from gateway.outbox.store import TokenStore
-    from gateway.upstream.client import UpstreamRequest, UpstreamResponse
+    from gateway.upstream.auth.tokens import TokenStore
+    from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 
 __all__ = ["NoAuth", "UpstreamAuth", "build_auth"]
 

@@ -24,10 +24,10 @@ from multidict import CIMultiDict
 from gateway.clock import Clock
 from gateway.config import NuonuoHmacAuthConfig
 from gateway.errors import StoreError, TokenUnavailable
-from gateway.outbox.store import StoredToken, TokenStore
-from gateway.resilience.failures import parse_http_date
+from gateway.headers import parse_http_date
 from gateway.upstream.auth.signature import SIGNED_QUERY_PARAMS, new_nonce, new_senid, sign
-from gateway.upstream.client import UpstreamRequest, UpstreamResponse
+from gateway.upstream.auth.tokens import StoredToken, TokenStore
+from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 
 log = structlog.get_logger("gateway.upstream.auth")
 

@@ -47,7 +47,7 @@ from gateway.resilience.failures import FailureClass, FailureClassifier, Verdict
 from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.resilience.retry import RetryBudget, RetryPolicy
 from gateway.upstream.auth.signature import signature_message
-from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.models import UpstreamResponse
 from tests.support.fakes import (
     FakeClock,
     HandlerUpstream,
@@ -472,13 +472,13 @@ async def test_answer_lost_is_reconciled_by_duplicate_code_and_lookup(make: Buil
 
 
 async def test_server_error_may_have_been_processed(make: Build) -> None:
-    """A 503 marks it maybe-sent: the next resend's E9106 is proof of success, not a conflict."""
+    """A 503 leaves it unknown and maybe-sent: the next resend's E9106 is proof of success."""
     rig = await make()
     rig.platform.script["issue"] = [DOWN, DUPLICATE]
     queued = await rig.queue()
     await rig.dispatcher.drain_once()
     row = await rig.get(queued)
-    assert (SubmissionState.QUEUED, True, "http_5xx") == (
+    assert (SubmissionState.UNKNOWN, True, "http_5xx") == (
         row.state,
         row.maybe_sent,
         row.last_error_class,

@@ -24,7 +24,7 @@ from gateway.resilience.breaker import BreakerRegistry
 from gateway.resilience.failures import FailureClass, FailureClassifier
 from gateway.resilience.pipeline import Outcome, ResiliencePipeline
 from gateway.resilience.retry import RetryBudget, RetryPolicy
-from gateway.upstream.client import UpstreamRequest, UpstreamResponse
+from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 from tests.support.fakes import FakeClock, HandlerUpstream, platform_answer
 
 ISSUE = OperationConfig.model_validate(

@@ -18,7 +18,7 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 from gateway.resilience.failures import FailureClass, FailureClassifier
-from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.models import UpstreamResponse
 from tests.support.fakes import FakeClock
 
 CLASSIFIER = FailureClassifier(BusinessCodesConfig(), FakeClock())

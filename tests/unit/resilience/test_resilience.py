@@ -25,7 +25,7 @@ from gateway.resilience.breaker import BreakerRegistry
 from gateway.resilience.failures import FailureClass, FailureClassifier
 from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.resilience.retry import RetryBudget, RetryPolicy
-from gateway.upstream.client import UpstreamRequest, UpstreamResponse
+from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 from tests.support.fakes import (
     FakeClock,
     HandlerUpstream,

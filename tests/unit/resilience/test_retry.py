@@ -7,7 +7,8 @@ import random
 import pytest
 
 from gateway.config import BackoffConfig, RetryBudgetConfig, RetryPolicyConfig
-from gateway.resilience.failures import FailureClass, parse_retry_after
+from gateway.headers import parse_retry_after
+from gateway.resilience.failures import FailureClass
 from gateway.resilience.retry import RetryBudget, RetryPolicy
 from tests.support.fakes import FakeClock
 

@@ -7,7 +7,8 @@ from multidict import CIMultiDict
 
 from gateway.errors import BadRequest
 from gateway.upstream.auth import NoAuth
-from gateway.upstream.client import UpstreamClient, UpstreamRequest, upstream_path
+from gateway.upstream.client import UpstreamClient, upstream_path
+from gateway.upstream.models import UpstreamRequest
 
 
 @pytest.mark.parametrize(

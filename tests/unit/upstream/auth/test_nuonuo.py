@@ -24,7 +24,7 @@ from gateway.errors import TokenUnavailable
 from gateway.outbox.store import StoredToken
 from gateway.upstream.auth.nuonuo import NuonuoHmacAuth
 from gateway.upstream.auth.signature import sign
-from gateway.upstream.client import UpstreamRequest, UpstreamResponse
+from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 from tests.support.fakes import FakeClock, MemoryTokenStore, platform_answer
 
 ENV = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}

@@ -1,0 +1,425 @@
+"""One delivery of a claimed submission: what to send, and what the result makes of the row.
+
+    too old / too many attempts          → dead (on-call)
+    may have been sent (`unknown`):
+        no reconcile rule                → parked as unknown for on-call, never resent
+        duplicate already confirmed      → lookup only
+    resend the stored request, signed afresh, 1 attempt; then the settlement table
+    (`gateway.outbox.settlement`, the same one the live path reads):
+        delivered                        → delivered
+        duplicate, an attempt of ours
+        may have reached the platform    → lookup → delivered (reconciled) | parked | retry
+        duplicate, never sent before     → lookup → failed ("external duplicate")
+        failed (permanent, 4xx)          → failed, with the platform's answer
+        reconcile (answer lost, 5xx)     → unknown (reconciled next time), back-off
+        retry (not sent, busy, 429, quota,
+        the gateway's own credentials)   → queued again, back-off (Retry-After honoured)
+
+The dispatcher (`gateway.outbox.dispatcher`) owns the loop, the claims and the recording;
+this module owns the decisions, so they can be read (and tested) one delivery at a time.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from multidict import CIMultiDict
+
+from gateway.clock import Clock
+from gateway.config import OperationConfig, OutboxConfig
+from gateway.headers import REQUEST_ID, end_to_end
+from gateway.operations import Operation
+from gateway.outbox.reconcile import LookupResult, LookupStatus, Reconciler
+from gateway.outbox.settlement import Settlement, settle, waiting_state
+from gateway.outbox.submissions import (
+    StoredResponse,
+    Submission,
+    SubmissionState,
+    Transition,
+    stored_response,
+)
+from gateway.resilience.failures import FailureClass, Verdict
+from gateway.resilience.pipeline import Outcome, ResiliencePipeline
+from gateway.resilience.ratelimit import TokenBucket
+from gateway.resilience.retry import Backoff, RetryPolicy
+from gateway.upstream.models import UpstreamRequest
+
+#: Error classes the dispatcher writes itself (besides `FailureClass` values).
+NEEDS_RECONCILIATION = "needs_reconciliation"
+LOOKUP_FAILED = "lookup_failed"
+MAX_ATTEMPTS = "max_attempts"
+MAX_AGE = "max_age"
+UNKNOWN_OPERATION = "unknown_operation"
+INTERNAL_ERROR = "internal_error"
+
+
+class DeliveryOutcome(StrEnum):
+    """How one delivery ended, as logged and counted."""
+
+    DELIVERED = "delivered"
+    #: Delivered by reconciliation: duplicate code after a lost answer, then the lookup.
+    RECONCILED = "reconciled"
+    FAILED = "failed"
+    DEAD = "dead"
+    REQUEUED = "requeued"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRoute:
+    """What the dispatcher needs to deliver submissions of one operation."""
+
+    operation: Operation
+    config: OperationConfig
+    reconciler: Reconciler | None
+
+
+@dataclass(slots=True)
+class Decision:
+    """The write that ends one delivery, and how to count and log it."""
+
+    change: Transition
+    outcome: DeliveryOutcome
+    message: str
+    failure: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Courier:
+    """Delivers one claimed submission at a time and decides what becomes of it."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: ResiliencePipeline,
+        routes: dict[str, DeliveryRoute],
+        policy: RetryPolicy,
+        bucket: TokenBucket,
+        config: OutboxConfig,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        """`routes` are the submit operations by name; `policy` is one attempt per delivery
+        (the outbox backs off between deliveries itself); `bucket` paces every request sent."""
+        self._pipeline = pipeline
+        self._routes = routes
+        self._policy = policy
+        self._bucket = bucket
+        self._config = config
+        self._clock = clock
+        self._rng = rng
+        self._backoff = Backoff.from_config(config.backoff)
+
+    async def decide(self, submission: Submission) -> Decision:
+        """Send `submission` (or reconcile it, or give up on it) and say what to record."""
+        route = self._routes.get(submission.operation)
+        if route is None:
+            return self._dead(
+                submission,
+                UNKNOWN_OPERATION,
+                f"operation {submission.operation!r} is not a configured submit operation of "
+                "this gateway; fix the configuration and requeue it, or discard it",
+            )
+        now = self._clock.wall()
+        age = now - (submission.age_from or submission.created_at)
+        if age >= self._config.max_age:
+            return self._dead(
+                submission,
+                MAX_AGE,
+                f"not delivered within {_duration(self._config.max_age)} (outbox.max_age); "
+                f"last failure: {submission.last_error_class or 'none'}",
+            )
+        if submission.attempts >= self._config.max_attempts:
+            return self._dead(
+                submission,
+                MAX_ATTEMPTS,
+                f"gave up after {submission.attempts} delivery attempts (outbox.max_attempts); "
+                f"last failure: {submission.last_error_class or 'none'}",
+            )
+        if submission.maybe_sent:
+            if route.reconciler is None or submission.business_key is None:
+                return self._park(
+                    submission,
+                    "an earlier attempt may have reached the platform, and this operation has "
+                    "no reconcile rule (business key and lookup) to find out whether it did; "
+                    "on-call must check on the platform, then discard it or replay it",
+                )
+            if (submission.result or {}).get("duplicate_confirmed"):
+                # An earlier resend already proved it exists; only its lookup is missing.
+                return await self._reconcile(submission, route.reconciler, None, None)
+        await self._bucket.acquire()
+        outcome = await self._pipeline.execute(
+            self._rebuild(submission), route.operation, policy=self._policy, live=False
+        )
+        return await self._judge(submission, route, outcome)
+
+    @staticmethod
+    def _rebuild(submission: Submission) -> UpstreamRequest:
+        """The request as the client sent it; the auth scheme signs it afresh at send time."""
+        headers = end_to_end(CIMultiDict(submission.headers))
+        headers[REQUEST_ID] = submission.request_id
+        return UpstreamRequest(
+            method=submission.method,
+            path=submission.path,
+            query=submission.query,
+            headers=headers,
+            body=submission.body,
+            operation=submission.operation,
+        )
+
+    async def _judge(
+        self, submission: Submission, route: DeliveryRoute, outcome: Outcome
+    ) -> Decision:
+        """What the settlement table makes of one sending's `outcome`."""
+        verdict = outcome.verdict
+        failure = verdict.failure
+        answer = stored_response(verdict.response)
+        settled = settle(outcome, sent_before=submission.maybe_sent)
+        if failure is None:
+            return Decision(
+                Transition(
+                    SubmissionState.DELIVERED,
+                    attempts_delta=1,
+                    response=answer,
+                    clear_error=True,
+                ),
+                outcome=DeliveryOutcome.DELIVERED,
+                message="delivered",
+            )
+        if failure is FailureClass.DUPLICATE:
+            if settled is Settlement.RECONCILE and route.reconciler is not None:
+                return await self._reconcile(submission, route.reconciler, answer, verdict.code)
+            return await self._external_duplicate(submission, route, answer, verdict.code)
+        if settled is Settlement.FAILED:
+            code = f" (code {verdict.code})" if verdict.code else ""
+            status = f"HTTP {answer.status}" if answer else "no answer"
+            return Decision(
+                Transition(
+                    SubmissionState.FAILED,
+                    attempts_delta=1,
+                    error_class=failure.value,
+                    error=f"the platform refused it{code}, {status}; its answer is the response",
+                    response=answer,
+                ),
+                outcome=DeliveryOutcome.FAILED,
+                message="failed: the platform refused the submission",
+                failure=failure.value,
+            )
+        maybe_sent = submission.maybe_sent or settled is Settlement.RECONCILE
+        if failure is FailureClass.CIRCUIT_OPEN:
+            wait = max(verdict.retry_after or 0.0, self._config.dispatcher.poll_interval)
+            return Decision(
+                Transition(
+                    waiting_state(maybe_sent=maybe_sent),
+                    error_class=failure.value,
+                    error="the circuit to the platform is open; nothing was sent",
+                    next_attempt_at=self._clock.wall() + wait,
+                ),
+                outcome=DeliveryOutcome.REQUEUED,
+                message="requeued: the circuit is open, nothing was sent",
+                failure=failure.value,
+                details={"next_attempt_in_s": round(wait, 3)},
+            )
+        return self.retry(
+            submission,
+            state=waiting_state(maybe_sent=maybe_sent),
+            maybe_sent=True if settled is Settlement.RECONCILE else None,
+            error_class=failure.value,
+            error=_retry_reason(failure, verdict),
+            retry_after=verdict.retry_after,
+        )
+
+    async def _reconcile(
+        self,
+        submission: Submission,
+        reconciler: Reconciler,
+        answer: StoredResponse | None,
+        code: str | None,
+    ) -> Decision:
+        """The platform has this business key and an attempt of ours may have made it."""
+        code = code or (submission.result or {}).get("duplicate_code")
+        evidence = {"duplicate_confirmed": True, "duplicate_code": code}
+        lookup = await self._lookup(reconciler, submission)
+        if lookup.status is LookupStatus.FOUND:
+            assert lookup.entry is not None  # found means an entry
+            return Decision(
+                Transition(
+                    SubmissionState.DELIVERED,
+                    attempts_delta=1,
+                    # What the client gets if it asks again: the result, not "already used".
+                    response=reconciler.answer_for(submission, lookup.entry),
+                    result={
+                        "reconciled": True,
+                        "evidence": "duplicate_code",
+                        "duplicate_code": code,
+                        "lookup_operation": reconciler.operation.name,
+                        "lookup": lookup.entry,
+                    },
+                    clear_error=True,
+                ),
+                outcome=DeliveryOutcome.RECONCILED,
+                message="delivered by reconciliation: the platform already had it (duplicate "
+                "code after a lost answer) and the lookup found it",
+            )
+        if lookup.status is LookupStatus.NOT_FOUND:
+            return Decision(
+                Transition(
+                    SubmissionState.UNKNOWN,
+                    attempts_delta=1,
+                    error_class=NEEDS_RECONCILIATION,
+                    error=f"the platform reports this business key as already used (code "
+                    f"{code}), but {lookup.detail}; on-call must check on the platform what "
+                    "was issued",
+                    response=answer,
+                    result={**evidence, "lookup": None},
+                    next_attempt_at=None,
+                ),
+                outcome=DeliveryOutcome.PARKED,
+                message="parked for on-call: duplicate code, but the lookup found nothing",
+                failure=FailureClass.DUPLICATE.value,
+            )
+        return self.retry(
+            submission,
+            state=SubmissionState.UNKNOWN,
+            maybe_sent=True,
+            error_class=LOOKUP_FAILED,
+            error=f"the platform reports this business key as already used (code {code}), "
+            f"proving an earlier attempt succeeded, but {lookup.detail}; the lookup is "
+            "retried later",
+            response=answer,
+            result=evidence,
+            retry_after=None,
+        )
+
+    async def _external_duplicate(
+        self,
+        submission: Submission,
+        route: DeliveryRoute,
+        answer: StoredResponse | None,
+        code: str | None,
+    ) -> Decision:
+        """The platform has this business key, and no attempt of this gateway made it."""
+        result: dict[str, Any] = {"external_duplicate": True, "duplicate_code": code}
+        if route.reconciler is not None and submission.business_key is not None:
+            lookup = await self._lookup(route.reconciler, submission)
+            result["lookup"] = lookup.entry
+            if lookup.status is LookupStatus.FAILED:
+                result["lookup_error"] = lookup.detail
+        else:
+            result["lookup"] = None
+            result["lookup_error"] = "this operation has no reconcile lookup"
+        return Decision(
+            Transition(
+                SubmissionState.FAILED,
+                attempts_delta=1,
+                error_class=FailureClass.DUPLICATE.value,
+                error=f"the platform already has this business key (code {code}), but this "
+                "gateway never sent it before: it was used outside the gateway (e.g. issued by "
+                "hand). Nothing was issued by this delivery; 'result.lookup' shows what the "
+                "platform holds",
+                response=answer,
+                result=result,
+            ),
+            outcome=DeliveryOutcome.FAILED,
+            message="failed: the business key was already used outside the gateway",
+            failure=FailureClass.DUPLICATE.value,
+        )
+
+    async def _lookup(self, reconciler: Reconciler, submission: Submission) -> LookupResult:
+        await self._bucket.acquire()
+        return await reconciler.lookup(submission)
+
+    def retry(
+        self,
+        submission: Submission,
+        *,
+        state: SubmissionState,
+        maybe_sent: bool | None,
+        error_class: str,
+        error: str,
+        retry_after: float | None = None,
+        response: StoredResponse | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> Decision:
+        attempt = submission.attempts + 1
+        wait = self.backoff(attempt)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return Decision(
+            Transition(
+                state,
+                attempts_delta=1,
+                maybe_sent=maybe_sent,
+                error_class=error_class,
+                error=error,
+                response=response,
+                result=result,
+                next_attempt_at=self._clock.wall() + wait,
+            ),
+            outcome=DeliveryOutcome.REQUEUED,
+            message=f"requeued as {state.value} ({error_class}); next attempt in {wait:.1f} s",
+            failure=error_class,
+            details={"next_attempt_in_s": round(wait, 3)},
+        )
+
+    def _park(self, submission: Submission, error: str) -> Decision:
+        return Decision(
+            Transition(
+                SubmissionState.UNKNOWN,
+                error_class=NEEDS_RECONCILIATION,
+                error=error,
+                next_attempt_at=None,
+            ),
+            outcome=DeliveryOutcome.PARKED,
+            message="parked for on-call: it may have been sent and cannot be reconciled",
+            failure=NEEDS_RECONCILIATION,
+        )
+
+    def _dead(self, submission: Submission, error_class: str, error: str) -> Decision:
+        if submission.maybe_sent:
+            error += "; an earlier attempt may have reached the platform: check before replaying"
+        return Decision(
+            Transition(SubmissionState.DEAD, error_class=error_class, error=error),
+            outcome=DeliveryOutcome.DEAD,
+            message=f"dead ({error_class}): needs on-call",
+            failure=error_class,
+        )
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after delivery attempt `attempt` (1-based): `outbox.backoff`, full
+        jitter under the exponential cap."""
+        return self._backoff.delay(max(1, attempt), self._rng)
+
+
+def _retry_reason(failure: FailureClass, verdict: Verdict) -> str:
+    wait = f"; it asked to wait {verdict.retry_after:g} s" if verdict.retry_after else ""
+    if failure is FailureClass.CLOCK_SKEW:
+        code = f" (code {verdict.code})" if verdict.code else ""
+        return (
+            f"the platform refused the time the gateway signed with{code}, and its answer gave "
+            "no clock to correct by (or the corrected one was refused too); nothing was issued. "
+            "Fix NTP on the gateway's host"
+        )
+    if not failure.sent:
+        return f"the platform could not be reached ({failure.value}); nothing was sent"
+    if failure is FailureClass.HTTP_5XX:
+        status = f"HTTP {verdict.response.status}" if verdict.response else "a server error"
+        return f"the platform failed with {status}; it may have acted, so the next attempt " + (
+            "reconciles first"
+        )
+    code = f" (code {verdict.code})" if verdict.code else ""
+    if failure is FailureClass.AUTH:
+        return (
+            f"the platform rejected the gateway's access token even after renewing it{code}; "
+            "nothing was issued. Check the platform credentials (upstream.auth)"
+        )
+    return f"the platform declined to act now ({failure.value}{code}){wait}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"
