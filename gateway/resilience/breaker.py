@@ -26,7 +26,7 @@ from typing import Protocol
 import pybreaker
 import structlog
 
-from gateway.clock import Clock
+from gateway.clock import Clock, iso_utc
 from gateway.config import BreakerConfig
 from gateway.errors import CircuitOpen
 from gateway.resilience.failures import Verdict
@@ -198,7 +198,7 @@ class CircuitBreaker:
         return {
             "name": self.name,
             "state": state.value,
-            "since": datetime.fromtimestamp(self._since, UTC).isoformat().replace("+00:00", "Z"),
+            "since": iso_utc(self._since),
             "reason": self._reason,
             "retry_after": round(self.retry_after(), 3),
             "consecutive_failures": self._cb.fail_counter,

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from enum import StrEnum
 
 import structlog
 
-from gateway.clock import Clock
+from gateway.clock import Clock, iso_utc
 from gateway.config import ProbeConfig
 from gateway.resilience.breaker import BreakerRegistry
 from gateway.resilience.failures import Verdict
@@ -79,11 +78,13 @@ class UpstreamHealth:
     def snapshot(self) -> dict[str, object]:
         return {
             "status": self.status.value,
-            "since": _iso(self.since),
+            "since": iso_utc(self.since),
             "consecutive_successes": self.consecutive_successes,
             "consecutive_failures": self.consecutive_failures,
             "probes": self.probes,
-            "last_probe_at": _iso(self.last_probe_at) if self.last_probe_at is not None else None,
+            "last_probe_at": iso_utc(self.last_probe_at)
+            if self.last_probe_at is not None
+            else None,
             "last_latency": round(self.last_latency, 4) if self.last_latency is not None else None,
             "last_failure": self.last_failure,
         }
@@ -175,7 +176,3 @@ class HealthProbe:
                 operation=config.operation,
             )
             self._registry.record_probe(False)
-
-
-def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")

@@ -41,6 +41,7 @@ from gateway.cli.oncall.render import (
     submission_detail,
     submissions_table,
 )
+from gateway.clock import iso_utc
 from gateway.config import ADMIN_TOKEN_ENV
 from gateway.errors import GatewayError
 from gateway.outbox.submissions import SubmissionState
@@ -184,7 +185,7 @@ def parse_when(text: str, *, now: datetime | None = None) -> str:
                 ) from None
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(moment.timestamp())
 
 
 def _reason(text: str) -> str:

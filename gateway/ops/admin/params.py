@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
+from gateway.clock import iso_utc
 from gateway.errors import BadRequest
 from gateway.outbox.submissions import SubmissionQuery, SubmissionState
 
@@ -155,7 +156,7 @@ def _filter(values: Mapping[str, list[Any]], *, where: str) -> Filter:
     for key in ("accepted_after", "accepted_before"):
         if key in values:
             times[key] = _one_time(values[key], name(key))
-            echo[key] = _iso(times[key])
+            echo[key] = iso_utc(times[key])
     after, before = times.get("accepted_after"), times.get("accepted_before")
     if after is not None and before is not None and after >= before:
         raise InvalidParameter(name("accepted_before"), "must be later than accepted_after")
@@ -231,7 +232,3 @@ def _known_key(key: str, known: tuple[str, ...], *, where: str) -> None:
     suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
     name = f"{where}.{key}" if where else key
     raise InvalidParameter(name, f"unknown parameter{suggestion}; known: {', '.join(known)}")
-
-
-def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")

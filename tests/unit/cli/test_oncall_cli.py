@@ -274,12 +274,12 @@ def test_public_surface() -> None:
 def test_when_accepts_durations_unix_seconds_and_iso() -> None:
     """`--since 2h` is two hours ago; unix seconds and ISO 8601 (naive = UTC) are accepted."""
     now = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
-    assert "2026-11-27T10:00:00Z" == commands.parse_when("2h", now=now)
-    assert "2026-11-27T11:30:00Z" == commands.parse_when("30m", now=now)
-    assert "2026-11-24T12:00:00Z" == commands.parse_when("3d", now=now)
-    assert "2026-11-27T10:00:00Z" == commands.parse_when("1795773600")
-    assert "2026-11-27T10:00:00Z" == commands.parse_when("2026-11-27T10:00:00")
-    assert "2026-11-27T10:00:00Z" == commands.parse_when("2026-11-27T18:00:00+08:00")
+    assert "2026-11-27T10:00:00.000Z" == commands.parse_when("2h", now=now)
+    assert "2026-11-27T11:30:00.000Z" == commands.parse_when("30m", now=now)
+    assert "2026-11-24T12:00:00.000Z" == commands.parse_when("3d", now=now)
+    assert "2026-11-27T10:00:00.000Z" == commands.parse_when("1795773600")
+    assert "2026-11-27T10:00:00.000Z" == commands.parse_when("2026-11-27T10:00:00")
+    assert "2026-11-27T10:00:00.000Z" == commands.parse_when("2026-11-27T18:00:00+08:00")
     with pytest.raises(argparse.ArgumentTypeError, match="not a time"):
         commands.parse_when("yesterday")
 
@@ -363,7 +363,7 @@ def test_list_sends_the_filters(fake: FakeAdmin) -> None:
         "tenant": "acme",
         "operation": "op",
         "error_class": "upstream_timeout",
-        "accepted_after": "2026-11-27T10:00:00Z",
+        "accepted_after": "2026-11-27T10:00:00.000Z",
         "q": "SO-1",
         "limit": "50",
     } == query

@@ -424,7 +424,7 @@ async def test_snapshot_describes_the_circuit() -> None:
     assert {
         "name": "upstream",
         "state": "open",
-        "since": "2027-01-15T08:00:00Z",
+        "since": "2027-01-15T08:00:00.000Z",
         "reason": "after 3 consecutive failures (last: http_5xx)",
         "retry_after": 7.5,
         "consecutive_failures": 3,

@@ -151,11 +151,11 @@ async def test_health_snapshot_reports_the_last_probe() -> None:
         await probe.probe_once()
     assert {
         "status": "down",
-        "since": "2027-01-15T08:00:00.750000Z",
+        "since": "2027-01-15T08:00:00.750Z",
         "consecutive_successes": 0,
         "consecutive_failures": 3,
         "probes": 3,
-        "last_probe_at": "2027-01-15T08:00:00.750000Z",
+        "last_probe_at": "2027-01-15T08:00:00.750Z",
         "last_latency": 0.25,
         "last_failure": "connection_lost",
     } == probe.health.snapshot()
