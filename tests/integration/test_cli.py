@@ -28,6 +28,42 @@ def test_help_lists_commands() -> None:
         assert command in result.stdout
 
 
+COMMANDS = ("run", "check-config", "simulate", "demo", "bench", "drill", "outbox", "circuit")
+ONCALL = {
+    "outbox": (
+        "list",
+        "show",
+        "replay",
+        "requeue",
+        "discard",
+        "force-resend",
+        "edit",
+        "export",
+        "import",
+        "pause",
+        "resume",
+        "dispatcher",
+        "job",
+        "audit",
+    ),
+    "circuit": ("status", "open", "close", "reset"),
+}
+
+
+def test_every_command_answers_its_help_from_the_package() -> None:
+    """`python -m gateway COMMAND --help` works for every command and on-call subcommand, so
+    each one's module imports from where the package layout puts it."""
+    argvs = [(command,) for command in COMMANDS] + [
+        (group, sub) for group, subs in ONCALL.items() for sub in subs
+    ]
+    failed = {}
+    for argv in argvs:
+        result = run_cli(*argv, "--help")
+        if result.returncode != 0 or "usage:" not in result.stdout:
+            failed[" ".join(argv)] = result.stderr[-500:]
+    assert {} == failed
+
+
 def test_check_config_ok() -> None:
     """The default profile checks out with its secrets in the environment."""
     result = run_cli("check-config", "config/gateway.yaml")
