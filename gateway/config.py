@@ -28,6 +28,7 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 from gateway.jsonpointer import JsonPointer
+from gateway.quantities import parse_duration
 
 #: Environment variables that override the file, and the key each one sets.
 ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
@@ -39,19 +40,9 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
 ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"  # noqa: S105 — the name of a variable, not a secret
 CONFIG_PATH_ENV = "GATEWAY_CONFIG"
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
 
 def _parse_duration(value: Any) -> Any:
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(
-                f"not a duration: {value!r} (use seconds, or e.g. '250ms', '15s', '72h')"
-            )
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return value
+    return parse_duration(value) if isinstance(value, str) else value
 
 
 def _parse_pointer(value: Any) -> Any:

@@ -41,6 +41,7 @@ from gateway.outbox.submissions import (
     Transition,
     stored_response,
 )
+from gateway.quantities import format_duration
 from gateway.resilience.failures import FailureClass, Verdict
 from gateway.resilience.pipeline import Outcome, ResiliencePipeline
 from gateway.resilience.ratelimit import TokenBucket
@@ -129,7 +130,7 @@ class Courier:
             return self._dead(
                 submission,
                 MAX_AGE,
-                f"not delivered within {_duration(self._config.max_age)} (outbox.max_age); "
+                f"not delivered within {format_duration(self._config.max_age)} (outbox.max_age); "
                 f"last failure: {submission.last_error_class or 'none'}",
             )
         if submission.attempts >= self._config.max_attempts:
@@ -417,9 +418,3 @@ def _retry_reason(failure: FailureClass, verdict: Verdict) -> str:
             "nothing was issued. Check the platform credentials (upstream.auth)"
         )
     return f"the platform declined to act now ({failure.value}{code}){wait}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g} h"
-    return f"{seconds:g} s"

@@ -8,14 +8,14 @@ stderr and its exit code, whatever the command was doing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -45,7 +45,7 @@ from gateway.clock import iso_utc
 from gateway.config import ADMIN_TOKEN_ENV
 from gateway.errors import GatewayError
 from gateway.outbox.submissions import SubmissionState
-from gateway.quantities import number, whole_number
+from gateway.quantities import duration, parse_duration, whole_number
 
 URL_ENV: Final = "GATEWAY_ADMIN_URL"
 TOKEN_ENV: Final = ADMIN_TOKEN_ENV
@@ -72,8 +72,6 @@ environment:
 runbook: docs/runbook.md"""
 
 _STATES: Final = tuple(state.value for state in SubmissionState)
-_DURATION: Final = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class UsageError(GatewayError):
@@ -148,7 +146,7 @@ def _wrap(command: Command) -> Callable[[argparse.Namespace], int]:
 # -- argument types -----------------------------------------------------------------------------
 
 
-_positive_float = number(0, above=True)
+_positive_duration = duration(0, above=True)
 
 
 _positive_int = whole_number(1)
@@ -165,26 +163,23 @@ def _states(text: str) -> list[str]:
 
 
 def parse_when(text: str, *, now: datetime | None = None) -> str:
-    """`--since`/`--until`: `30m`, `2h`, `3d` ago; unix seconds; or ISO 8601 (UTC unless an
-    offset is given). Returned as ISO 8601 UTC, which the admin API takes."""
+    """`--since`/`--until`: unix seconds; a duration ago (`30m`, `2h`, `3d`); or ISO 8601 (UTC
+    unless an offset is given). Returned as ISO 8601 UTC, which the admin API takes."""
     now = now or datetime.now(UTC)
     text = text.strip()
-    moment: datetime
-    if match := _DURATION.match(text):
-        moment = now - timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
-    else:
-        try:
-            moment = datetime.fromtimestamp(float(text), UTC)
-        except (ValueError, OverflowError, OSError):
-            try:
-                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                raise argparse.ArgumentTypeError(
-                    f"{text!r} is not a time: use 30m / 2h / 3d (ago), unix seconds, or ISO 8601 "
-                    "like 2026-11-27T09:00:00Z"
-                ) from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
+    with contextlib.suppress(ValueError, OverflowError, OSError):
+        return iso_utc(float(text))
+    with contextlib.suppress(ValueError):
+        return iso_utc(now.timestamp() - parse_duration(text))
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use 30m / 2h / 3d (ago), unix seconds, or ISO 8601 "
+            "like 2026-11-27T09:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
     return iso_utc(moment.timestamp())
 
 
@@ -608,7 +603,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, leaf: bool) -> N
     )
     group.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_positive_duration,
         default=default(DEFAULT_TIMEOUT),
         metavar="SECONDS",
         help=f"per-request timeout (default {DEFAULT_TIMEOUT:g})",
@@ -689,7 +684,7 @@ def configure_outbox(parser: argparse.ArgumentParser) -> None:
     _reason_option(replay, required=False, what="required for a bulk replay")
     replay.add_argument(
         "--poll-interval",
-        type=_positive_float,
+        type=_positive_duration,
         default=0.5,
         metavar="SECONDS",
         help="how often to ask a bulk job for its progress (default 0.5)",

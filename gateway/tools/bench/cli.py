@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from gateway.quantities import number, whole_number
+from gateway.quantities import duration, whole_number
 from gateway.tools.bench.generators import INSTALL_WRK
 from gateway.tools.bench.options import (
     DEFAULT_CONNECTIONS,
@@ -32,7 +32,7 @@ DESCRIPTION: Final = (
     "figures. Never part of the tests: timing belongs here."
 )
 
-_positive_float = number(0, above=True)
+_positive_duration = duration(0, above=True)
 
 
 _positive_int = whole_number(1)
@@ -49,7 +49,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=_positive_float,
+        type=_positive_duration,
         default=DEFAULT_DURATION_S,
         metavar="SECONDS",
         help=f"length of each measured run (default {DEFAULT_DURATION_S:g})",

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.quantities import number
+from gateway.quantities import duration, number
 from gateway.tools.children import ToolError
 
 EXIT_OK: Final = 0
@@ -40,17 +40,17 @@ class DemoError(ToolError):
     """The demo cannot run as asked; the message says what to do."""
 
 
-_positive = number(0, above=True)
+_positive_duration = duration(0, above=True)
 
 
-_non_negative = number(0)
+_non_negative_duration = duration(0)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to its subcommand parser."""
     parser.add_argument(
         "--duration",
-        type=_positive,
+        type=_positive_duration,
         default=60.0,
         metavar="SECONDS",
         help="length of the scenario's traffic and outage (default 60); the outbox may take a "
@@ -58,20 +58,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rate",
-        type=_positive,
+        type=number(0, above=True),
         default=20.0,
         metavar="N",
         help="client requests per second, ~80%% submissions and 20%% result queries (default 20)",
     )
     parser.add_argument(
         "--outage-at",
-        type=_non_negative,
+        type=_non_negative_duration,
         metavar="SECONDS",
         help="when the platform goes down (default: a quarter into the scenario)",
     )
     parser.add_argument(
         "--outage-for",
-        type=_non_negative,
+        type=_non_negative_duration,
         metavar="SECONDS",
         help="how long it stays down; 0 for no outage (default: a third of the scenario)",
     )

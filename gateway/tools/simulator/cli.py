@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import signal
 import sys
-from collections.abc import Callable
 from typing import TextIO
 
+from gateway.quantities import duration, whole_number
 from gateway.tools.simulator.platform import (
     DEMO_APP_KEY,
     DEMO_APP_SECRET,
@@ -56,20 +55,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token-ttl",
-        type=_number(float, minimum=0, strict=True),
+        type=duration(0, above=True),
         default=86_400.0,
         metavar="SECONDS",
         help="lifetime of access tokens (default 86400)",
     )
     parser.add_argument(
         "--token-quota",
-        type=_number(int, minimum=0, strict=False),
+        type=whole_number(0),
         metavar="N",
         help="tokens /accessToken may issue in total; further calls get 070305 (default unlimited)",
     )
     parser.add_argument(
         "--issue-delay",
-        type=_number(float, minimum=0, strict=False),
+        type=duration(0),
         default=1.0,
         metavar="SECONDS",
         help="time from accepted (status 20) to issued or failed (default 1.0)",
@@ -161,19 +160,3 @@ def _scenario(text: str) -> str:
     except ScenarioError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def _number(
-    kind: type[float] | type[int], *, minimum: float, strict: bool
-) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text!r}")
-        return value
-
-    return parse

@@ -44,6 +44,14 @@ def test_parser_defaults_and_the_registered_scenario() -> None:
     assert "durable-accept" in SCENARIOS
 
 
+def test_duration_takes_seconds_or_a_unit() -> None:
+    """--duration reads `90`, `90s` and `1.5m` alike."""
+    assert [90.0] * 3 == [
+        parse("--scenario", "durable-accept", "--duration", d).duration
+        for d in ("90", "90s", "1.5m")
+    ]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
