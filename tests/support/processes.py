@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import signal
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gateway.tools.children import set_dotted
 
 READY_TIMEOUT = 20.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,18 +189,12 @@ def write_gateway_config(
 ) -> Path:
     """The default profile (config/gateway.yaml) pointed at `upstream_url`, with `overrides`."""
     config = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
-    overrides = copy.deepcopy(dict(overrides or {}))  # never change the caller's dicts
     config["upstream"]["url"] = upstream_url
     config["log"] = {"format": "json", "level": "info"}
     config["tenants"].append({"id": "acme", "api_key": {"env": "GATEWAY_ACME_API_KEY"}})
     # Tests that count platform calls must not see a background probe unless they ask for one.
     config["resilience"].pop("probe", None)
-    for key, value in (overrides or {}).items():
-        node = config
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+    set_dotted(config, overrides or {})
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
