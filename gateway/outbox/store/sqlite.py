@@ -135,6 +135,8 @@ class SqliteStore:
         self._reader = reader
         self.path = path
         self._committer = committer
+        #: The tenant served last by `claim_due`: the next claim's turns start after it.
+        self._turn: str | None = None
 
     @property
     def commit_stats(self) -> CommitStats:
@@ -354,7 +356,7 @@ class SqliteStore:
         self, *, now: float, limit: int, owner: str, lease_seconds: float
     ) -> Sequence[Submission]:
         async def write(db: aiosqlite.Connection) -> list[Submission]:
-            seqs = await _due_heads(db, now=now, limit=limit)
+            seqs, self._turn = await _due_heads(db, now=now, limit=limit, served_last=self._turn)
             if not seqs:
                 return []
             marks = ", ".join("?" * len(seqs))
@@ -600,9 +602,14 @@ def _audit(row: Sequence[Any]) -> AuditEntry:
     )
 
 
-async def _due_heads(db: aiosqlite.Connection, *, now: float, limit: int) -> list[int]:
-    """Up to `limit` due submissions, tenants taking turns, each the head of its ordering key.
+async def _due_heads(
+    db: aiosqlite.Connection, *, now: float, limit: int, served_last: str | None
+) -> tuple[list[int], str | None]:
+    """Up to `limit` due submissions, tenants taking turns, each the head of its ordering key;
+    and the tenant served last.
 
+    Turns go on from the tenant after `served_last` (whom the previous claim served last), so
+    claims of one row at a time (one free delivery slot each) still go round every tenant.
     Works per tenant on indexed ranges (a few index probes per row considered), so a claim
     costs the same with 100 or 100,000 rows waiting.
     """
@@ -619,8 +626,12 @@ async def _due_heads(db: aiosqlite.Connection, *, now: float, limit: int) -> lis
             after = row[0]
             if after not in tenants:
                 tenants.append(after)
-    queues: list[list[int]] = []
-    for tenant in sorted(tenants):
+    queues: list[tuple[str, list[int]]] = []
+    # Tenants after `served_last` first, then from the start again.
+    rotation = sorted(
+        tenants, key=lambda name: (served_last is not None and name <= served_last, name)
+    )
+    for tenant in rotation:
         heads: list[int] = []
         for state in ("queued", "unknown"):
             # In acceptance order, skipping rows whose ordering key has an earlier unresolved
@@ -635,13 +646,13 @@ async def _due_heads(db: aiosqlite.Connection, *, now: float, limit: int) -> lis
             ) as cursor:
                 heads += [int(r[0]) for r in await cursor.fetchall()]
         if heads:
-            queues.append(sorted(heads)[:limit])
-    chosen: list[int] = []
+            queues.append((tenant, sorted(heads)[:limit]))
+    chosen: list[tuple[str, int]] = []
     turn = 0
-    while len(chosen) < limit and any(turn < len(q) for q in queues):
-        chosen += [q[turn] for q in queues if turn < len(q)][: limit - len(chosen)]
+    while len(chosen) < limit and any(turn < len(q) for _, q in queues):
+        chosen += [(t, q[turn]) for t, q in queues if turn < len(q)][: limit - len(chosen)]
         turn += 1
-    return chosen
+    return [seq for _, seq in chosen], (chosen[-1][0] if chosen else served_last)
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
