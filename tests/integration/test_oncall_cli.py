@@ -22,7 +22,7 @@ from tests.support.processes import ROOT, base_env, free_port, wait_until
 OPERATOR_TOKEN = "test-operator-token-0123456789"
 VIEWER_TOKEN = "test-viewer-token-0123456789"
 #: The module that serves `outbox` and `circuit`: the real CLI (`gateway`), or the on-call
-#: package on its own (`gateway.cli.oncall`) where it is not mounted in gateway/cli.py.
+#: package on its own (`gateway.cli.oncall`) where it is not mounted in gateway/cli/main.py.
 CLI_MODULE = os.environ.get("ONCALL_CLI_MODULE", "gateway")
 #: Two attempts and the submission is dead: tests make dead rows in seconds.
 MAX_ATTEMPTS = 2

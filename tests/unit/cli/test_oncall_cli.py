@@ -241,7 +241,7 @@ def admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The two groups mounted as gateway/cli.py mounts them."""
+    """The two groups mounted as gateway/cli/main.py mounts them."""
     root = argparse.ArgumentParser(prog="invoice-gateway")
     groups = root.add_subparsers(dest="command", required=True)
     configure_outbox(groups.add_parser("outbox"))
@@ -263,7 +263,7 @@ def json_lines(text: str) -> list[Any]:
 
 
 def test_public_surface() -> None:
-    """The package exports what gateway/cli.py and scripts need, and nothing by accident."""
+    """The package exports what gateway/cli/main.py and scripts need, and nothing by accident."""
     assert sorted(gateway.cli.oncall.__all__) == sorted(
         name
         for name in vars(gateway.cli.oncall)
