@@ -29,6 +29,7 @@ from gateway.tools.children import (
     Child,
     Credentials,
     Endpoints,
+    SimulatorControl,
     ToolError,
     gateway_child,
     simulator_child,
@@ -249,13 +250,10 @@ class SimulatorPlatform:
     def __init__(self, session: aiohttp.ClientSession, control_url: str) -> None:
         self._session = session
         self._url = control_url.rstrip("/") + "/_sim"
+        self._control = SimulatorControl(session, control_url)
 
     async def add_fault(self, rule: Mapping[str, Any]) -> str:
-        async with self._session.post(f"{self._url}/faults", json=dict(rule)) as response:
-            document = await response.json()
-            if response.status >= 300:
-                raise DrillError(f"the simulator refused the fault rule {dict(rule)}: {document}")
-            return str(document["id"])
+        return await self._control.add_fault(rule)
 
     async def ledger(self, *, invoices: bool) -> dict[str, Any]:
         params = {} if invoices else {"invoices": "0"}

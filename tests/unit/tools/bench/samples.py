@@ -28,9 +28,9 @@ def load(statuses: dict[int, int], socket_errors: dict[str, int] | None = None) 
     )
 
 
-def target(prefix: str = "Babc123") -> LoadTarget:
+def target(prefix: str = "Babc123", base_url: str = "http://127.0.0.1:1") -> LoadTarget:
     return LoadTarget(
-        base_url="http://127.0.0.1:1",
+        base_url=base_url,
         headers=submit_headers("tenant-key"),
         templates=body_templates(SELLER, count=4),
         order_prefix=prefix,

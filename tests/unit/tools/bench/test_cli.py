@@ -113,20 +113,25 @@ def test_run_bench_refuses_a_store_dir_that_is_not_a_directory(
 # -- one real run -------------------------------------------------------------------------------
 
 
+def python_m(*argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m ARGV` from the checkout, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     "command", [("gateway", "bench"), ("gateway.tools.bench",)], ids=["subcommand", "module"]
 )
 def test_help_from_the_subcommand_and_the_module(command: tuple[str, ...]) -> None:
     """`invoice-gateway bench --help` and `python -m gateway.tools.bench --help` both work."""
-    completed = subprocess.run(
-        [sys.executable, "-m", *command, "--help"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    completed = python_m(*command, "--help", timeout=30)
     assert 0 == completed.returncode, completed.stderr
     assert "--scenario {durable-accept}" in completed.stdout
 
@@ -134,18 +139,8 @@ def test_help_from_the_subcommand_and_the_module(command: tuple[str, ...]) -> No
 @pytest.mark.integration
 def test_a_short_durable_accept_run_accepts_and_keeps_every_submission() -> None:
     """2 s with the circuit open: exit 0, submissions accepted, every 202 in the store."""
-    argv = [sys.executable, "-m", "gateway", "bench", "--scenario", "durable-accept"]
-    argv += ["--duration", "2"]
-    argv += ["--connections", "8", "--group-commit", "on", "--json"]
-    completed = subprocess.run(
-        argv,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    argv = ["gateway", "bench", "--scenario", "durable-accept", "--duration", "2"]
+    completed = python_m(*argv, "--connections", "8", "--group-commit", "on", "--json", timeout=60)
     assert 0 == completed.returncode, completed.stderr + completed.stdout
     report = json.loads(completed.stdout)
     assert ("durable-accept", True, []) == (report["scenario"], report["ok"], report["problems"])

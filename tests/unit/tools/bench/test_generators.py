@@ -15,7 +15,6 @@ from gateway.tools.bench import (
     AiohttpGenerator,
     BenchError,
     BodyTemplate,
-    LoadTarget,
     WrkGenerator,
     body_templates,
     lua_string,
@@ -167,16 +166,10 @@ async def _recording_server(order_nos: list[str]) -> TestServer:
 @pytest.mark.integration
 async def test_wrk_runs_the_generated_script_with_unique_order_numbers(tmp_path: Path) -> None:
     """Real wrk with the generated script: valid bodies, every order number new, all counted."""
-
     order_nos: list[str] = []
     server = await _recording_server(order_nos)
     try:
-        bench_target = LoadTarget(
-            base_url=str(server.make_url("/")),
-            headers=submit_headers("tenant-key"),
-            templates=body_templates(SELLER, count=4),
-            order_prefix="Bwrk",
-        )
+        bench_target = target("Bwrk", str(server.make_url("/")))
         generator = WrkGenerator(shutil.which("wrk") or "wrk")
         result = await generator.run(bench_target, duration_s=1, connections=4, workdir=tmp_path)
     finally:
@@ -195,12 +188,7 @@ async def test_builtin_generator_sends_unique_order_numbers_and_counts_answers(
     order_nos: list[str] = []
     server = await _recording_server(order_nos)
     try:
-        bench_target = LoadTarget(
-            base_url=str(server.make_url("/")),
-            headers=submit_headers("tenant-key"),
-            templates=body_templates(SELLER, count=4),
-            order_prefix="Bio",
-        )
+        bench_target = target("Bio", str(server.make_url("/")))
         result = await AiohttpGenerator().run(
             bench_target, duration_s=0.3, connections=4, workdir=tmp_path
         )
