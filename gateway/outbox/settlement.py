@@ -88,10 +88,6 @@ RULES: Final[dict[FailureClass, Rule]] = {
 }
 
 
-def rule_for(failure: FailureClass) -> Rule:
-    return RULES[failure]
-
-
 def settle(outcome: Outcome, *, sent_before: bool = False) -> Settlement:
     """What `outcome` means for the submission; `sent_before` says whether an earlier sending
     (recorded on the row) may have reached the platform. A duplicate answer is resolved here:
