@@ -1,14 +1,20 @@
 """Time as a dependency: behaviour that depends on time takes a `Clock`, so tests never sleep.
 
-Also the one way the gateway writes a moment as text: `iso_utc`.
+Also the one way the gateway writes a moment as text (`iso_utc`), and `Periodic`, the one way
+it does something every few seconds in the background (probe, samplers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger("gateway.clock")
 
 
 class Clock(Protocol):
@@ -69,3 +75,52 @@ def iso_utc(wall: float) -> str:
     """
     moment = datetime.fromtimestamp(wall, UTC)
     return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+
+
+class Periodic:
+    """Awaits `step()` every `interval` seconds on `clock`, in a background task named `name`,
+    between `start()` and `stop()`. A step that raises is logged (`failure` says what could
+    not be done) and the next one runs on time: one bad round never ends the work."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[object]],
+        *,
+        interval: float,
+        clock: Clock,
+        failure: str,
+    ) -> None:
+        self.name = name
+        self.interval = interval
+        self._step = step
+        self._clock = clock
+        self._failure = failure
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start in the background (no-op while running)."""
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        """Stop and wait for the task to end; `start()` may be called again afterwards."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        # gather, not `await task`: the task's own cancellation is its result here, while a
+        # cancellation of `stop()` itself still propagates.
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except Exception:
+                log.exception(self._failure, task=self.name)
+            await self._clock.sleep(self.interval)

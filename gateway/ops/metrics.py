@@ -11,8 +11,6 @@ order number, tax number or anything else a client chooses.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import platform
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Protocol
@@ -31,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.clock import Clock
+from gateway.clock import Clock, Periodic
 from gateway.errors import StoreError
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.store import OutboxStore
@@ -316,32 +314,30 @@ class OutboxSampler:
         self._metrics = metrics
         self._store = store
         self._clock = clock
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            "outbox-sampler",
+            self.sample,
+            interval=interval,
+            clock=clock,
+            failure="cannot count the outbox for metrics",
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-sampler")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()
 
     async def sample(self) -> None:
-        counts = await self._store.counts()
+        try:
+            counts = await self._store.counts()
+        except StoreError as exc:
+            log.warning("cannot count the outbox for metrics", error=str(exc))
+            return
         for state, count in counts.by_state.items():
             self._metrics.outbox_depth.labels(state.value).set(count)
         oldest = counts.oldest_queued_at
         self._metrics.oldest_queued.set(max(0.0, self._clock.wall() - oldest) if oldest else 0.0)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sample()
-            except StoreError as exc:
-                log.warning("cannot count the outbox for metrics", error=str(exc))
-            await self._clock.sleep(self._interval)
 
 
 def metrics_handler(

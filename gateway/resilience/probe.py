@@ -15,13 +15,12 @@ operation) opens the circuits once, not every interval.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 import structlog
 
-from gateway.clock import Clock, iso_utc
+from gateway.clock import Clock, Periodic, iso_utc
 from gateway.config import ProbeConfig
 from gateway.resilience.breaker import BreakerRegistry
 from gateway.resilience.failures import Verdict
@@ -110,32 +109,25 @@ class HealthProbe:
         self._registry = registry
         self.health = health
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            "health-probe",
+            self.probe_once,
+            interval=config.interval,
+            clock=clock,
+            failure="health probe round failed",
+        )
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._periodic.running
 
     def start(self) -> None:
         """Start probing in a background task (no-op when already running)."""
-        if not self.running:
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="health-probe")
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Stop probing and wait for the task to end."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        # gather, not `await task`: the task's own cancellation is its result here, while a
-        # cancellation of `stop()` itself still propagates.
-        await asyncio.gather(task, return_exceptions=True)
-
-    async def run(self) -> None:
-        """Probe forever, `interval` apart."""
-        while True:
-            await self.probe_once()
-            await self._clock.sleep(self._config.interval)
+        await self._periodic.stop()
 
     async def probe_once(self) -> bool:
         """Send one probe, record it, and update health and breakers; True when healthy."""

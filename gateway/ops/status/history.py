@@ -9,20 +9,14 @@ HistorySampler  the background task adding a `Sample` every `interval` seconds
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
-from gateway.clock import Clock
+from gateway.clock import Clock, Periodic
 from gateway.resilience.breaker import CircuitState
-
-log = structlog.get_logger("gateway.status")
 
 #: How often the history is sampled, and how much of it the page shows.
 SAMPLE_SECONDS = 10.0
@@ -161,33 +155,25 @@ class HistorySampler:
     def __init__(
         self, history: StatusHistory, sample: Callable[[], Awaitable[Sample]], clock: Clock
     ) -> None:
-        self._history = history
-        self._sample = sample
-        self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        async def add() -> None:
+            history.add(await sample())
+
+        self._periodic = Periodic(
+            "status-sampler",
+            add,
+            interval=history.interval,
+            clock=clock,
+            failure="cannot sample the gateway for /status",
+        )
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._periodic.running
 
     def start(self) -> None:
         """Start sampling in the background (idempotent)."""
-        if self.running:
-            return
-        self._task = asyncio.create_task(self._run(), name="status-sampler")
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Stop sampling and wait until the task has ended; the history is kept."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                self._history.add(await self._sample())
-            except Exception:
-                log.exception("cannot sample the gateway for /status")
-            await self._clock.sleep(self._history.interval)
+        await self._periodic.stop()

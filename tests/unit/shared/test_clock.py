@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import pytest
+from structlog.testing import capture_logs
 
-from gateway.clock import SteadyClock, iso_utc
-from tests.support.fakes import FakeClock
+from gateway.clock import Periodic, SteadyClock, iso_utc
+from tests.support.fakes import FakeClock, ManualClock
 
 
 class SteppingClock(FakeClock):
@@ -46,3 +48,71 @@ def test_iso_utc_reads_back_with_fromisoformat() -> None:
     """What iso_utc writes, `datetime.fromisoformat` reads back to the same millisecond."""
     wall = 1_795_773_600.25
     assert wall == datetime.fromisoformat(iso_utc(wall)).timestamp()
+
+
+async def settle_tasks(rounds: int = 5) -> None:
+    """Let background tasks run until they wait on the clock again."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def test_periodic_runs_its_step_once_per_interval_on_the_clock() -> None:
+    """A step at start, then one each time the clock moves a whole interval on."""
+    clock = ManualClock()
+    steps: list[float] = []
+
+    async def step() -> None:
+        steps.append(clock.monotonic())
+
+    periodic = Periodic("test-periodic", step, interval=2.0, clock=clock, failure="step failed")
+    periodic.start()
+    await settle_tasks()
+    for _ in range(3):
+        clock.advance(2.0)
+        await settle_tasks()
+    await periodic.stop()
+    assert [1000.0, 1002.0, 1004.0, 1006.0] == steps
+
+
+async def test_periodic_survives_a_failing_step() -> None:
+    """A step that raises is logged; the next one still runs on time."""
+    clock = ManualClock()
+    calls: list[int] = []
+
+    async def step() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("first round breaks")
+
+    periodic = Periodic("test-periodic", step, interval=1.0, clock=clock, failure="step failed")
+    with capture_logs() as logs:
+        periodic.start()
+        await settle_tasks()
+        clock.advance(1.0)
+        await settle_tasks()
+    assert periodic.running
+    await periodic.stop()
+    assert [0, 1] == calls
+    assert ["step failed"] == [entry["event"] for entry in logs]
+
+
+async def test_periodic_start_is_idempotent_and_stop_ends_the_task() -> None:
+    """Two starts make one task; stop leaves none running, and it can start again."""
+    clock = ManualClock()
+
+    async def step() -> None:
+        return None
+
+    periodic = Periodic("test-periodic", step, interval=1.0, clock=clock, failure="step failed")
+
+    def named() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "test-periodic" and not t.done()]
+
+    periodic.start()
+    periodic.start()
+    assert 1 == len(named())
+    await periodic.stop()
+    assert ([], False) == (named(), periodic.running)
+    periodic.start()
+    assert periodic.running
+    await periodic.stop()
