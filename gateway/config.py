@@ -395,10 +395,19 @@ class MatchConfig(_Model):
 class ReconcileConfig(_Model):
     """How to learn the result of a submission whose answer was lost (docs/design.md#exactly-once).
 
-    The dispatcher resends it with the same business key; the platform's duplicate code proves
-    the earlier attempt succeeded, and `lookup` (a read operation) fetches what it produced.
+    `lookup-first` (the default): the dispatcher looks the business key up with `lookup` (a
+    read operation) before anything is resent; found → delivered with what was found; a resend
+    only once `absent_lookups` lookups, the last at least `settle` after the first, found
+    nothing. `resend`: resend with the same business key and take the platform's duplicate code
+    as proof of the earlier attempt, then look it up — only for platforms known to deduplicate.
     """
 
+    strategy: Literal["lookup-first", "resend"] = "lookup-first"
+    #: How long the platform may take to list an invoice it accepted: a "not found" proves
+    #: absence only this long after the first one (set it above the platform's lookup lag).
+    settle: Seconds = 30.0
+    #: "Not found" answers needed (spanning `settle`) before a possibly-sent one is resent.
+    absent_lookups: int = Field(default=2, ge=2, le=10)
     #: The read operation that finds the result by business key.
     lookup: str
     #: Its body; every string equal to "{business_key}" is replaced by the submission's key.

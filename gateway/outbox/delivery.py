@@ -55,6 +55,50 @@ MAX_ATTEMPTS = "max_attempts"
 MAX_AGE = "max_age"
 UNKNOWN_OPERATION = "unknown_operation"
 INTERNAL_ERROR = "internal_error"
+#: Looked up and not found yet: looked up again before any resend (lookup-first).
+AWAITING_ABSENCE = "not_found_yet"
+#: Where a row keeps its absence record (`Absence`) in its `result`.
+ABSENCE = "absence"
+#: Lookups of one submission are never closer together than this.
+MIN_LOOKUP_INTERVAL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Absence:
+    """Lookups that found nothing since the submission was last (possibly) sent.
+
+    Valid only while the row's last event is such a lookup (`last_error_class` is
+    `not_found_yet`): a sending, a crash (the lease expires) or an on-call action writes
+    another error class and so starts the count afresh.
+    """
+
+    count: int = 0
+    #: Wall times of the first and the latest of them.
+    since: float = 0.0
+    last: float = 0.0
+
+    @classmethod
+    def of(cls, submission: Submission) -> Absence:
+        record = (submission.result or {}).get(ABSENCE)
+        if submission.last_error_class != AWAITING_ABSENCE or not isinstance(record, dict):
+            return cls()
+        return cls(
+            count=int(record.get("count", 0)),
+            since=float(record.get("since", 0.0)),
+            last=float(record.get("last", 0.0)),
+        )
+
+    def seen(self, now: float) -> Absence:
+        """One more lookup found nothing, at `now`."""
+        return Absence(self.count + 1, self.since if self.count else now, now)
+
+    def proven(self, lookups: int, settle: float) -> bool:
+        """At least `lookups` of them, the latest at least `settle` after the first: by then
+        the platform lists an invoice it accepted before the first one."""
+        return self.count >= lookups and self.last - self.since >= settle
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "since": self.since, "last": self.last}
 
 
 class DeliveryOutcome(StrEnum):
@@ -151,6 +195,11 @@ class Courier:
             if (submission.result or {}).get("duplicate_confirmed"):
                 # An earlier resend already proved it exists; only its lookup is missing.
                 return await self._reconcile(submission, route.reconciler, None, None)
+            if route.reconciler.rule.strategy == "lookup-first":
+                looked = await self._look_before_resend(submission, route.reconciler)
+                if looked is not None:
+                    return looked
+                # Absent, as far as lookups spanning the platform's lag can tell: resend.
         await self._bucket.acquire()
         outcome = await self._pipeline.execute(
             self._rebuild(submission), route.operation, policy=self._policy, live=False
@@ -233,6 +282,89 @@ class Courier:
             retry_after=verdict.retry_after,
         )
 
+    async def _look_before_resend(
+        self, submission: Submission, reconciler: Reconciler
+    ) -> Decision | None:
+        """Lookup-first: what the platform holds for a submission that may have been sent.
+
+        Found → delivered with it. Not found → looked up again until `absent_lookups` lookups,
+        the last at least `settle` after the first, found nothing since the last sending;
+        only then None: the caller resends. Any sending (or a crash: the lease expires) ends
+        the row's absence record, so a resend that went astray is looked for afresh.
+        """
+        lookup = await self._lookup(reconciler, submission)
+        now = self._clock.wall()
+        if lookup.status is LookupStatus.FOUND:
+            assert lookup.entry is not None  # found means an entry
+            return self._found(submission, reconciler, lookup.entry, evidence="lookup")
+        if lookup.status is LookupStatus.FAILED:
+            return self.retry(
+                submission,
+                state=SubmissionState.UNKNOWN,
+                maybe_sent=True,
+                error_class=LOOKUP_FAILED,
+                error=f"it may have been issued, and {lookup.detail}; nothing is resent until "
+                "a lookup answers",
+            )
+        rule = reconciler.rule
+        absence = Absence.of(submission).seen(now)
+        if absence.proven(rule.absent_lookups, rule.settle):
+            return None
+        wait = max(rule.settle / max(1, rule.absent_lookups - 1), MIN_LOOKUP_INTERVAL)
+        if absence.count >= rule.absent_lookups:
+            wait = max(MIN_LOOKUP_INTERVAL, absence.since + rule.settle - now)
+        return Decision(
+            Transition(
+                SubmissionState.UNKNOWN,
+                error_class=AWAITING_ABSENCE,
+                error=f"it may have been issued, and {lookup.detail} ({absence.count} of "
+                f"{rule.absent_lookups} lookup(s)); the platform may list an invoice late, so it "
+                f"is looked up again before anything is resent",
+                result={**(submission.result or {}), ABSENCE: absence.to_json()},
+                next_attempt_at=now + wait,
+            ),
+            outcome=DeliveryOutcome.REQUEUED,
+            message="not found yet: looked up again before any resend",
+            failure=AWAITING_ABSENCE,
+            details={"next_attempt_in_s": round(wait, 3), "lookups": absence.count},
+        )
+
+    def _found(
+        self,
+        submission: Submission,
+        reconciler: Reconciler,
+        entry: dict[str, Any],
+        *,
+        evidence: str,
+        code: str | None = None,
+    ) -> Decision:
+        """Delivered by reconciliation: the platform holds `entry` for its business key."""
+        result: dict[str, Any] = {
+            "reconciled": True,
+            "evidence": evidence,
+            "lookup_operation": reconciler.operation.name,
+            "lookup": entry,
+        }
+        if code is not None:
+            result["duplicate_code"] = code
+        how = (
+            "the lookup found it"
+            if evidence == "lookup"
+            else ("duplicate code after a lost answer, and the lookup found it")
+        )
+        return Decision(
+            Transition(
+                SubmissionState.DELIVERED,
+                attempts_delta=1,
+                # What the client gets if it asks again: the result, not "already used".
+                response=reconciler.answer_for(submission, entry),
+                result=result,
+                clear_error=True,
+            ),
+            outcome=DeliveryOutcome.RECONCILED,
+            message=f"delivered by reconciliation: {how}",
+        )
+
     async def _reconcile(
         self,
         submission: Submission,
@@ -246,24 +378,22 @@ class Courier:
         lookup = await self._lookup(reconciler, submission)
         if lookup.status is LookupStatus.FOUND:
             assert lookup.entry is not None  # found means an entry
-            return Decision(
-                Transition(
-                    SubmissionState.DELIVERED,
-                    attempts_delta=1,
-                    # What the client gets if it asks again: the result, not "already used".
-                    response=reconciler.answer_for(submission, lookup.entry),
-                    result={
-                        "reconciled": True,
-                        "evidence": "duplicate_code",
-                        "duplicate_code": code,
-                        "lookup_operation": reconciler.operation.name,
-                        "lookup": lookup.entry,
-                    },
-                    clear_error=True,
-                ),
-                outcome=DeliveryOutcome.RECONCILED,
-                message="delivered by reconciliation: the platform already had it (duplicate "
-                "code after a lost answer) and the lookup found it",
+            return self._found(
+                submission, reconciler, lookup.entry, evidence="duplicate_code", code=code
+            )
+        lookups = int((submission.result or {}).get("duplicate_lookups", 0)) + 1
+        if lookup.status is LookupStatus.NOT_FOUND and lookups < reconciler.rule.absent_lookups:
+            # The platform may list it late: look again before asking on-call.
+            return self.retry(
+                submission,
+                state=SubmissionState.UNKNOWN,
+                maybe_sent=True,
+                error_class=LOOKUP_FAILED,
+                error=f"the platform reports this business key as already used (code {code}), "
+                f"but {lookup.detail} yet; it is looked up again",
+                response=answer,
+                result={**evidence, "duplicate_lookups": lookups},
+                retry_after=reconciler.rule.settle / reconciler.rule.absent_lookups,
             )
         if lookup.status is LookupStatus.NOT_FOUND:
             return Decision(

@@ -200,6 +200,15 @@ class Rig:
 
 
 Build = Callable[..., Awaitable[Rig]]
+#: The reconcile rule's `settle` in these tests: lookups spanning it prove absence.
+SETTLE = 4.0
+
+
+def with_strategy(operation: OperationConfig, strategy: str) -> OperationConfig:
+    """`operation` reconciling with `strategy` (`lookup-first` or `resend`)."""
+    assert operation.reconcile is not None
+    rule = operation.reconcile.model_copy(update={"strategy": strategy, "settle": SETTLE})
+    return operation.model_copy(update={"reconcile": rule})
 
 
 @pytest.fixture
@@ -214,6 +223,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Build]:
         breaker: BreakerConfig | None = None,
         clock: FakeClock | None = None,
         auth: Any = None,
+        strategy: str = "lookup-first",
     ) -> Rig:
         clock = clock or FakeClock()
         store = await SqliteStore.open(tmp_path / f"outbox-{len(built)}.db", synchronous="NORMAL")
@@ -275,7 +285,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Build]:
                 store=store,
                 pipeline=pipeline,
                 breakers=breakers,
-                operations=[ISSUE, NOTE, QUERY],
+                operations=[with_strategy(ISSUE, strategy), NOTE, QUERY],
                 config=config,
                 send_timeout=3.0,
                 clock=clock,
@@ -429,7 +439,7 @@ async def test_not_sent_is_requeued_not_failed(make: Build, reply: Exception, fa
 
 async def test_answer_lost_is_reconciled_by_duplicate_code_and_lookup(make: Build) -> None:
     """Answer lost → unknown; the resend gets E9106 → one lookup → delivered with its entry."""
-    rig = await make()
+    rig = await make(strategy="resend")
     rig.platform.script["issue"] = [UpstreamTimeout("read timeout", sent=True), DUPLICATE]
     queued = await rig.queue()
     now = rig.clock.wall()
@@ -493,7 +503,7 @@ async def test_server_error_may_have_been_processed(make: Build) -> None:
 
 async def test_failed_lookup_keeps_it_unknown_and_does_not_resend_again(make: Build) -> None:
     """E9106 then a failing lookup: unknown with back-off; next time only the lookup runs."""
-    rig = await make()
+    rig = await make(strategy="resend")
     rig.platform.script["issue"] = [DUPLICATE]
     rig.platform.script["query"] = [BUSY, BUSY, FOUND]  # the read policy tries twice
     unknown = await rig.unknown()
@@ -520,13 +530,19 @@ async def test_failed_lookup_keeps_it_unknown_and_does_not_resend_again(make: Bu
 
 
 async def test_duplicate_without_a_lookup_result_is_parked(make: Build) -> None:
-    """E9106 for a maybe-sent row whose lookup finds nothing waits for on-call, unsent."""
-    rig = await make()
+    """E9106 for a maybe-sent row whose lookups keep finding nothing (looked up again in case
+    the platform lists it late) waits for on-call, unsent."""
+    rig = await make(strategy="resend")
     rig.platform.script["issue"] = [DUPLICATE]
     rig.platform.script["query"] = [NOTHING]
     unknown = await rig.unknown()
     await rig.dispatcher.drain_once()
     row = await rig.get(unknown)
+    assert (SubmissionState.UNKNOWN, "lookup_failed") == (row.state, row.last_error_class)
+    rig.clock.advance(SETTLE)
+    await rig.dispatcher.drain_once()
+    row = await rig.get(unknown)
+    assert 1 == len(rig.upstream.sent("issue"))
     assert (SubmissionState.UNKNOWN, None, "needs_reconciliation") == (
         row.state,
         row.next_attempt_at,
@@ -1045,3 +1061,117 @@ async def test_clock_refused_again_after_resigning_requeues_instead_of_failing(
     assert (SubmissionState.QUEUED, "clock_skew") == (row.state, row.last_error_class)
     assert 2 == len(rig.upstream.requests)
     assert 0 == rig.dispatcher.stats.failed
+
+
+async def test_lookup_first_finds_it_and_never_resends(make: Build) -> None:
+    """Answer lost, and the lookup finds the invoice: delivered with it, nothing resent."""
+    rig = await make()
+    unknown = await rig.unknown()
+    assert 1 == await rig.dispatcher.drain_once()
+    row = await rig.get(unknown)
+    assert (SubmissionState.DELIVERED, "lookup", ENTRY) == (
+        row.state,
+        (row.result or {}).get("evidence"),
+        (row.result or {}).get("lookup"),
+    )
+    assert ([], 1) == (rig.upstream.sent("issue"), len(rig.upstream.sent("query")))
+
+
+async def test_lookup_first_resends_only_once_absence_spans_the_settle_time(make: Build) -> None:
+    """Not found is looked up again; only lookups spanning `settle` allow the one resend."""
+    rig = await make()
+    rig.platform.script["query"] = [NOTHING]
+    unknown = await rig.unknown()
+    await rig.dispatcher.drain_once()
+    row = await rig.get(unknown)
+    assert (SubmissionState.UNKNOWN, "not_found_yet", 1) == (
+        row.state,
+        row.last_error_class,
+        row.attempts,
+    )
+    assert row.next_attempt_at is not None
+    assert SETTLE == pytest.approx(row.next_attempt_at - rig.clock.wall())
+    assert 0 == await rig.dispatcher.drain_once()  # not due before the settle time
+    rig.clock.advance(SETTLE)
+    assert 1 == await rig.dispatcher.drain_once()
+    row = await rig.get(unknown)
+    assert (SubmissionState.DELIVERED, 1, 2) == (
+        row.state,
+        len(rig.upstream.sent("issue")),
+        len(rig.upstream.sent("query")),
+    )
+
+
+async def test_an_invoice_listed_late_is_found_not_issued_again(make: Build) -> None:
+    """Regression for lookup lag: the first lookup misses an accepted invoice, the next one
+    (after the settle time) finds it; it is never resent."""
+    rig = await make()
+    rig.platform.script["query"] = [NOTHING, FOUND]
+    unknown = await rig.unknown()
+    await rig.dispatcher.drain_once()
+    rig.clock.advance(SETTLE)
+    await rig.dispatcher.drain_once()
+    row = await rig.get(unknown)
+    assert (SubmissionState.DELIVERED, [], 2) == (
+        row.state,
+        rig.upstream.sent("issue"),
+        len(rig.upstream.sent("query")),
+    )
+
+
+async def test_a_resend_that_went_astray_is_looked_for_afresh(make: Build) -> None:
+    """After the resend its answer is lost too: the absence count starts again, so a late
+    listing of the resent invoice is waited for instead of sending a third time."""
+    rig = await make()
+    rig.platform.script["query"] = [NOTHING]
+    rig.platform.script["issue"] = [UpstreamTimeout("read timeout", sent=True)]
+    unknown = await rig.unknown()
+    await rig.dispatcher.drain_once()
+    rig.clock.advance(SETTLE)
+    await rig.dispatcher.drain_once()  # absence proven: resent, answer lost
+    row = await rig.get(unknown)
+    assert (SubmissionState.UNKNOWN, "timeout", 1) == (
+        row.state,
+        row.last_error_class,
+        len(rig.upstream.sent("issue")),
+    )
+    rig.clock.advance(60)
+    await rig.dispatcher.drain_once()  # a fresh first "not found": not proof yet
+    row = await rig.get(unknown)
+    assert ("not_found_yet", 1) == (row.last_error_class, len(rig.upstream.sent("issue")))
+
+
+async def test_a_crash_after_the_resend_restarts_the_absence_count(make: Build) -> None:
+    """The gateway dies right after resending (the lease expires): the old absence record no
+    longer counts, and nothing is resent on a single 'not found'."""
+    rig = await make()
+    rig.platform.script["query"] = [NOTHING]
+    unknown = await rig.unknown()
+    await rig.dispatcher.drain_once()
+    claimed = await rig.store.claim_due(
+        now=rig.clock.wall() + SETTLE, limit=1, owner="crashed", lease_seconds=1.0
+    )
+    assert [unknown.id] == [row.id for row in claimed]
+    rig.clock.advance(SETTLE + 2)
+    assert 1 == await rig.store.reclaim(now=rig.clock.wall())
+    await rig.dispatcher.drain_once()
+    row = await rig.get(unknown)
+    assert ("not_found_yet", [], 1) == (
+        row.last_error_class,
+        rig.upstream.sent("issue"),
+        (row.result or {})["absence"]["count"],
+    )
+
+
+async def test_a_failed_lookup_resends_nothing(make: Build) -> None:
+    """A lookup that cannot answer leaves it unknown; nothing is resent meanwhile."""
+    rig = await make()
+    rig.platform.script["query"] = [BUSY]
+    unknown = await rig.unknown()
+    await rig.dispatcher.drain_once()
+    row = await rig.get(unknown)
+    assert (SubmissionState.UNKNOWN, "lookup_failed", []) == (
+        row.state,
+        row.last_error_class,
+        rig.upstream.sent("issue"),
+    )
