@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -692,6 +692,101 @@ def parse_config(raw: Any, environ: Mapping[str, str], *, source: str = "config"
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader, except that a key written twice in one mapping is recorded in
+    `repeated` (its dotted key and the lines of every occurrence) instead of the last one
+    silently winning. A merge key (`<<`) is not a repetition: the keys it brings in may be
+    overridden, as YAML says."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        #: (line of the first occurrence, problem) per repeated key, in construction order.
+        self.repeated: list[tuple[int, str]] = []
+        self._paths: dict[int, str] = {}
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._paths = _node_paths(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, list[int]] = {}
+        names: dict[Any, str] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it with its own message
+            # Keys compare as the values they load as (`1` and `"1"` differ, `on` and `true`
+            # do not): exactly the ones of which a dict would keep only the last.
+            lines.setdefault(key, []).append(key_node.start_mark.line + 1)
+            names.setdefault(key, _key_text(key_node))
+        parent = self._paths.get(id(node), "")
+        for key, seen in lines.items():
+            if len(seen) > 1:
+                times = "twice" if len(seen) == 2 else f"{len(seen)} times"
+                at = ", ".join(map(str, seen[:-1])) + f" and {seen[-1]}"
+                self.repeated.append(
+                    (
+                        seen[0],
+                        f"{_child(parent, names[key])}: written {times}, at lines {at}; a key may "
+                        "appear once in a mapping (YAML would silently keep only the last)",
+                    )
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _key_text(node: yaml.Node) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        return str(node.value)
+    return f"<the key at line {node.start_mark.line + 1}>"
+
+
+def _child(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _node_paths(root: yaml.Node) -> dict[int, str]:
+    """The dotted key (`operations[0].reconcile`) of every node, by `id`, in document order (a
+    node reached again through an alias keeps its first key)."""
+    paths: dict[int, str] = {}
+    pending: list[tuple[yaml.Node, str]] = [(root, "")]
+    while pending:
+        node, path = pending.pop()
+        if id(node) in paths:
+            continue
+        paths[id(node)] = path
+        children: list[tuple[yaml.Node, str]] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [(value, _child(path, _key_text(key))) for key, value in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        pending.extend(reversed(children))
+    return paths
+
+
+def parse_yaml(text: str, *, source: str = "config") -> Any:
+    """The YAML document in `text` as `yaml.safe_load` reads it, except that a key written twice
+    in one mapping is an error, never last-wins. Raises `ConfigError` naming each problem."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        raw = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            [f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]
+        ) from None
+    finally:
+        loader.dispose()
+    if loader.repeated:
+        raise ConfigError([problem for _, problem in sorted(loader.repeated)])
+    return raw
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read, validate and resolve the configuration at `path`."""
     environ = os.environ if environ is None else environ
@@ -700,12 +795,4 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the configuration file: {exc.strerror}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            [f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]
-        ) from None
-    return parse_config(raw, environ, source=str(path))
+    return parse_config(parse_yaml(text, source=str(path)), environ, source=str(path))

@@ -36,6 +36,8 @@ from typing import Any, Final
 import aiohttp
 import yaml
 
+from gateway.config import parse_yaml
+from gateway.errors import ConfigError
 from gateway.tools.simulator.tax_numbers import make_tax_number
 
 #: The checkout this package runs from (this file is `gateway/tools/children.py` in it).
@@ -251,12 +253,17 @@ def write_gateway_config(
     """`profile` (the default profile unless told), pointed at the simulator, with everything
     else in `workdir` (and `overrides`, dotted keys, applied on top)."""
     try:
-        config: dict[str, Any] = yaml.safe_load(profile.read_text(encoding="utf-8"))
+        config: dict[str, Any] = parse_yaml(
+            profile.read_text(encoding="utf-8"), source=str(profile)
+        )
     except OSError as exc:
         raise ToolError(
             f"cannot read the profile {profile}: {exc.strerror}; run from a source checkout "
             "(make demo) or name a readable config file"
         ) from None
+    except ConfigError as exc:
+        # Checked here, before the dump below would hide a key written twice for good.
+        raise ToolError(f"the profile {profile} is not a valid configuration: {exc}") from None
     config["listen"] = f"127.0.0.1:{endpoints.gateway_port}"
     config.setdefault("admin", {})["listen"] = f"127.0.0.1:{endpoints.admin_port}"
     config["store_url"] = f"sqlite:///{workdir / 'gateway.db'}"

@@ -85,6 +85,18 @@ def test_check_config_names_each_problem(tmp_path: Path) -> None:
     assert "NUONUO_APP_SECRET is not set" in result.stderr
 
 
+def test_check_config_refuses_a_key_written_twice(tmp_path: Path) -> None:
+    """A key written twice exits 2 like any other problem, naming the key and both lines."""
+    twice = tmp_path / "twice.yaml"
+    text = (ROOT / "config" / "gateway.yaml").read_text()
+    twice.write_text(text.replace("  timeout: 15s\n", "  timeout: 15s\n  timeout: 30s\n"))
+    line = text.splitlines().index("  timeout: 15s") + 1
+    result = run_cli("check-config", str(twice))
+    assert 2 == result.returncode
+    assert f"upstream.timeout: written twice, at lines {line} and {line + 1}" in result.stderr
+    assert "OK" not in result.stdout
+
+
 def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
     """`run` refuses to start on an invalid configuration, saying why."""
     missing = tmp_path / "nope.yaml"

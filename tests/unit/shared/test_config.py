@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import NuonuoHmacAuthConfig, load_config, parse_config
+from gateway.config import NuonuoHmacAuthConfig, load_config, parse_config, parse_yaml
 from gateway.errors import ConfigError
 from tests.support.processes import ROOT
 
@@ -200,3 +200,99 @@ def test_postgres_url_is_explained() -> None:
     raw["store_url"] = "postgresql://localhost/test"
     [problem] = problems(raw)
     assert problem.startswith("store_url: PostgreSQL stores are not available")
+
+
+# -- a key written twice ------------------------------------------------------------------------
+
+TWICE = "a key may appear once in a mapping (YAML would silently keep only the last)"
+
+
+def repeated(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_yaml(text)
+    return caught.value.problems
+
+
+def test_default_profile_has_no_key_written_twice() -> None:
+    """config/gateway.yaml reads the same through the strict loader as through PyYAML."""
+    text = (ROOT / "config" / "gateway.yaml").read_text()
+    assert yaml.safe_load(text) == parse_yaml(text)
+
+
+def test_repeated_nested_key_names_its_dotted_key_and_both_lines() -> None:
+    """A key written twice deep in the document is named by its dotted key and both lines."""
+    text = "upstream:\n  url: http://a\n  auth:\n    scheme: none\n    scheme: nuonuo-hmac\n"
+    assert [f"upstream.auth.scheme: written twice, at lines 4 and 5; {TWICE}"] == repeated(text)
+
+
+def test_repeated_key_in_a_mapping_inside_a_list() -> None:
+    """A mapping in a list is named by its index, e.g. operations[1].reconcile.answer."""
+    text = (
+        "operations:\n"
+        "  - name: a\n"
+        "  - name: b\n"
+        "    reconcile:\n"
+        "      answer: {code: E0000}\n"
+        "      lookup: q\n"
+        "      answer: {code: E0001}\n"
+    )
+    assert [
+        f"operations[1].reconcile.answer: written twice, at lines 5 and 7; {TWICE}"
+    ] == repeated(text)
+
+
+def test_every_repeated_key_is_listed_in_document_order() -> None:
+    """One run lists each repeated key, top level included, and a third occurrence too."""
+    text = "listen: a\nlog: {level: info, level: debug}\nlisten: b\nlisten: c\n"
+    assert [
+        f"listen: written 3 times, at lines 1, 3 and 4; {TWICE}",
+        f"log.level: written twice, at lines 2 and 2; {TWICE}",
+    ] == repeated(text)
+
+
+def test_keys_that_load_as_the_same_value_are_repeated() -> None:
+    """`on` and `true` are one key once loaded, so one would silently replace the other."""
+    assert [f"flags.on: written twice, at lines 2 and 3; {TWICE}"] == repeated(
+        "flags:\n  on: 1\n  true: 2\n"
+    )
+
+
+def test_keys_that_only_look_alike_are_not_repeated() -> None:
+    """`1` and `"1"` are different keys, and so are the same key in two mappings."""
+    assert {"a": {1: "x", "1": "y"}, "b": {1: "z"}} == parse_yaml('a: {1: x, "1": y}\nb: {1: z}\n')
+
+
+def test_merged_keys_may_be_overridden() -> None:
+    """A key brought in by a merge (`<<`) is overridden by the mapping's own, as YAML says."""
+    text = "base: &base {level: info, format: json}\nlog:\n  <<: *base\n  level: debug\n"
+    assert {"level": "debug", "format": "json"} == parse_yaml(text)["log"]
+
+
+def test_load_config_refuses_a_repeated_key(tmp_path: Path) -> None:
+    """`load_config` reports a repeated key like any other problem, before validating."""
+    path = tmp_path / "twice.yaml"
+    text = (ROOT / "config" / "gateway.yaml").read_text()
+    path.write_text(
+        text.replace("unmatched: passthrough\n", "unmatched: passthrough\nunmatched: reject\n")
+    )
+    line = text.splitlines().index("unmatched: passthrough") + 1
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV)
+    assert [f"unmatched: written twice, at lines {line} and {line + 1}; {TWICE}"] == (
+        caught.value.problems
+    )
+
+
+def test_red_letter_reconciled_answer_is_its_own_not_the_issues() -> None:
+    """Regression: the profile wrote the issue's `answer` twice, the first one meant for the
+    red-letter reversal; each reconcile rule now has its own."""
+    config = load_config(ROOT / "config" / "gateway.yaml", ENV)
+    described = {
+        op.name: op.reconcile.answer["describe"]
+        for op in config.operations
+        if op.reconcile is not None
+    }
+    assert {
+        "nuonuo.OpeMplatform.requestBillingNew": "开票提交成功（网关对账确认）",
+        "nuonuo.OpeMplatform.fastInvoiceRed": "红冲提交成功（网关对账确认）",
+    } == described

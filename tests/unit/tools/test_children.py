@@ -96,6 +96,14 @@ def test_unreadable_profile_is_a_tool_error_naming_it(tmp_path: Path) -> None:
         write_gateway_config(tmp_path, Endpoints(1, 2, 3, 4), profile=missing)
 
 
+def test_profile_with_a_key_written_twice_is_a_tool_error(tmp_path: Path) -> None:
+    """A repeated key in the profile stops the run, before the written copy could hide it."""
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("listen: 127.0.0.1:1\nupstream: {url: http://a}\nlisten: 127.0.0.1:2\n")
+    with pytest.raises(ToolError, match="listen: written twice, at lines 1 and 3"):
+        write_gateway_config(tmp_path, Endpoints(1, 2, 3, 4), profile=profile)
+
+
 def test_scratch_dir_is_removed_unless_kept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
