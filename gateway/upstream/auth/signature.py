@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 
 #: Query parameters the signature scheme owns; the gateway always sets them itself.
 SIGNED_QUERY_PARAMS = ("senid", "nonce", "timestamp", "appkey")
@@ -35,6 +36,13 @@ def new_senid() -> str:
     return secrets.token_hex(16)
 
 
-def new_nonce() -> str:
-    """A fresh 8-digit nonce."""
-    return f"{secrets.randbelow(10**8):08d}"
+#: The nonce is a positive 8-digit number, as the platform documents it: never a leading zero
+#: (`00123456` is not a number of 8 digits), so the smallest is 10000000.
+NONCE_MIN = 10_000_000
+NONCE_MAX = 99_999_999
+
+
+def new_nonce(randbelow: Callable[[int], int] = secrets.randbelow) -> str:
+    """A fresh nonce, uniform from NONCE_MIN to NONCE_MAX; `randbelow(n)` gives 0 <= x < n (tests
+    pass a seeded one)."""
+    return str(NONCE_MIN + randbelow(NONCE_MAX - NONCE_MIN + 1))
