@@ -31,9 +31,7 @@ OVERRIDES = {"outbox": FAST_OUTBOX, "resilience": FAST_RESILIENCE, "upstream.tim
 @pytest.fixture
 def sim_no_dedupe(tmp_path: Path) -> Iterator[Simulator]:
     """A simulator that issues a repeated order number again: any blind resend shows as a double."""
-    with Simulator.start(
-        tmp_path / "sim", "--no-duplicate-detection", "--issue-delay", "0.2"
-    ) as sim:
+    with Simulator.start(tmp_path / "sim", "--issue-delay", "0.2", dedup=False) as sim:
         yield sim
 
 

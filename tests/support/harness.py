@@ -34,7 +34,9 @@ class Simulator:
     control_url: str
 
     @classmethod
-    def start(cls, workdir: Path, *extra: str) -> Simulator:
+    def start(cls, workdir: Path, *extra: str, dedup: bool = True) -> Simulator:
+        """A simulator process with `extra` flags; `dedup=False` issues a reused order number
+        again (`--dedup off`), so a blind resend shows as a second invoice."""
         port, control = free_port(), free_port()
         process = ManagedProcess(
             "simulator",
@@ -44,6 +46,8 @@ class Simulator:
                 f"127.0.0.1:{port}",
                 "--control-listen",
                 f"127.0.0.1:{control}",
+                "--dedup",
+                "on" if dedup else "off",
                 *extra,
             ),
             base_env(),
@@ -61,6 +65,16 @@ class Simulator:
 
     def ledger(self) -> dict[str, Any]:
         status, _, body = http_json("GET", f"{self.control_url}/_sim/ledger")
+        assert status == 200, body
+        return dict(body)
+
+    def sends(self, order_no: str) -> int:
+        """How many valid requests to issue under `order_no` the platform processed."""
+        return int(self.ledger()["orders"].get(order_no, {}).get("sends", 0))
+
+    def change_settings(self, **changes: Any) -> dict[str, Any]:
+        """Switch settings at run time (`dedup`, `lookup_lag_s`, ...); all of them as now."""
+        status, _, body = http_json("PATCH", f"{self.control_url}/_sim/settings", changes)
         assert status == 200, body
         return dict(body)
 

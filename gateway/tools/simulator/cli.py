@@ -16,7 +16,8 @@ import signal
 import sys
 from typing import TextIO
 
-from gateway.quantities import duration, whole_number
+from gateway.quantities import duration, number, whole_number
+from gateway.tools.simulator.operations import OPERATIONS
 from gateway.tools.simulator.platform import (
     DEMO_APP_KEY,
     DEMO_APP_SECRET,
@@ -25,6 +26,7 @@ from gateway.tools.simulator.platform import (
 )
 from gateway.tools.simulator.scenarios import SCENARIOS, ScenarioError, parse_scenario
 from gateway.tools.simulator.server import HostPort, build_simulator
+from gateway.tools.simulator.switches import switches
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -74,9 +76,46 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="time from accepted (status 20) to issued or failed (default 1.0)",
     )
     parser.add_argument(
-        "--no-duplicate-detection",
-        action="store_true",
-        help="issue a reused orderNo again instead of answering E9106 (shows up as a double)",
+        "--sign-delay",
+        type=duration(0),
+        default=0.0,
+        metavar="SECONDS",
+        help="time an issued invoice is signing (status 21) before it is done (default 0)",
+    )
+    parser.add_argument(
+        "--dedup",
+        choices=("on", "off"),
+        default="on",
+        help="on: answer E9106 to a reused orderNo; off: issue it again, as a double (default on)",
+    )
+    parser.add_argument(
+        "--lookup-lag",
+        type=duration(0),
+        default=0.0,
+        metavar="SECONDS",
+        help="queryInvoiceResult lists an invoice only this long after it was accepted (default 0)",
+    )
+    parser.add_argument(
+        "--fail-issuance-rate",
+        type=number(0, 1),
+        default=0.0,
+        metavar="SHARE",
+        help="share of accepted invoices that end 22, issuance failed (0 to 1, default 0)",
+    )
+    parser.add_argument(
+        "--fail-signing-rate",
+        type=number(0, 1),
+        default=0.0,
+        metavar="SHARE",
+        help="share of accepted invoices that end 24, signing failed (0 to 1, default 0)",
+    )
+    parser.add_argument(
+        "--disable-api",
+        action="append",
+        choices=tuple(OPERATIONS),
+        default=[],
+        metavar="METHOD",
+        help="answer this operation 070302, API not enabled (repeatable)",
     )
     parser.add_argument(
         "--scenario",
@@ -98,7 +137,12 @@ def run(args: argparse.Namespace) -> int:
         token_ttl_s=args.token_ttl,
         token_quota=args.token_quota,
         issue_delay_s=args.issue_delay,
-        duplicate_detection=not args.no_duplicate_detection,
+        sign_delay_s=args.sign_delay,
+        dedup=args.dedup == "on",
+        lookup_lag_s=args.lookup_lag,
+        fail_issuance_rate=args.fail_issuance_rate,
+        fail_signing_rate=args.fail_signing_rate,
+        disabled_apis=frozenset(args.disable_api),
     )
     return asyncio.run(_serve(args, settings))
 
@@ -122,7 +166,7 @@ async def _serve(args: argparse.Namespace, settings: PlatformSettings) -> int:
             "listen": format_host_port(simulator.api_address),
             "control": format_host_port(control) if control is not None else None,
             "scenario": args.scenario,
-            "duplicate_detection": settings.duplicate_detection,
+            "settings": switches(settings),
         },
         sys.stdout,
     )

@@ -1,4 +1,4 @@
-"""The control API under `/_sim/`: fault rules, scenarios, the ledger, reset, health.
+"""The control API under `/_sim/`: fault rules, scenarios, settings, the ledger, reset, health.
 
 Answers are JSON; invalid input is answered 400 `{"error": "..."}` naming the problem.
 """
@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.tools.simulator.faults import FaultSpecError
 from gateway.tools.simulator.platform import Platform
 from gateway.tools.simulator.scenarios import ScenarioError, scenario_rules
+from gateway.tools.simulator.switches import SettingsError, apply_switches, switches
 
 
 class ControlApi:
@@ -34,6 +35,8 @@ class ControlApi:
             web.delete("/_sim/faults", self.clear_faults),
             web.delete("/_sim/faults/{id}", self.remove_fault),
             web.post("/_sim/scenarios/{name}", self.start_scenario),
+            web.get("/_sim/settings", self.settings),
+            web.patch("/_sim/settings", self.change_settings),
             web.get("/_sim/ledger", self.ledger),
             web.post("/_sim/reset", self.reset),
         ]
@@ -82,6 +85,19 @@ class ControlApi:
         ids = [self._platform.add_fault(spec).id for spec in specs]
         await self._on_faults_changed()
         return web.json_response({"ids": ids}, status=201)
+
+    async def settings(self, request: web.Request) -> web.Response:
+        """The settings that can change at run time (`gateway.tools.simulator.switches`)."""
+        return web.json_response(switches(self._platform.settings))
+
+    async def change_settings(self, request: web.Request) -> web.Response:
+        """Change some of them; answers all of them as they are now."""
+        change = await _json_body(request)
+        try:
+            self._platform.settings = apply_switches(self._platform.settings, change)
+        except SettingsError as exc:
+            raise _bad_request(str(exc)) from None
+        return web.json_response(switches(self._platform.settings))
 
     async def ledger(self, request: web.Request) -> web.Response:
         """The ledger and counters; `?invoices=0` leaves out the per-invoice lists."""

@@ -23,7 +23,7 @@ class Counters:
     calls: Counter[str] = field(default_factory=Counter)
     #: Answered 070601: wrong signature, or malformed `senid`/`nonce`.
     rejected_signature: int = 0
-    #: Answered 070602: `timestamp` missing or more than 300 s off the platform's clock.
+    #: Answered 070601 too: `timestamp` missing or more than 300 s off the platform's clock.
     stale_timestamp: int = 0
     #: Answered 070301 because the token was missing, unknown or expired.
     bad_token: int = 0
@@ -34,8 +34,10 @@ class Counters:
     unknown_app_key: int = 0
     #: Answered 070303.
     wrong_user_tax: int = 0
-    #: Answered 070401.
+    #: Answered 070501 (no such API).
     unknown_method: int = 0
+    #: Answered 070302 (the API is switched off: `disabled_apis`).
+    api_not_enabled: int = 0
     #: Answered 0201.
     invalid_request: int = 0
     #: Token requests answered 070304.

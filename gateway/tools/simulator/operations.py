@@ -6,9 +6,10 @@ inside it, so a call is either processed entirely or not at all.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -31,6 +32,11 @@ INVOICE_INSPECTION: Final = "nuonuo.electronInvoice.invoiceInspection"
 
 #: queryInvoiceResult looks up at most this many serial or order numbers per call.
 MAX_QUERY_NUMBERS: Final = 50
+#: Why an issuance drawn to fail (`fail_issuance_rate`, `fail_signing_rate`) failed.
+DRAWN_ISSUANCE_FAILURE: Final = "开票失败：税局系统繁忙，请稍后重试开票（模拟故障）"
+DRAWN_SIGNING_FAILURE: Final = "签章失败：签章服务异常（模拟故障）"
+#: Where a finished invoice's PDF would be; the `.invalid` domain never resolves.
+PDF_URL: Final = "https://invoices.simulator.invalid/{invoice_no}.pdf"
 RED_REASONS: Final = {
     "1": "销货退回",
     "2": "开票有误",
@@ -44,14 +50,35 @@ _DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 
 @dataclass(frozen=True, slots=True)
 class OperationContext:
-    """What an operation may see and change; `now` is monotonic, `wall` Unix seconds."""
+    """What an operation may see and change; `now` is monotonic, `wall` Unix seconds. The rest
+    are the platform's settings of the moment (`PlatformSettings`)."""
 
     ledger: Ledger
     seller_tax_num: str
     now: float
     wall: float
     issue_delay_s: float
-    duplicate_detection: bool
+    #: Answer E9106 to a reused order number; off, issue it again.
+    dedup: bool
+    sign_delay_s: float = 0.0
+    #: queryInvoiceResult lists an invoice only this long after it was accepted.
+    lookup_lag_s: float = 0.0
+    #: Shares of accepted blue invoices drawn to end 22 (issuance failed) or 24 (signing failed).
+    fail_issuance_rate: float = 0.0
+    fail_signing_rate: float = 0.0
+    #: What those shares are drawn with (seeded by the simulator's `--seed`).
+    rng: random.Random = field(default_factory=random.Random)
+
+    def draw(self, rate: float, cause: str) -> str | None:
+        """`cause` with probability `rate`, else None (no draw at all when `rate` is 0, so runs
+        without failure rates see the same random sequence as before)."""
+        if rate > 0 and self.rng.random() < rate:
+            return cause
+        return None
+
+    def listed(self, entry: Invoice) -> bool:
+        """Whether the lookup index has caught up with `entry` (`lookup_lag_s`)."""
+        return self.now >= entry.accepted_at + self.lookup_lag_s
 
 
 Operation = Callable[[OperationContext, Mapping[str, Any]], Reply]
@@ -78,9 +105,16 @@ def request_billing(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
     buyer_name = _required_text(order, "buyerName")
     buyer_tax_num = _optional_text(order, "buyerTaxNum")
     amounts = _order_amounts(order.get("invoiceDetail"))
-    if ctx.duplicate_detection and ctx.ledger.by_order(ctx.seller_tax_num, order_no):
+    ctx.ledger.count_send(ctx.seller_tax_num, order_no)
+    if ctx.dedup and ctx.ledger.by_order(ctx.seller_tax_num, order_no):
         ctx.ledger.duplicates_rejected += 1
         return answer(codes.DUPLICATE_ORDER, f"订单编号[{order_no}]已存在，请勿重复提交")
+    fail_cause = buyer_fail_cause(buyer_tax_num) or ctx.draw(
+        ctx.fail_issuance_rate, DRAWN_ISSUANCE_FAILURE
+    )
+    sign_fail_cause = None
+    if fail_cause is None:
+        sign_fail_cause = ctx.draw(ctx.fail_signing_rate, DRAWN_SIGNING_FAILURE)
     entry = ctx.ledger.record(
         order_no=order_no,
         seller_tax_num=ctx.seller_tax_num,
@@ -91,25 +125,32 @@ def request_billing(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
         now=ctx.now,
         wall=ctx.wall,
         issue_delay_s=ctx.issue_delay_s,
-        fail_cause=buyer_fail_cause(buyer_tax_num),
+        sign_delay_s=ctx.sign_delay_s,
+        fail_cause=fail_cause,
+        sign_fail_cause=sign_fail_cause,
     )
     return answer(codes.SUCCESS, "开票提交成功", {"invoiceSerialNum": entry.serial_no})
 
 
 def query_invoice_result(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
-    """Status of invoices by serial number and/or order number; unknown numbers are left out."""
+    """Status of up to 50 invoices by serial number, or else by order number (given both, the
+    platform goes by the serial numbers). Numbers it does not know, or has not indexed yet
+    (`lookup_lag_s`), are left out; an order number reused with deduplication off finds every
+    invoice issued under it."""
     serial_nos = _number_list(body, "serialNos")
     order_nos = _number_list(body, "orderNos")
     if not serial_nos and not order_nos:
         raise InvalidRequest("serialNos 与 orderNos 不能同时为空")
-    found: dict[str, Invoice] = {}
-    for serial_no in serial_nos:
-        entry = ctx.ledger.by_serial(serial_no)
-        if entry is not None and entry.seller_tax_num == ctx.seller_tax_num:
-            found.setdefault(entry.serial_no, entry)
-    for order_no in order_nos:
-        for entry in ctx.ledger.by_order(ctx.seller_tax_num, order_no):
-            found.setdefault(entry.serial_no, entry)
+    candidates: list[Invoice] = []
+    if serial_nos:
+        for serial_no in serial_nos:
+            entry = ctx.ledger.by_serial(serial_no)
+            if entry is not None and entry.seller_tax_num == ctx.seller_tax_num:
+                candidates.append(entry)
+    else:
+        for order_no in order_nos:
+            candidates.extend(ctx.ledger.by_order(ctx.seller_tax_num, order_no))
+    found = {entry.serial_no: entry for entry in candidates if ctx.listed(entry)}
     result = [_query_view(entry, ctx.now) for entry in found.values()]
     return answer(codes.SUCCESS, "查询成功", result)
 
@@ -122,13 +163,16 @@ def fast_invoice_red(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
     if red_reason not in RED_REASONS:
         raise InvalidRequest("redReason 必须是 1、2、3 或 4")
     ledger, seller = ctx.ledger, ctx.seller_tax_num
-    if ctx.duplicate_detection and ledger.by_order(seller, order_no):
+    ledger.count_send(seller, order_no)
+    if ctx.dedup and ledger.by_order(seller, order_no):
         ledger.duplicates_rejected += 1
         return answer(codes.DUPLICATE_ORDER, f"订单编号[{order_no}]已存在，请勿重复提交")
     blues = [e for e in ledger.by_order(seller, original_order_no) if e.kind is InvoiceKind.BLUE]
     if not blues:
         return answer(codes.RED_ORIGINAL_NOT_FOUND, f"原蓝票订单[{original_order_no}]不存在")
-    issued = [e for e in blues if e.status(ctx.now) is InvoiceStatus.ISSUED]
+    # Issued and done with (signed, or signing failed): an invoice still issuing or signing
+    # cannot be reversed yet.
+    issued = [e for e in blues if e.status(ctx.now).numbered and e.status(ctx.now).final]
     if not issued:
         return answer(
             codes.RED_ORIGINAL_NOT_ISSUED, f"原蓝票订单[{original_order_no}]尚未开具成功，不能红冲"
@@ -147,6 +191,7 @@ def fast_invoice_red(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
         now=ctx.now,
         wall=ctx.wall,
         issue_delay_s=ctx.issue_delay_s,
+        sign_delay_s=ctx.sign_delay_s,
         original=original,
         red_reason=red_reason,
     )
@@ -162,7 +207,7 @@ def invoice_inspection(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
     invoice_date = "-".join(date_match.groups())
     amount = _decimal(body.get("amount"), "amount", None)
     entry = ctx.ledger.by_invoice_no(invoice_num)
-    if entry is None or entry.status(ctx.now) is not InvoiceStatus.ISSUED:
+    if entry is None or not entry.status(ctx.now).numbered:
         return answer(codes.INSPECTION_NOT_FOUND, f"查无此票：{invoice_num}")
     if entry.issued_date() != invoice_date or entry.amounts.with_tax != amount:
         return answer(codes.INSPECTION_MISMATCH, "发票日期或金额与查验信息不一致")
@@ -194,18 +239,22 @@ OPERATIONS: Final[Mapping[str, Operation]] = {
 
 def _query_view(entry: Invoice, now: float) -> dict[str, Any]:
     status = entry.status(now)
-    issued = status is InvoiceStatus.ISSUED
+    numbered = status.numbered
     return {
         "serialNo": entry.serial_no,
         "orderNo": entry.order_no,
         "status": status.value,
         "statusMsg": STATUS_MESSAGES[status],
-        "failCause": entry.fail_cause if status is InvoiceStatus.FAILED else "",
+        "failCause": entry.cause(now),
         "invoiceType": "2" if entry.kind is InvoiceKind.RED else "1",
         # 数电票 have no separate invoice code: the 20-digit number identifies them.
         "invoiceCode": "",
-        "invoiceNo": entry.invoice_no if issued else "",
-        "invoiceTime": round(entry.issued_wall * 1000) if issued else None,
+        "invoiceNo": entry.invoice_no if numbered else "",
+        "invoiceTime": round(entry.issued_wall * 1000) if numbered else None,
+        # Only a signed invoice has its PDF.
+        "pdfUrl": PDF_URL.format(invoice_no=entry.invoice_no)
+        if status is InvoiceStatus.ISSUED
+        else "",
         "buyerName": entry.buyer_name,
         "buyerTaxNum": entry.buyer_tax_num,
         "salerTaxNum": entry.seller_tax_num,

@@ -5,13 +5,17 @@ A call to `/open/v1/services` is checked in this order, each failure answered as
 `{"code", "describe"}` and counted in `Counters`:
 
     1. appkey is the configured one                                  else 070603
-    2. timestamp is within 300 s of the platform's clock             else 070602
-    3. senid (32 hex) and nonce (8 digits) well formed, and
-       X-Nuonuo-Sign matches `gateway.upstream.auth.signature.sign`           else 070601
+    2. timestamp is within 300 s of the platform's clock             else 070601
+    3. senid (32 characters) and nonce (5 to 10 digits) well formed,
+       and X-Nuonuo-Sign matches `gateway.upstream.auth.signature.sign`       else 070601
     4. accessToken issued here, not expired, not revoked             else 070301
     5. userTax is the configured seller tax number                   else 070303
-    6. the `method` header names a known operation                   else 070401
+    6. the `method` header names a known operation                   else 070501
+       ... that is not switched off (`disabled_apis`)                else 070302
     7. the body is a JSON object                                     else 0201
+
+A stale timestamp is a signature failure to the caller, as on the platform (whose advice for
+070601 is to check the server clock); the counters still tell the two apart.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ DEMO_USER_TAX: Final = "91110108123456789H"
 TOKEN_PATH: Final = "/accessToken"  # noqa: S105  # a URL path, not a secret
 SERVICES_PATH: Final = "/open/v1/services"
 
-_SENID = re.compile(r"[0-9a-fA-F]{32}")
-_NONCE = re.compile(r"[0-9]{8}")
+# What the vendor's SDKs send: a 32-character id (UUIDs without dashes, MD5 hex, upper or lower
+# case) and a random positive integer of 5 to 10 digits (8 in its documentation).
+_SENID_LENGTH: Final = 32
+_NONCE = re.compile(r"[0-9]{5,10}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 #: The `calls` counter key for a call without a `method` header.
 _NO_METHOD: Final = "(none)"
@@ -63,10 +69,21 @@ class PlatformSettings:
     token_ttl_s: float = 86_400.0
     #: Tokens `/accessToken` may issue in total (None: unlimited); further calls get 070305.
     token_quota: int | None = None
-    #: Seconds from acceptance (status 20) to issued (2) or failed (22).
+    #: Seconds from acceptance (status 20) to issued or failed (22).
     issue_delay_s: float = 1.0
+    #: Seconds an issued invoice is being signed (status 21) before it is done (2) or its
+    #: signing failed (24).
+    sign_delay_s: float = 0.0
     #: Answer E9106 to a reused orderNo. Off, the platform issues the order again (a double).
-    duplicate_detection: bool = True
+    dedup: bool = True
+    #: queryInvoiceResult lists an invoice only this long after it was accepted.
+    lookup_lag_s: float = 0.0
+    #: Shares of accepted blue invoices that end 22 (issuance failed) and 24 (signing failed),
+    #: besides those whose buyer tax number fails its check (always 22).
+    fail_issuance_rate: float = 0.0
+    fail_signing_rate: float = 0.0
+    #: Operations answered 070302 (API not enabled for this application).
+    disabled_apis: frozenset[str] = frozenset()
     #: How far a request's `timestamp` may be from the platform's clock.
     timestamp_window_s: float = 300.0
 
@@ -75,7 +92,11 @@ class Platform:
     """The simulated invoice platform: state, checks and operations, behind two aiohttp routes."""
 
     def __init__(self, settings: PlatformSettings, *, clock: Clock, rng: random.Random) -> None:
+        #: The settings of the moment: `PATCH /_sim/settings` replaces them, a reset restores
+        #: those it started with.
         self.settings = settings
+        self.started_with = settings
+        self.rng = rng
         self.clock = clock
         self.ledger = Ledger()
         self.tokens = TokenStore()
@@ -91,7 +112,8 @@ class Platform:
         ]
 
     def reset(self) -> None:
-        """Forget everything: ledger, tokens, fault rules and counters."""
+        """Forget everything: ledger, tokens, fault rules, counters, changed settings."""
+        self.settings = self.started_with
         self.ledger.clear()
         self.tokens.clear()
         self.faults.clear()
@@ -241,12 +263,14 @@ class Platform:
             or abs(wall - int(timestamp)) > settings.timestamp_window_s
         ):
             counters.stale_timestamp += 1
-            return answer(codes.TIMESTAMP_OUT_OF_WINDOW)
+            return answer(codes.SIGNATURE_CHECK_FAILED, codes.STALE_TIMESTAMP_DESCRIBE)
 
         senid, nonce = query.get("senid", ""), query.get("nonce", "")
-        if _SENID.fullmatch(senid) is None or _NONCE.fullmatch(nonce) is None:
+        if len(senid) != _SENID_LENGTH or _NONCE.fullmatch(nonce) is None:
             counters.rejected_signature += 1
-            return answer(codes.SIGNATURE_MISMATCH, "签名校验失败：senid须为32位、nonce须为8位数字")
+            return answer(
+                codes.SIGNATURE_CHECK_FAILED, "签名校验失败：senid须为32位、nonce须为5至10位数字"
+            )
         expected = sign(
             app_secret=settings.app_secret,
             app_key=app_key,
@@ -257,7 +281,7 @@ class Platform:
         )
         if not hmac.compare_digest(expected.encode(), headers.get("X-Nuonuo-Sign", "").encode()):
             counters.rejected_signature += 1
-            return answer(codes.SIGNATURE_MISMATCH)
+            return answer(codes.SIGNATURE_CHECK_FAILED)
 
         method = headers.get("method", "")
         match self.tokens.check(headers.get("accessToken", ""), now):
@@ -282,6 +306,9 @@ class Platform:
         if operation is None:
             counters.unknown_method += 1
             return answer(codes.UNKNOWN_METHOD, f"method[{method}]不存在")
+        if method in settings.disabled_apis:
+            counters.api_not_enabled += 1
+            return answer(codes.API_NOT_ENABLED, f"应用未开通API[{method}]")
 
         context = OperationContext(
             ledger=self.ledger,
@@ -289,7 +316,12 @@ class Platform:
             now=now,
             wall=wall,
             issue_delay_s=settings.issue_delay_s,
-            duplicate_detection=settings.duplicate_detection,
+            dedup=settings.dedup,
+            sign_delay_s=settings.sign_delay_s,
+            lookup_lag_s=settings.lookup_lag_s,
+            fail_issuance_rate=settings.fail_issuance_rate,
+            fail_signing_rate=settings.fail_signing_rate,
+            rng=self.rng,
         )
         try:
             payload = _json_object(body)

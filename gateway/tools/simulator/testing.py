@@ -73,16 +73,19 @@ def signed_call(
     app_secret: str | None = None,
     user_tax: str | None = None,
     timestamp: str | None = None,
+    senid: str | None = None,
+    nonce: str | None = None,
 ) -> SignedCall:
     """A call signed the way the platform expects. `payload` bytes are sent as they are, anything
     else as JSON; `app_secret`, `user_tax` and `timestamp` override the correct values, to make
-    calls the platform must reject."""
+    calls the platform must reject; `senid` and `nonce` replace the fresh ones (and are signed)."""
     settings = settings or PlatformSettings()
     if isinstance(payload, bytes):
         body = payload
     else:
         body = json.dumps(payload, ensure_ascii=False).encode()
-    senid, nonce = new_senid(), new_nonce()
+    senid = senid if senid is not None else new_senid()
+    nonce = nonce if nonce is not None else new_nonce()
     stamp = timestamp if timestamp is not None else str(int(wall))
     signature = sign(
         app_secret=app_secret if app_secret is not None else settings.app_secret,

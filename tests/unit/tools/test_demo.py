@@ -306,7 +306,7 @@ def test_simulator_accepts_and_issues_the_generated_invoices() -> None:
         now=0.0,
         wall=time.time(),
         issue_delay_s=1.0,
-        duplicate_detection=True,
+        dedup=True,
     )
     factory = InvoiceFactory(SELLER, seed=11)
     for _ in range(100):

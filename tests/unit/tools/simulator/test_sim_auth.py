@@ -95,7 +95,7 @@ async def test_body_changed_after_signing_is_rejected(platform, clock):
 
 
 async def test_malformed_nonce_is_a_signature_rejection(platform, clock):
-    """A nonce that is not 8 digits is rejected as a signature problem."""
+    """A nonce that is not digits is rejected as a signature problem."""
     call = signed_call(
         QUERY_INVOICE_RESULT,
         QUERY,
@@ -111,13 +111,47 @@ async def test_malformed_nonce_is_a_signature_rejection(platform, clock):
     assert "070601" == (await response.json())["code"]
 
 
-async def test_timestamp_older_than_300_s_is_answered_070602(platform, clock):
-    """A timestamp 301 s behind the platform's clock is stale; 300 s is still accepted."""
+@pytest.mark.parametrize(
+    ("nonce", "expected"),
+    [
+        ("10000", "E0000"),
+        ("1000000000", "E0000"),
+        ("00000042", "E0000"),
+        ("9999", "070601"),
+        ("10000000000", "070601"),
+    ],
+)
+async def test_nonce_must_have_5_to_10_digits(platform, clock, nonce, expected):
+    """The vendor's SDKs send 5 to 10 digits (PHP rand(10000, 1000000000)); 4 or 11 are refused."""
+    body = await platform.call(QUERY_INVOICE_RESULT, QUERY, nonce=nonce)
+
+    assert expected == body["code"]
+
+
+@pytest.mark.parametrize(
+    ("senid", "expected"),
+    [
+        ("0f" * 16, "E0000"),
+        ("0F" * 16, "E0000"),
+        ("A1b2" * 8, "E0000"),
+        ("0f" * 15, "070601"),
+        ("0f" * 16 + "0", "070601"),
+    ],
+)
+async def test_senid_must_have_32_characters(platform, senid, expected):
+    """UUID hex in either case, or any other 32 characters, is a senid; 30 or 33 are not."""
+    body = await platform.call(QUERY_INVOICE_RESULT, QUERY, senid=senid)
+
+    assert expected == body["code"]
+
+
+async def test_timestamp_older_than_300_s_is_answered_070601(platform, clock):
+    """A timestamp 301 s behind is a signature failure (070601), counted as stale; 300 s is fine."""
     stale = await platform.call(QUERY_INVOICE_RESULT, QUERY, timestamp=str(int(clock.wall()) - 301))
     edge = await platform.call(QUERY_INVOICE_RESULT, QUERY, timestamp=str(int(clock.wall()) - 300))
     counters = (await platform.ledger())["counters"]
 
-    assert ("070602", "E0000") == (stale["code"], edge["code"])
+    assert ("070601", "E0000") == (stale["code"], edge["code"])
     assert (1, 0) == (counters["stale_timestamp"], counters["rejected_signature"])
 
 
@@ -125,7 +159,7 @@ async def test_timestamp_in_the_future_is_stale_too(platform, clock):
     """The window is symmetric: 301 s ahead is rejected."""
     body = await platform.call(QUERY_INVOICE_RESULT, QUERY, timestamp=str(int(clock.wall()) + 301))
 
-    assert "070602" == body["code"]
+    assert "070601" == body["code"]
 
 
 async def test_unknown_appkey_is_answered_070603(platform, clock, settings):
@@ -176,17 +210,29 @@ async def test_wrong_user_tax_is_answered_070303(platform):
     assert "070303" == body["code"]
 
 
-async def test_unknown_method_is_answered_070401(platform):
-    """A method the platform does not offer is answered 070401 and counted."""
+async def test_unknown_method_is_answered_070501(platform):
+    """A method the platform does not offer is answered 070501 (no such API) and counted."""
     body = await platform.call("nuonuo.OpeMplatform.noSuchThing", QUERY)
     counters = (await platform.ledger())["counters"]
 
-    assert "070401" == body["code"]
+    assert "070501" == body["code"]
     assert 1 == counters["unknown_method"]
 
 
+@pytest.mark.parametrize(
+    "settings", [{"disabled_apis": frozenset({QUERY_INVOICE_RESULT})}], indirect=True
+)
+async def test_disabled_api_is_answered_070302(platform):
+    """An operation switched off for the application is answered 070302 and counted."""
+    body = await platform.call(QUERY_INVOICE_RESULT, QUERY)
+    counters = (await platform.ledger())["counters"]
+
+    assert ("070302", 1) == (body["code"], counters["api_not_enabled"])
+
+
 async def test_checks_run_in_the_documented_order(platform, clock):
-    """A call wrong in every way is answered for the first check: the timestamp (after appkey)."""
+    """A call wrong in every way is answered for the first check: the timestamp (after appkey),
+    counted as stale and nothing else."""
     body = await platform.call(
         "no.such.method",
         b"not json",
@@ -195,8 +241,14 @@ async def test_checks_run_in_the_documented_order(platform, clock):
         user_tax="x",
         timestamp=str(int(clock.wall()) - 1000),
     )
+    counters = (await platform.ledger())["counters"]
 
-    assert "070602" == body["code"]
+    assert ("070601", 1) == (body["code"], counters["stale_timestamp"])
+    assert (0, 0, 0) == (
+        counters["rejected_signature"],
+        counters["bad_token"],
+        counters["unknown_method"],
+    )
 
 
 async def test_calls_are_counted_per_operation(platform):

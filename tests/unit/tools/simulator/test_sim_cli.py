@@ -26,17 +26,25 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_defaults_match_the_documentation():
-    """Without flags: API on 127.0.0.1:9000, no control listener, 1 s issuance, 1 day tokens."""
+    """Without flags: API on 127.0.0.1:9000, no control listener, 1 s issuance, 1 day tokens,
+    deduplication on, no lookup lag, no drawn failures, every API enabled."""
     args = parse()
 
-    assert (("127.0.0.1", 9000), None, 86_400.0, None, 1.0, False, None) == (
+    assert (("127.0.0.1", 9000), None, 86_400.0, None, 1.0, None) == (
         args.listen,
         args.control_listen,
         args.token_ttl,
         args.token_quota,
         args.issue_delay,
-        args.no_duplicate_detection,
         args.scenario,
+    )
+    assert ("on", 0.0, 0.0, 0.0, 0.0, []) == (
+        args.dedup,
+        args.lookup_lag,
+        args.sign_delay,
+        args.fail_issuance_rate,
+        args.fail_signing_rate,
+        args.disable_api,
     )
 
 
@@ -59,6 +67,10 @@ def test_host_port_parses_ipv4_and_bracketed_ipv6(text, expected):
         ["--token-quota", "many"],
         ["--scenario", "meltdown"],
         ["--scenario", "outage:down=0"],
+        ["--dedup", "no"],
+        ["--lookup-lag", "-1"],
+        ["--fail-issuance-rate", "1.5"],
+        ["--disable-api", "nuonuo.noSuchThing"],
     ],
 )
 def test_bad_flags_are_usage_errors(argv, capsys):

@@ -1,13 +1,20 @@
-"""The ledger, doubles without duplicate detection, reset, and the package surface."""
+"""The ledger, doubles and sends per order number with deduplication off, reset, and the package
+surface."""
 
 from __future__ import annotations
 
 import inspect
 
+import aiohttp
 import pytest
 
 import gateway.tools.simulator
-from gateway.tools.simulator import FAST_INVOICE_RED, is_valid_tax_number, make_tax_number
+from gateway.tools.simulator import (
+    FAST_INVOICE_RED,
+    REQUEST_BILLING,
+    is_valid_tax_number,
+    make_tax_number,
+)
 
 
 async def test_ledger_lists_invoices_orders_totals_and_counters(platform, clock):
@@ -27,11 +34,14 @@ async def test_ledger_lists_invoices_orders_totals_and_counters(platform, clock)
         "issued": 1,
         "red": 0,
         "issuing": 1,
+        "signing": 0,
         "failed": 1,
+        "sign_failed": 0,
+        "sends": 4,
         "duplicates_rejected": 1,
         "doubles": 0,
     } == ledger["totals"]
-    assert {"issued": 1, "serialNos": [serial]} == ledger["orders"]["ORD-1"]
+    assert {"sends": 2, "issued": 1, "serialNos": [serial]} == ledger["orders"]["ORD-1"]
     assert 0 == ledger["orders"]["ORD-2"]["issued"]
     assert ["blue", "blue", "red"] == [invoice["kind"] for invoice in ledger["invoices"]]
     assert ("RED-1", "ORD-1", "20") == (
@@ -53,21 +63,52 @@ async def test_ledger_summary_leaves_out_invoices(platform):
     assert {"totals", "doubles", "counters"} == set(summary)
 
 
-@pytest.mark.parametrize("settings", [{"duplicate_detection": False}], indirect=True)
-async def test_without_duplicate_detection_a_reused_order_is_issued_twice(platform, clock):
-    """With duplicate_detection off a reused orderNo is issued again and shows as a double."""
+@pytest.mark.parametrize("settings", [{"dedup": False}], indirect=True)
+async def test_with_dedup_off_a_reused_order_is_issued_twice_and_both_sends_count(platform, clock):
+    """With dedup off a reused orderNo gets a second serial number, shows as a double, and the
+    order's sends count both requests."""
     first = await platform.issue("ORD-1")
     second = await platform.issue("ORD-1")
     clock.advance(1)
     ledger = await platform.ledger()
+    order = ledger["orders"]["ORD-1"]
 
     assert ("E0000", "E0000") == (first["code"], second["code"])
-    assert (2, 2, 1) == (
+    assert [first["result"]["invoiceSerialNum"], second["result"]["invoiceSerialNum"]] == order[
+        "serialNos"
+    ]
+    assert (2, 2, 2, 1) == (
+        order["sends"],
+        order["issued"],
         ledger["totals"]["issued"],
-        ledger["orders"]["ORD-1"]["issued"],
         ledger["totals"]["doubles"],
     )
     assert ["ORD-1"] == ledger["doubles"]
+
+
+async def test_with_dedup_on_a_resend_counts_as_a_send_but_not_an_invoice(platform):
+    """A resend answered E9106 is a send of its order number; the order still has one invoice."""
+    await platform.issue("ORD-1")
+    await platform.issue("ORD-1")
+    await platform.issue("ORD-1")
+    order = (await platform.ledger())["orders"]["ORD-1"]
+
+    assert (3, 1) == (order["sends"], len(order["serialNos"]))
+
+
+async def test_sends_count_processed_requests_only(platform):
+    """A 0201 or a call a fault answered instead is no send; one whose answer was lost after
+    processing is."""
+    await platform.token()
+    await platform.issue("ORD-1", buyerName="")
+    await platform.add_fault(kind="busy", operations=[REQUEST_BILLING], count=1)
+    await platform.issue("ORD-1")
+    await platform.add_fault(kind="answer_lost", operations=[REQUEST_BILLING], count=1)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await platform.issue("ORD-1")
+    order = (await platform.ledger())["orders"]["ORD-1"]
+
+    assert (1, 1) == (order["sends"], order["issued"])
 
 
 async def test_reset_clears_ledger_faults_tokens_and_counters(platform):

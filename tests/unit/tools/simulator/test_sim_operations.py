@@ -112,13 +112,22 @@ async def test_body_that_is_not_json_is_answered_0201(platform):
     assert "0201" == body["code"]
 
 
-async def test_query_by_order_and_serial_numbers_skips_unknown_ones(platform):
-    """queryInvoiceResult finds by either number, once each, and leaves unknown numbers out."""
+async def test_query_by_order_numbers_skips_unknown_ones(platform):
+    """queryInvoiceResult finds by order number, once each, and leaves unknown numbers out."""
+    await platform.issue("ORD-1")
+    await platform.issue("ORD-2")
+    results = await query(platform, orderNos=["ORD-2", "x", "ORD-1", "ORD-2"])
+
+    assert ["ORD-2", "ORD-1"] == [result["orderNo"] for result in results]
+
+
+async def test_query_with_both_kinds_of_number_goes_by_the_serial_numbers(platform):
+    """Given serial and order numbers, the platform looks up the serial numbers only."""
     serial = (await platform.issue("ORD-1"))["result"]["invoiceSerialNum"]
     await platform.issue("ORD-2")
-    results = await query(platform, serialNos=[serial, "nope"], orderNos=["ORD-1", "ORD-2", "x"])
+    results = await query(platform, serialNos=[serial, "nope"], orderNos=["ORD-2"])
 
-    assert ["ORD-1", "ORD-2"] == [result["orderNo"] for result in results]
+    assert ["ORD-1"] == [result["orderNo"] for result in results]
 
 
 async def test_query_without_any_number_is_answered_0201(platform):
