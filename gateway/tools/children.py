@@ -8,7 +8,7 @@ gateway started as child processes of this interpreter, waited for, and stopped.
     write_gateway_config   a profile pointed at the simulator, with overrides, in a scratch dir
     Child             one child process: start, readiness, stop (SIGTERM, then SIGKILL)
     simulator_child, gateway_child, wait_ready, stop_children
-    SimulatorControl  the simulator's `/_sim/` API: fault rules and the ledger
+    SimulatorControl  the simulator's `/_sim/` API: fault rules, settings and the ledger
 
     ToolError         a tool cannot run as asked; the message says what to do
     └── ChildStartError   a child did not start; carries the tail of its stderr
@@ -280,9 +280,11 @@ COMMAND: Final = (sys.executable, "-m", "gateway")
 
 
 def simulator_child(
-    endpoints: Endpoints, env: Mapping[str, str], workdir: Path, *extra: str
+    endpoints: Endpoints, env: Mapping[str, str], workdir: Path, *extra: str, dedup: bool = True
 ) -> Child:
-    """The simulator on `endpoints` (API and control listener), not started; `extra` flags."""
+    """The simulator on `endpoints` (API and control listener), not started; `extra` flags.
+    `dedup=False` makes it issue a reused order number again (`--dedup off`), so only the
+    gateway stands between a resend and a second invoice."""
     return Child(
         "simulator",
         [
@@ -292,6 +294,8 @@ def simulator_child(
             f"127.0.0.1:{endpoints.simulator_port}",
             "--control-listen",
             f"127.0.0.1:{endpoints.control_port}",
+            "--dedup",
+            "on" if dedup else "off",
             *extra,
         ],
         env,
@@ -367,6 +371,20 @@ class SimulatorControl:
                 if response.status >= 300:
                     raise ToolError(f"the simulator refused the fault rule {rule}: {document}")
                 return str(document["id"])
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ToolError(f"cannot reach the simulator's control API: {exc!r}") from exc
+
+    async def change_settings(self, **changes: Any) -> dict[str, Any]:
+        """Switch settings at run time (`PATCH /_sim/settings`: `dedup`, `lookup_lag_s`, ...);
+        all of them as they are now. Raises `ToolError` when the simulator refuses."""
+        try:
+            async with self._session.patch(
+                f"{self._url}/settings", json=changes, timeout=self._timeout
+            ) as response:
+                document = await response.json()
+                if response.status != 200:
+                    raise ToolError(f"the simulator refused the settings {changes}: {document}")
+                return dict(document)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise ToolError(f"cannot reach the simulator's control API: {exc!r}") from exc
 

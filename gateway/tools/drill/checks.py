@@ -10,7 +10,8 @@ platform's ledger (how many live invoices carry its order number):
 
 and, whatever the client saw: no order number issued twice, no invoice the drill never asked
 for, no row left waiting (queued, delivering, unknown) or needing on-call (dead). A run passes
-when every one of those counts is zero.
+when every one of those counts is zero. How many order numbers the platform received more than
+once (`resent`) is reported, not judged: a resend is fine as long as it issued nothing twice.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Issued:
     doubles: int
     duplicates_rejected: int
     faults_hit: Mapping[str, int] = field(default_factory=dict)
+    #: Requests to issue the platform processed per order number (the simulator counts them; a
+    #: staging platform's lookups cannot).
+    sends_by_order: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_ledger(cls, ledger: Mapping[str, Any]) -> Issued:
@@ -46,6 +50,7 @@ class Issued:
             doubles=int(totals.get("doubles", 0)),
             duplicates_rejected=int(totals.get("duplicates_rejected", 0)),
             faults_hit={str(k): int(v) for k, v in counters.get("faults_hit", {}).items()},
+            sends_by_order={str(k): int(v.get("sends", 0)) for k, v in orders.items()},
         )
 
 
@@ -72,6 +77,8 @@ class Check:
     unknown: list[str] = field(default_factory=list)
     #: Duplicate-code answers: resends after a lost answer that the platform caught.
     duplicates_rejected: int = 0
+    #: Order numbers the platform received more than once (informational).
+    resent: list[str] = field(default_factory=list)
     #: Outbox rows by final state, and the refusal codes the client saw.
     row_states: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)
@@ -154,6 +161,7 @@ def check(book: Book, rows: Iterable[Mapping[str, Any]], issued: Issued) -> Chec
         else:
             result.unanswered.append(order_no)
     result.unknown = sorted(k for k, n in issued.by_order.items() if n and k not in book.orders)
+    result.resent = sorted(k for k, n in issued.sends_by_order.items() if n > 1)
     if issued.doubles and not result.doubled:
         named = sorted(k for k, n in issued.by_order.items() if n > 1)
         result.doubled = named or [f"({issued.doubles} not named by the platform)"]

@@ -78,6 +78,7 @@ def facts(result: DrillResult) -> dict[str, Any]:
             "told_not_issued_but_issued": len(found.contradicted),
             "issued_unasked": len(found.unknown),
             "duplicate_code_answers": found.duplicates_rejected,
+            "orders_sent_more_than_once": len(found.resent),
             "outbox_rows": dict(found.row_states),
         },
         "faults_hit": dict(result.faults_hit),
@@ -178,7 +179,8 @@ def _lines(result: DrillResult, *, markdown: bool) -> list[str]:
         f"told 'not issued' but issued: {ledger['told_not_issued_but_issued']} · "
         f"issued though never asked: {ledger['issued_unasked']}",
         f"{item}Duplicate-code answers (resends after a lost answer, caught by the platform and "
-        f"reconciled by lookup): {ledger['duplicate_code_answers']}",
+        f"reconciled by lookup): {ledger['duplicate_code_answers']}; order numbers the platform "
+        f"received more than once: {ledger['orders_sent_more_than_once']}",
         f"{item}Outbox rows at the end: {describe(ledger['outbox_rows'])}",
         "",
         f"{'**' if markdown else ''}{f['verdict']}{'**' if markdown else ''}",

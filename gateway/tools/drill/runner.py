@@ -114,6 +114,9 @@ class DrillOptions:
     #: and the gateway config to use there (the default profile otherwise).
     upstream: str | None = None
     config: Path | None = None
+    #: Whether the simulator answers a reused order number E9106 (on) or issues it again (off:
+    #: only the gateway stands between a resend and a second invoice).
+    dedup: bool = True
 
 
 @dataclass
@@ -396,7 +399,15 @@ class Drill:
         if relay is None:
             seed = ["--seed", str(options.seed)] if options.seed is not None else []
             children.append(
-                simulator_child(endpoints, env, workdir, "--issue-delay", str(ISSUE_DELAY_S), *seed)
+                simulator_child(
+                    endpoints,
+                    env,
+                    workdir,
+                    "--issue-delay",
+                    str(ISSUE_DELAY_S),
+                    *seed,
+                    dedup=options.dedup,
+                )
             )
         timeout = aiohttp.ClientTimeout(total=10)
         connector = aiohttp.TCPConnector(limit=100)

@@ -198,7 +198,10 @@ def test_issued_from_ledger_as_documented() -> None:
         },
         "doubles": [],
         "invoices": [{"serialNo": "S1", "orderNo": "ORD-1", "kind": "blue", "status": "2"}],
-        "orders": {"ORD-1": {"issued": 1, "serialNos": ["S1"]}, "ORD-2": {"serialNos": []}},
+        "orders": {
+            "ORD-1": {"sends": 2, "issued": 1, "serialNos": ["S1"]},
+            "ORD-2": {"serialNos": []},
+        },
         "counters": {
             "token_calls": 2,
             "calls": {"accessToken": 2, "nuonuo.OpeMplatform.requestBillingNew": 3},
@@ -210,7 +213,25 @@ def test_issued_from_ledger_as_documented() -> None:
         doubles=0,
         duplicates_rejected=1,
         faults_hit={"answer_lost": 1},
+        sends_by_order={"ORD-1": 2, "ORD-2": 0},
     ) == Issued.from_ledger(ledger)
+
+
+def test_orders_sent_more_than_once_are_reported_not_failed() -> None:
+    """An order number the platform received twice but issued once is listed as resent; the run
+    still passes."""
+    found = check(
+        book(order("A1"), order("A2")),
+        delivered(["A1", "A2"]),
+        Issued(
+            by_order={"A1": 1, "A2": 1},
+            doubles=0,
+            duplicates_rejected=1,
+            sends_by_order={"A1": 2, "A2": 1},
+        ),
+    )
+    assert ["A1"] == found.resent
+    assert found.passed
 
 
 def test_issued_from_ledger_without_orders() -> None:
