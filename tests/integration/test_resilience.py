@@ -126,7 +126,7 @@ def test_clock_jump_does_not_fail_invoices_with_stale_timestamp(
     tmp_path: Path, simulator: Simulator, jump: str, offset: float
 ) -> None:
     """The gateway host's clock jumps (an hour ahead, half an hour behind): the platform refuses
-    its timestamp (070602), the gateway re-signs with the platform's Date and the invoice is
+    its timestamp (070601), the gateway re-signs with the platform's Date and the invoice is
     issued once."""
     env = jumped_clock(tmp_path / "clock", jump)
     with Gateway.start(tmp_path / "gw", simulator.url, env=env) as gw:
