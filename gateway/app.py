@@ -95,18 +95,9 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             connect_timeout=upstream_config.connect_timeout,
             max_response_bytes=upstream_config.max_response_bytes,
         )
-        codes = config.upstream.business_codes
         metrics = Metrics(
             operations=[op.name for op in config.operations],
-            business_codes=[
-                *codes.success,
-                *codes.retryable,
-                *codes.auth,
-                *codes.quota,
-                *codes.permanent,
-                *codes.duplicate,
-                *codes.clock_skew,
-            ],
+            business_codes=config.upstream.business_codes.listed(),
         )
         store.observe_commits(metrics.commit)
         breakers = BreakerRegistry(config.resilience.breaker, clock)
@@ -247,8 +238,10 @@ def _health_probe(
         operation=operation.name,
     )
 
+    read = operation.kind == "read"
+
     async def send() -> Verdict:
-        return await pipeline.send_once(request, time_limit=probe.timeout)
+        return await pipeline.send_once(request, time_limit=probe.timeout, read=read)
 
     return HealthProbe(probe, send, breakers, health, clock)
 

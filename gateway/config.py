@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -180,38 +180,60 @@ RetryableClassName = Literal[
 
 
 class BusinessCodesConfig(_Model):
-    """Business codes in HTTP 200 answers, and what each means (docs/design.md#business-codes)."""
+    """Business codes in HTTP 200 answers, and what each means (docs/design.md#business-codes).
+    The defaults are the reference platform's published codes, and its duplicate code."""
 
     #: Where the code is in the answer's JSON body.
     pointer: Pointer = Field(default_factory=lambda: JsonPointer("/code"))
     success: list[str] = Field(default_factory=lambda: ["E0000"])
+    #: The platform is busy: try again (`busy`).
     retryable: list[str] = Field(default_factory=lambda: ["040102"])
+    #: Retryable for a `read` (asking again is harmless), a verdict for anything else: the
+    #: platform failed while billing or processing, and a submission is not sent twice blindly.
+    retryable_for_reads: list[str] = Field(default_factory=lambda: ["0202", "0203"])
+    #: The access token was refused: renewed once, resent once.
     auth: list[str] = Field(default_factory=lambda: ["070301"])
-    #: The signed timestamp is too far from the platform's clock: re-signed with its time.
-    clock_skew: list[str] = Field(default_factory=lambda: ["070602"])
-    quota: list[str] = Field(default_factory=lambda: ["070201"])
-    permanent: list[str] = Field(default_factory=lambda: ["0201", "070601"])
+    #: The signature was refused, which the platform says to check the clock for: re-signed
+    #: once with the platform's time; if that does not help, not sent (the gateway's setup,
+    #: never the invoice).
+    clock_skew: list[str] = Field(default_factory=lambda: ["070601"])
+    #: The platform declines to act now: a daily quota, a paid API out of calls.
+    quota: list[str] = Field(default_factory=lambda: ["070201", "070204"])
+    permanent: list[str] = Field(default_factory=lambda: ["0200", "0201"])
+    #: Verdicts on the gateway's own setup, not on the request (the API is not enabled for the
+    #: application, the caller does not match the token, no such API): `permanent`, logged as
+    #: an error that says so and counted in `gateway_upstream_configuration_errors_total`.
+    configuration: list[str] = Field(default_factory=lambda: ["070302", "070401", "070501"])
     duplicate: list[str] = Field(default_factory=lambda: ["E9106"])
     #: Codes in none of the lists: a verdict for the client, not a platform failure.
     unknown: Literal["permanent", "busy"] = "permanent"
 
+    #: The lists, in the order a code is looked up.
+    LISTS: ClassVar[tuple[str, ...]] = (
+        "success",
+        "retryable",
+        "retryable_for_reads",
+        "auth",
+        "clock_skew",
+        "quota",
+        "permanent",
+        "configuration",
+        "duplicate",
+    )
+
     @model_validator(mode="after")
     def _disjoint(self) -> BusinessCodesConfig:
         seen: dict[str, str] = {}
-        for name in (
-            "success",
-            "retryable",
-            "auth",
-            "clock_skew",
-            "quota",
-            "permanent",
-            "duplicate",
-        ):
+        for name in self.LISTS:
             for code in getattr(self, name):
                 if code in seen:
                     raise ValueError(f"code {code!r} is listed under both {seen[code]} and {name}")
                 seen[code] = name
         return self
+
+    def listed(self) -> list[str]:
+        """Every code in one of the lists (each has a metric label of its own)."""
+        return [code for name in self.LISTS for code in getattr(self, name)]
 
 
 class BackoffConfig(_Model):

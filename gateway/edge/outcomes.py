@@ -97,11 +97,11 @@ def problem_for(outcome: Outcome, operation: Operation, exchange: Exchange) -> w
         )
         retry_after = max(retry_after, 30.0)
     elif failure is FailureClass.CLOCK_SKEW:
-        status, slug, title = 503, "upstream-clock-skew", "Gateway clock out of step"
+        status, slug, title = 503, "upstream-clock-skew", "Gateway signature refused"
         detail = (
-            "the invoice platform refused the time in the gateway's signature (more than 300 s "
-            "off its clock) and re-signing with the platform's time did not help; nothing was "
-            "issued. Retry later; the gateway operator must fix the host's clock (NTP)"
+            "the invoice platform refused the gateway's signature and re-signing with the "
+            "platform's own time did not help; nothing was issued. Retry later; the gateway "
+            "operator must fix the host's clock (NTP) or the application secret"
         )
     elif submit and (failure.answer_lost or settlement.own_duplicate(outcome)):
         status, slug, title = 504, "outcome-unknown", "Outcome unknown"

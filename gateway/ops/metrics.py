@@ -118,6 +118,13 @@ class Metrics:
             ["operation", "code"],
             registry=r,
         )
+        self.configuration_errors = Counter(
+            "gateway_upstream_configuration_errors",
+            "Answers refusing the gateway's own setup, not the request (business_codes."
+            "configuration: API not enabled, caller not the token's, no such API).",
+            ["operation", "code"],
+            registry=r,
+        )
         self.retries = Counter(
             "gateway_retries", "Retries made within client requests.", ["operation"], registry=r
         )
@@ -186,6 +193,8 @@ class Metrics:
         if verdict.code is not None:
             code = verdict.code if verdict.code in self._codes else "other"
             self.business_codes.labels(op, code).inc()
+            if verdict.misconfigured:
+                self.configuration_errors.labels(op, code).inc()
 
     def retry(self, operation: str) -> None:
         self.retries.labels(self.operation(operation)).inc()

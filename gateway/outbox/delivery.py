@@ -530,9 +530,9 @@ def _retry_reason(failure: FailureClass, verdict: Verdict) -> str:
     if failure is FailureClass.CLOCK_SKEW:
         code = f" (code {verdict.code})" if verdict.code else ""
         return (
-            f"the platform refused the time the gateway signed with{code}, and its answer gave "
-            "no clock to correct by (or the corrected one was refused too); nothing was issued. "
-            "Fix NTP on the gateway's host"
+            f"the platform refused the gateway's signature{code}, and re-signing with the "
+            "platform's own time was not possible or did not help; nothing was issued. Fix NTP "
+            "on the gateway's host, or the application secret"
         )
     if not failure.sent:
         return f"the platform could not be reached ({failure.value}); nothing was sent"

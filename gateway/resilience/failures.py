@@ -32,7 +32,7 @@ class FailureClass(StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     TOKEN_UNAVAILABLE = "token_unavailable"  # noqa: S105 — a failure class, not a secret
     # Reached the platform, refused before it read the request: as good as not sent.
-    CLOCK_SKEW = "clock_skew"  # the signed timestamp is outside its window: our clock is off
+    CLOCK_SKEW = "clock_skew"  # our signature refused, re-signing with its clock did not help
     # Reached the platform, answer lost: the outcome is unknown.
     TIMEOUT = "timeout"
     CONNECTION_LOST = "connection_lost"
@@ -110,6 +110,9 @@ class Verdict:
     error: GatewayError | None = None
     #: Seconds the platform (or the open circuit) asks callers to wait, when it says.
     retry_after: float | None = None
+    #: The code is a verdict on the gateway's own setup (`business_codes.configuration`), not
+    #: on the request: someone must change the configuration before such calls can pass.
+    misconfigured: bool = False
 
     @property
     def ok(self) -> bool:
@@ -122,22 +125,31 @@ class FailureClassifier:
     def __init__(self, codes: BusinessCodesConfig, clock: Clock) -> None:
         self._clock = clock
         self._pointer: JsonPointer = codes.pointer
+        #: What a code means to any operation; `_for_reads` overrides it for reads.
         self._by_code: dict[str, FailureClass | None] = {}
         for code in codes.success:
             self._by_code[code] = None
         for classes, failure in (
             (codes.retryable, FailureClass.BUSY),
+            (codes.retryable_for_reads, FailureClass.PERMANENT),
             (codes.auth, FailureClass.AUTH),
             (codes.clock_skew, FailureClass.CLOCK_SKEW),
             (codes.quota, FailureClass.QUOTA),
             (codes.permanent, FailureClass.PERMANENT),
+            (codes.configuration, FailureClass.PERMANENT),
             (codes.duplicate, FailureClass.DUPLICATE),
         ):
             for code in classes:
                 self._by_code[code] = failure
+        self._for_reads: dict[str, FailureClass | None] = dict.fromkeys(
+            codes.retryable_for_reads, FailureClass.BUSY
+        )
+        self._misconfigured = frozenset(codes.configuration)
         self._unknown_code = FailureClass(codes.unknown)
 
-    def of_response(self, response: UpstreamResponse) -> Verdict:
+    def of_response(self, response: UpstreamResponse, *, read: bool = False) -> Verdict:
+        """The verdict on one answer; `read` says whether it answers a `read` operation (some
+        codes are retryable only for reads)."""
         status = response.status
         if status >= 300:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock.wall())
@@ -163,8 +175,13 @@ class FailureClassifier:
             # No business code: a plain HTTP success.
             return Verdict(None, response)
         code = str(code)
-        verdict = self._by_code.get(code, self._unknown_code)
-        return Verdict(verdict, response, code=code)
+        by_code = self._for_reads if read and code in self._for_reads else self._by_code
+        return Verdict(
+            by_code.get(code, self._unknown_code),
+            response,
+            code=code,
+            misconfigured=code in self._misconfigured,
+        )
 
     @staticmethod
     def of_error(error: GatewayError) -> Verdict:

@@ -7,7 +7,8 @@ and circuit breaker, ending in one `Outcome`.
         classify → success | FailureClass
         the platform refused the gateway's credentials, not the request → cure them once and
         resend within the attempt: 070301 (token rejected) renews the token (single-flight);
-        070602 (timestamp off the platform's clock) re-signs with the clock of its `Date`
+        070601 (signature refused: check the clock, says the platform) re-signs with the clock
+        of its `Date`
     retry when: the class is in the policy's `retry_on`, a resend is safe for the operation's
     kind, attempts remain, the back-off (or Retry-After) fits the deadline, and the budget allows.
 """
@@ -213,8 +214,10 @@ class ResiliencePipeline:
         remaining = run.deadline_at - self._clock.monotonic()
         time_limit = max(MIN_ATTEMPT_SECONDS, min(self._attempt_timeout, remaining))
 
+        read = run.operation.kind is OperationKind.READ
+
         async def send() -> Verdict:
-            return await self.send_once(request, time_limit=time_limit)
+            return await self.send_once(request, time_limit=time_limit, read=read)
 
         try:
             verdict = await breaker.call(send)
@@ -224,15 +227,27 @@ class ResiliencePipeline:
             run.outcome.sent = True
         return verdict
 
-    async def send_once(self, request: UpstreamRequest, *, time_limit: float) -> Verdict:
-        """One classified attempt outside the breaker and the retries (for health probes)."""
+    async def send_once(
+        self, request: UpstreamRequest, *, time_limit: float, read: bool = False
+    ) -> Verdict:
+        """One classified attempt outside the breaker and the retries (for health probes);
+        `read` says whether it is a `read` operation's."""
         started = self._clock.monotonic()
         try:
             response = await self._upstream.send(request, time_limit=time_limit)
         except GatewayError as exc:
             verdict = self._classifier.of_error(exc)
         else:
-            verdict = self._classifier.of_response(response)
+            verdict = self._classifier.of_response(response, read=read)
+        if verdict.misconfigured:
+            log.error(
+                "the platform refused the gateway's own configuration, not the request: check "
+                "that the application has this API enabled on the platform, that the seller's "
+                "tax number (upstream.auth.user_tax) belongs to the token, and the operation's "
+                "method name; nothing passes until the configuration is fixed",
+                operation=request.operation,
+                code=verdict.code,
+            )
         if self.observer is not None:
             self.observer.attempt(request.operation, verdict, self._clock.monotonic() - started)
         return verdict

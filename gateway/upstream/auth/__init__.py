@@ -28,9 +28,10 @@ class UpstreamAuth(Protocol):
         ...
 
     async def clock_rejected(self, response: UpstreamResponse) -> bool:
-        """The upstream refused the signed time of `response.request`: learn its clock from
-        `response`. True when requests are now signed with a time different enough for a
-        resend to pass; False when nothing was learned (no usable `Date` header)."""
+        """The upstream refused the signature of `response.request`, for which its clock may be
+        the cause: learn its clock from `response`. True when requests are now signed with a
+        time different enough for a resend to pass; False when nothing was learned (no usable
+        `Date` header) or the refused time already agreed with the upstream's."""
         ...
 
     @property

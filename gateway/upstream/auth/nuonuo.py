@@ -5,10 +5,12 @@ The platform allows only ~50 token calls per 30 days, so the token is kept in th
 (single-flight), and a rejected token triggers at most one forced refresh per
 `min_refresh_interval`.
 
-The platform refuses a signed `timestamp` more than 300 s off its own clock (070602). When it
-does, the scheme learns the offset from that answer's `Date` header and from then on signs with
-the platform's time (wall clock + offset), as AWS SDKs correct clock skew; the offset is learned
-only from such rejections, never from every answer.
+The platform refuses a signature it cannot check (070601), and says to check the server's clock
+for it: it refuses a signed `timestamp` more than 300 s off its own. When it does, the scheme
+learns the offset from that answer's `Date` header and from then on signs with the platform's
+time (wall clock + offset), as AWS SDKs correct clock skew; the offset is learned only from such
+rejections, never from every answer. When the refused time already agreed with the platform's,
+the clock was not the cause (the app secret is the usual suspect) and nothing is resent.
 """
 
 from __future__ import annotations
@@ -125,8 +127,8 @@ class NuonuoHmacAuth:
         platform_now = parse_http_date(response.headers.get("Date"))
         if platform_now is None:
             log.warning(
-                "the platform refused the signed timestamp and sent no usable Date header; "
-                "cannot correct for the clock difference. Check NTP on this host",
+                "the platform refused the signature and sent no usable Date header; cannot "
+                "correct for a clock difference. Check NTP on this host, then the app secret",
                 date=response.headers.get("Date"),
             )
             return False
@@ -145,7 +147,15 @@ class NuonuoHmacAuth:
         rejected = _signed_time(response.request)
         # Only a resend signed with a time that differs from the refused one can pass (requests
         # signed before another one learned the offset still can).
-        return rejected is None or abs(self._platform_time() - rejected) >= CLOCK_RESOLUTION
+        if rejected is None or abs(self._platform_time() - rejected) >= CLOCK_RESOLUTION:
+            return True
+        log.warning(
+            "the platform refused the signature although it was signed with the platform's own "
+            "time: the clock is not the cause. Check that upstream.auth.app_secret is the "
+            "application's secret on the platform",
+            offset_s=round(self._clock_offset, 3),
+        )
+        return False
 
     def _platform_time(self) -> float:
         return self._clock.wall() + self._clock_offset

@@ -323,9 +323,9 @@ async def test_unreachable_upstream_submit_is_queued(tmp_path: Path) -> None:
 async def test_refused_clock_on_submit_is_queued_not_failed(
     upstream: FakeUpstream, client: GatewayClient
 ) -> None:
-    """070602 (the gateway's clock is off) is never the invoice's fault: 202, queued."""
+    """070601 (the gateway's signature, e.g. its clock) is never the invoice's fault: queued."""
     upstream.reply = lambda _request: web.json_response(
-        {"code": "070602", "describe": "timestamp out of window"}
+        {"code": "070601", "describe": "signature check failed"}
     )
     response, accepted = await post_operation(client, ISSUE, json=issue_body())
     status = await client.get(accepted["status_url"], headers={"X-Api-Key": TENANT_KEY})
@@ -338,15 +338,15 @@ async def test_refused_clock_on_submit_is_queued_not_failed(
 async def test_refused_clock_on_read_says_to_fix_the_clock(
     upstream: FakeUpstream, client: GatewayClient
 ) -> None:
-    """A read refused for the gateway's clock gets a problem naming the clock, not "unreachable"."""
+    """A read refused for the gateway's signature gets a problem naming the clock and secret."""
     upstream.reply = lambda _request: web.json_response(
-        {"code": "070602", "describe": "timestamp out of window"}
+        {"code": "070601", "describe": "signature check failed"}
     )
     response, problem = await post_operation(client, QUERY, json={})
     assert 503 == response.status
     assert "urn:invoice-gateway:problem:upstream-clock-skew" == problem["type"]
     assert "clock_skew" == problem["failure_class"]
-    assert "NTP" in problem["detail"]
+    assert ("NTP", "secret") == tuple(w for w in ("NTP", "secret") if w in problem["detail"])
 
 
 async def test_answer_lost_on_submit_is_queued_as_unknown(

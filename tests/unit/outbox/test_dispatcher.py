@@ -594,7 +594,7 @@ async def test_duplicate_of_a_never_sent_row_is_an_external_duplicate(make: Buil
     ("reply", "failure"),
     [
         (INVALID, "permanent"),
-        (platform_answer({"code": "070601"}), "permanent"),
+        (platform_answer({"code": "070302"}), "permanent"),
         (platform_answer({"error": "bad"}, status=400), "http_4xx"),
     ],
 )
@@ -988,14 +988,14 @@ async def test_rejected_token_requeues_instead_of_failing(make: Build) -> None:
     assert "credentials" in row.last_error
 
 
-# -- the gateway's clock, refused by the platform (070602) -------------------------------------
+# -- the gateway's signature, refused by the platform (070601: check the clock) ----------------
 
-CLOCK_REFUSED = {"code": "070602", "describe": "timestamp out of window"}
+CLOCK_REFUSED = {"code": "070601", "describe": "signature check failed"}
 
 
 def platform_clock(clock: FakeClock, *, ahead: float, lenient: bool = True) -> Callable[..., Any]:
     """A reply for the `Platform` script from a platform whose clock is `ahead` of `clock`:
-    070602 with its time in `Date` for a timestamp over 300 s off (any, unless `lenient`)."""
+    070601 with its time in `Date` for a timestamp over 300 s off (any, unless `lenient`)."""
 
     def reply(signed: Any) -> UpstreamResponse:
         now = clock.wall() + ahead
@@ -1027,7 +1027,7 @@ async def test_clock_jump_is_corrected_and_delivered(make: Build) -> None:
 
 
 async def test_clock_refused_without_a_date_requeues_instead_of_failing(make: Build) -> None:
-    """070602 without a Date to correct by is the gateway's clock, not the invoice: it waits."""
+    """070601 without a Date to correct by is the gateway's setup, not the invoice: it waits."""
     clock = FakeClock()
     async with aiohttp.ClientSession() as session:
         rig = await make(clock=clock, auth=signing_auth(clock, session))

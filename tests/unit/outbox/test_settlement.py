@@ -59,7 +59,7 @@ ANSWERS: dict[FailureClass, tuple[UpstreamResponse, str | None]] = {
     FailureClass.BUSY: (platform_answer({"code": "040102"}), "040102"),
     FailureClass.QUOTA: (platform_answer({"code": "070201"}), "070201"),
     FailureClass.AUTH: (platform_answer({"code": "070301"}), "070301"),
-    FailureClass.CLOCK_SKEW: (platform_answer({"code": "070602"}), "070602"),
+    FailureClass.CLOCK_SKEW: (platform_answer({"code": "070601"}), "070601"),
     FailureClass.PERMANENT: (platform_answer({"code": "0201"}), "0201"),
     FailureClass.DUPLICATE: (platform_answer({"code": "E9106"}), "E9106"),
     FailureClass.HTTP_5XX: (platform_answer({"error": "down"}, status=503), None),

@@ -38,11 +38,19 @@ def response(
         (200, {"code": "E0000", "result": {}}, None),
         (200, {"code": "040102", "describe": "busy"}, FailureClass.BUSY),
         (200, {"code": "070301"}, FailureClass.AUTH),
-        (200, {"code": "070602"}, FailureClass.CLOCK_SKEW),
+        (200, {"code": "070601"}, FailureClass.CLOCK_SKEW),
         (200, {"code": "070201"}, FailureClass.QUOTA),
-        (200, {"code": "070601"}, FailureClass.PERMANENT),
+        (200, {"code": "070204"}, FailureClass.QUOTA),
+        (200, {"code": "0200"}, FailureClass.PERMANENT),
         (200, {"code": "0201"}, FailureClass.PERMANENT),
+        (200, {"code": "0202"}, FailureClass.PERMANENT),
+        (200, {"code": "0203"}, FailureClass.PERMANENT),
+        (200, {"code": "070302"}, FailureClass.PERMANENT),
+        (200, {"code": "070401"}, FailureClass.PERMANENT),
+        (200, {"code": "070501"}, FailureClass.PERMANENT),
         (200, {"code": "E9106"}, FailureClass.DUPLICATE),
+        (200, {"code": "070602"}, FailureClass.PERMANENT),  # not the vendor's: unknown
+        (200, {"code": "070315"}, FailureClass.PERMANENT),  # meaning unpublished: unknown
         (200, {"code": "X-NEW-CODE"}, FailureClass.PERMANENT),
         (200, {"no": "code"}, None),
         (200, b'{"code": "E00', FailureClass.UNPARSABLE),
@@ -56,6 +64,51 @@ def response(
 def test_response_classes(status: int, body: Any, expected: FailureClass | None) -> None:
     """HTTP status and the business code in the body decide the class."""
     assert expected == CLASSIFIER.of_response(response(status, body)).failure
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("0202", FailureClass.BUSY),
+        ("0203", FailureClass.BUSY),
+        ("040102", FailureClass.BUSY),
+        ("0201", FailureClass.PERMANENT),
+        ("070601", FailureClass.CLOCK_SKEW),
+        ("E0000", None),
+    ],
+)
+def test_read_answers_retry_billing_and_processing_exceptions(
+    code: str, expected: FailureClass | None
+) -> None:
+    """For a read, 0202/0203 are worth asking again; other codes keep their meaning."""
+    assert expected == CLASSIFIER.of_response(response(200, {"code": code}), read=True).failure
+
+
+@pytest.mark.parametrize("code", ["070302", "070401", "070501"])
+def test_configuration_codes_are_permanent_and_say_so(code: str) -> None:
+    """API not enabled, caller not the token's, no such API: a verdict on the gateway's setup."""
+    for read in (False, True):
+        verdict = CLASSIFIER.of_response(response(200, {"code": code}), read=read)
+        assert (FailureClass.PERMANENT, True) == (verdict.failure, verdict.misconfigured)
+
+
+def test_request_verdicts_are_not_configuration_problems() -> None:
+    """A verdict on the request itself (a field missing) is not flagged as the gateway's setup."""
+    assert not CLASSIFIER.of_response(response(200, {"code": "0201"})).misconfigured
+
+
+def test_default_codes_are_all_listed_once() -> None:
+    """`listed()` holds every configured code once: each gets a metric label of its own."""
+    listed = BusinessCodesConfig().listed()
+    assert sorted(set(listed)) == sorted(listed)
+    assert {"0200", "0201", "0202", "0203", "070204", "070302", "070601", "E9106"} <= set(listed)
+    assert "070602" not in listed
+
+
+def test_a_read_only_retryable_code_may_not_be_listed_elsewhere() -> None:
+    """`retryable_for_reads` is one more list: a code in it and in `permanent` is refused."""
+    with pytest.raises(ValueError, match="listed under both"):
+        BusinessCodesConfig(permanent=["0202"])
 
 
 def test_opaque_bodies_are_not_failures() -> None:

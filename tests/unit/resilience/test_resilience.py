@@ -10,6 +10,7 @@ from typing import Any, get_args
 import aiohttp
 import pytest
 from multidict import CIMultiDict
+from structlog.testing import capture_logs
 
 from gateway.config import (
     BreakerConfig,
@@ -41,7 +42,7 @@ OK = platform_answer({"code": "E0000"})
 BUSY = platform_answer({"code": "040102"})
 DOWN = platform_answer({"error": "x"}, status=503)
 TOKEN_REJECTED = platform_answer({"code": "070301"})
-CLOCK_REFUSED = {"code": "070602", "describe": "timestamp out of window"}
+CLOCK_REFUSED = {"code": "070601", "describe": "signature check failed"}
 ALL_RETRYABLE: list[str] = list(get_args(RetryableClassName))
 
 
@@ -272,11 +273,41 @@ async def test_failed_token_renewal_is_token_unavailable_not_a_crash() -> None:
     assert outcome.ok  # retried, and the platform answered the retry
 
 
-# -- the gateway's clock, refused by the platform (070602) -------------------------------------
+# -- codes whose meaning depends on the operation, or on the gateway's setup ------------------
+
+BILLING_EXCEPTION = platform_answer({"code": "0202"})
+
+
+async def test_billing_exception_is_asked_again_by_a_read() -> None:
+    """0202 (billing exception) on a read is retried like busy, and the retry's answer counts."""
+    pipeline, upstream, _ = make([BILLING_EXCEPTION, OK])
+    outcome = await pipeline.execute(request(), READ)
+    assert (True, [FailureClass.BUSY], 2) == (outcome.ok, outcome.failures, len(upstream.calls))
+
+
+async def test_billing_exception_is_a_verdict_for_a_submit() -> None:
+    """0202 on a submit is final at once: the invoice is never sent a second time for it."""
+    pipeline, upstream, _ = make([BILLING_EXCEPTION, OK])
+    outcome = await pipeline.execute(request(), SUBMIT)
+    assert (FailureClass.PERMANENT, 1) == (outcome.verdict.failure, len(upstream.calls))
+
+
+async def test_configuration_refusal_is_final_and_logged_as_a_configuration_problem() -> None:
+    """070302 (API not enabled) fails at once and is logged as an error about the setup."""
+    pipeline, upstream, _ = make([platform_answer({"code": "070302"}), OK])
+    with capture_logs() as logs:
+        outcome = await pipeline.execute(request(), READ)
+    assert (FailureClass.PERMANENT, 1) == (outcome.verdict.failure, len(upstream.calls))
+    [entry] = [e for e in logs if e["log_level"] == "error"]
+    assert "070302" == entry["code"]
+    assert "the gateway's own configuration" in entry["event"]
+
+
+# -- the gateway's signature, refused by the platform (070601: check the clock) ----------------
 
 
 async def test_refused_clock_is_corrected_once_then_resent_once() -> None:
-    """070602 lets the auth scheme learn the platform's clock, then resends within the attempt."""
+    """070601 lets the auth scheme learn the platform's clock, then resends within the attempt."""
     pipeline, upstream, clock = make([platform_answer(CLOCK_REFUSED, request=request()), OK])
     outcome = await pipeline.execute(request(), SUBMIT)
     assert outcome.ok
@@ -324,7 +355,7 @@ async def test_token_and_clock_are_each_cured_once_in_one_attempt() -> None:
 
 class SkewedPlatform:
     """A platform whose clock is `ahead` seconds past the gateway's: it refuses a signed
-    timestamp more than 300 s off its own with 070602, stating its time in `Date`."""
+    timestamp more than 300 s off its own with 070601, stating its time in `Date`."""
 
     def __init__(self, clock: FakeClock, *, ahead: float) -> None:
         self._clock = clock

@@ -284,8 +284,7 @@ def test_load_config_refuses_a_repeated_key(tmp_path: Path) -> None:
 
 
 def test_red_letter_reconciled_answer_is_its_own_not_the_issues() -> None:
-    """Regression: the profile wrote the issue's `answer` twice, the first one meant for the
-    red-letter reversal; each reconcile rule now has its own."""
+    """Regression: the red-letter's `answer` sat twice in the issue's rule; each has its own."""
     config = load_config(ROOT / "config" / "gateway.yaml", ENV)
     described = {
         op.name: op.reconcile.answer["describe"]

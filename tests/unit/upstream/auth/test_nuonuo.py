@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
+from structlog.testing import capture_logs
 
 from gateway.app import open_gateway
 from gateway.config import NuonuoHmacAuthConfig, parse_config
@@ -272,12 +273,12 @@ async def test_rejections_during_a_renewal_wait_for_it(rig: Rig) -> None:
 
 
 def stale_timestamp(rejected: UpstreamRequest, *, platform_time: float | None) -> UpstreamResponse:
-    """The platform's 070602 for `rejected`, with a `Date` of `platform_time` when given."""
+    """The platform's 070601 for `rejected`, with a `Date` of `platform_time` when given."""
     headers = {}
     if platform_time is not None:
         headers["Date"] = email.utils.formatdate(platform_time, usegmt=True)
     return platform_answer(
-        {"code": "070602", "describe": "timestamp out of window"},
+        {"code": "070601", "describe": "signature check failed"},
         headers=headers,
         request=rejected,
     )
@@ -288,7 +289,7 @@ def signed_time(prepared: UpstreamRequest) -> int:
 
 
 async def test_refused_timestamp_learns_the_platform_clock_from_its_date(rig: Rig) -> None:
-    """070602 with a Date an hour ahead: later requests are signed with the platform's time."""
+    """070601 with a Date an hour ahead: later requests are signed with the platform's time."""
     auth = rig.auth()
     rejected = await auth.prepare(request())
     platform_now = rig.clock.wall() + 3600
@@ -318,7 +319,7 @@ async def test_refused_timestamp_without_a_date_learns_nothing(rig: Rig) -> None
     rejected = await auth.prepare(request())
     assert not await auth.clock_rejected(stale_timestamp(rejected, platform_time=None))
     unparsable = platform_answer(
-        {"code": "070602"}, headers={"Date": "yesterday-ish"}, request=rejected
+        {"code": "070601"}, headers={"Date": "yesterday-ish"}, request=rejected
     )
     assert not await auth.clock_rejected(unparsable)
     assert 0.0 == auth.clock_offset
@@ -334,6 +335,20 @@ async def test_refusal_of_the_corrected_time_is_not_resent_again(rig: Rig) -> No
     corrected = await auth.prepare(request())
     assert not await auth.clock_rejected(stale_timestamp(corrected, platform_time=platform_now))
     assert -1800 == pytest.approx(auth.clock_offset, abs=1)
+
+
+async def test_signature_refused_with_the_clocks_in_step_blames_the_secret(rig: Rig) -> None:
+    """070601 with the clocks in step: no resend, and the warning points to the app secret."""
+    auth = rig.auth()
+    rejected = await auth.prepare(request())
+    with capture_logs() as logs:
+        resend = await auth.clock_rejected(
+            stale_timestamp(rejected, platform_time=rig.clock.wall())
+        )
+    assert (False, 0.0) == (resend, auth.clock_offset)
+    [warning] = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert "the clock is not the cause" in warning
+    assert "upstream.auth.app_secret" in warning
 
 
 async def test_requests_signed_before_the_offset_was_learned_are_resent(rig: Rig) -> None:
@@ -382,7 +397,7 @@ async def test_learned_offset_is_the_clock_offset_gauge(tmp_path: Path) -> None:
         registry = gateway.metrics.registry
         assert 0.0 == registry.get_sample_value("gateway_upstream_clock_offset_seconds")
         refused = platform_answer(
-            {"code": "070602"},
+            {"code": "070601"},
             headers={"Date": email.utils.formatdate(gateway.clock.wall() - 3600, usegmt=True)},
         )
         assert await gateway.auth.clock_rejected(refused)
