@@ -87,6 +87,8 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             tokens=store,
             clock=clock,
         )
+        # Before anything is sent: a hold on token calls recorded by an earlier run applies now.
+        await auth.load()
         upstream = UpstreamClient(
             session,
             upstream_config.url,

@@ -36,6 +36,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "GATEWAY_ADMIN_LISTEN": ("admin", "listen"),
     "GATEWAY_STORE_URL": ("store_url",),
     "GATEWAY_UPSTREAM_URL": ("upstream", "url"),
+    "GATEWAY_TOKEN_URL": ("upstream", "auth", "token_url"),
 }
 ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"  # noqa: S105 — the name of a variable, not a secret
 CONFIG_PATH_ENV = "GATEWAY_CONFIG"
@@ -140,6 +141,26 @@ class TenantConfig(_Model):
         return hashlib.sha256(self.api_key.value().encode()).hexdigest()
 
 
+class TokenCallsConfig(_Model):
+    """Limits on calls to the token endpoint, which allows only ~50 per 30 days
+    (docs/design.md#token). Every call counts, whatever its answer; the counts are kept in the
+    store, so a restart does not reset them."""
+
+    per_hour: int = Field(default=5, ge=1)
+    per_day: int = Field(default=20, ge=1)
+    #: Wait between token calls after a failure (unreachable, 5xx, an unknown refusal): `base`,
+    #: multiplied by `multiplier` after each further failure, at most `cap`.
+    backoff: BackoffConfig = Field(default_factory=lambda: BackoffConfig(base=30.0, cap=900.0))
+
+    @model_validator(mode="after")
+    def _day_holds_the_hour(self) -> TokenCallsConfig:
+        if self.per_day < self.per_hour:
+            raise ValueError(
+                f"per_day ({self.per_day}) must be at least per_hour ({self.per_hour})"
+            )
+        return self
+
+
 class NuonuoHmacAuthConfig(_Model):
     """Access token + HMAC-SHA1 signature of every call (docs/design.md#platform-contract)."""
 
@@ -147,12 +168,35 @@ class NuonuoHmacAuthConfig(_Model):
     app_key: SecretRef
     app_secret: SecretRef
     user_tax: SecretRef
+    #: The token endpoint, an absolute URL: the platform serves tokens from a host of its own.
+    #: Unset, `upstream.url` + `token_path`.
+    token_url: str | None = None
     token_path: str = "/accessToken"  # noqa: S105 — a URL path, not a secret
     #: Refresh the token once this fraction of its lifetime has passed.
     refresh_at: float = Field(default=0.9, gt=0, lt=1)
     #: Never force more than one token refresh per this interval (protects the ~50/30 days quota).
     min_refresh_interval: Seconds = 30.0
     token_timeout: Seconds = 10.0
+    #: After the platform says the token quota is used up (070306), the next token call waits for
+    #: an operator (`invoice-gateway token refresh`) or this long, whichever comes first.
+    quota_cooldown: Seconds = 6 * 3600.0
+    token_calls: TokenCallsConfig = Field(default_factory=TokenCallsConfig)
+
+    @field_validator("token_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(
+                "expected an absolute http(s) URL without query or fragment, "
+                f"e.g. https://open.nuonuo.com/accessToken, got {value!r}"
+            )
+        return value
+
+    def token_endpoint(self, upstream_url: str) -> str:
+        """Where tokens are asked for: `token_url`, else `token_path` below `upstream_url`."""
+        if self.token_url is not None:
+            return self.token_url
+        return upstream_url.rstrip("/") + self.token_path
 
 
 class NoAuthConfig(_Model):

@@ -139,7 +139,21 @@ class UpstreamAuthError(GatewayError):
 
 
 class TokenUnavailable(UpstreamAuthError):
-    """No access token could be obtained; the request was not sent."""
+    """No access token could be obtained; the request was not sent.
+
+    `cause` says why in one word (`failure`: this token call failed; `config_error`, `quota`,
+    `backoff`, `hourly_cap`, `daily_cap`: token calls are held back, see
+    `gateway.upstream.auth.token_guard`). `retry_after` is how many seconds until a token call
+    may be made again, when that is known (never for a hold only an operator or a new
+    configuration ends).
+    """
+
+    def __init__(
+        self, message: str, *, cause: str = "failure", retry_after: float | None = None
+    ) -> None:
+        self.cause = cause
+        self.retry_after = None if retry_after is None else max(0.0, retry_after)
+        super().__init__(message)
 
 
 class CircuitOpen(GatewayError):

@@ -91,9 +91,11 @@ def problem_for(outcome: Outcome, operation: Operation, exchange: Exchange) -> w
             "upstream-auth-unavailable",
             "Cannot authenticate to the platform",
         )
+        # The error names the cause: the token endpoint failing, or what holds token calls
+        # back (wrong credentials, the token quota used up, back-off, a cap) and until when.
         detail = (
-            f"no access token could be obtained from the platform ({verdict.error}); nothing was "
-            "sent. Retry later; if it persists the operator should check the credentials"
+            f"no access token could be obtained from the platform: {verdict.error}. Nothing was "
+            "sent; retry later"
         )
         retry_after = max(retry_after, 30.0)
     elif failure is FailureClass.CLOCK_SKEW:

@@ -39,6 +39,7 @@ from gateway.resilience.failures import Verdict
 from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.resilience.probe import HealthStatus, UpstreamHealth
 from gateway.upstream.auth import UpstreamAuth
+from gateway.upstream.auth.token_guard import HoldCause, TokenCallResult, TokenStatus
 
 
 class Observed(Protocol):
@@ -286,23 +287,7 @@ class GatewayCollector(Collector):
         yield rejected
 
         auth = gateway.auth
-        refreshes = CounterMetricFamily(
-            "gateway_token_refreshes",
-            "Access token requests to the platform, by result.",
-            labels=["result"],
-        )
-        count = int(getattr(auth, "refresh_count", 0))
-        failures = int(getattr(auth, "refresh_failures", 0))
-        refreshes.add_metric(["success"], float(count - failures))
-        refreshes.add_metric(["failure"], float(failures))
-        yield refreshes
-        token = getattr(auth, "token", None)
-        age = GaugeMetricFamily(
-            "gateway_token_age_seconds", "Age of the access token in use (absent without one)."
-        )
-        if token is not None:
-            age.add_metric([], max(0.0, gateway.clock.wall() - float(token.obtained_at)))
-        yield age
+        yield from _token_metrics(auth.token_status(), gateway.clock.wall())
         offset = GaugeMetricFamily(
             "gateway_upstream_clock_offset_seconds",
             "The platform's clock minus the gateway's, as learned from a refused signed time "
@@ -314,6 +299,42 @@ class GatewayCollector(Collector):
         uptime = GaugeMetricFamily("gateway_start_time_seconds", "When the gateway started.")
         uptime.add_metric([], gateway.started_at)
         yield uptime
+
+
+def _token_metrics(status: TokenStatus | None, now: float) -> Iterator[Metric]:
+    """The access token and the calls to the token endpoint (a scheme without tokens: zeros)."""
+    calls = CounterMetricFamily(
+        "gateway_token_refreshes",
+        "Access token requests to the platform, by result: success, config_error (wrong "
+        "credentials), quota (the token quota is used up), failure (anything else).",
+        labels=["result"],
+    )
+    for result in TokenCallResult:
+        calls.add_metric([result.value], float(status.results[result] if status else 0))
+    yield calls
+    recent = GaugeMetricFamily(
+        "gateway_token_calls_30d",
+        "Access token requests in the last 30 days, kept across restarts (the platform allows "
+        "about 50 per 30 days).",
+    )
+    recent.add_metric([], float(status.calls_last_30_days if status else 0))
+    yield recent
+    hold = GaugeMetricFamily(
+        "gateway_token_hold",
+        "1 for what holds token requests back now (config_error, quota, backoff, hourly_cap, "
+        "daily_cap), 0 for the others.",
+        labels=["cause"],
+    )
+    held = status.hold.cause if status is not None and status.hold is not None else None
+    for cause in HoldCause:
+        hold.add_metric([cause.value], float(cause is held))
+    yield hold
+    age = GaugeMetricFamily(
+        "gateway_token_age_seconds", "Age of the access token in use (absent without one)."
+    )
+    if status is not None and status.obtained_at is not None:
+        age.add_metric([], max(0.0, now - status.obtained_at))
+    yield age
 
 
 class OutboxSampler:

@@ -186,8 +186,11 @@ class FailureClassifier:
     @staticmethod
     def of_error(error: GatewayError) -> Verdict:
         if isinstance(error, TokenUnavailable):
-            failure = FailureClass.TOKEN_UNAVAILABLE
-        elif isinstance(error, UpstreamUnreachable):
+            # Held back until a known time (token back-off, hourly cap): that is when to retry.
+            return Verdict(
+                FailureClass.TOKEN_UNAVAILABLE, error=error, retry_after=error.retry_after
+            )
+        if isinstance(error, UpstreamUnreachable):
             failure = FailureClass.REFUSED
         elif isinstance(error, UpstreamTimeout):
             failure = FailureClass.TIMEOUT if error.sent else FailureClass.CONNECT_TIMEOUT

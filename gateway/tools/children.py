@@ -243,15 +243,27 @@ def set_dotted(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str
     return config
 
 
+#: Token calls against the simulator, which has no token quota unless told: as many as the
+#: compressed timelines of the demo, drills and bench need.
+SIMULATOR_TOKEN_CALLS: Final[Mapping[str, Any]] = {
+    "per_hour": 1000,
+    "per_day": 10000,
+    "backoff": {"base": "200ms", "cap": "2s"},
+}
+
+
 def write_gateway_config(
     workdir: Path,
     endpoints: Endpoints,
     overrides: Mapping[str, Any] | None = None,
     *,
     profile: Path = PROFILE,
+    simulator: bool = True,
 ) -> Path:
-    """`profile` (the default profile unless told), pointed at the simulator, with everything
-    else in `workdir` (and `overrides`, dotted keys, applied on top)."""
+    """`profile` (the default profile unless told), pointed at the simulator (its API and its
+    token endpoint), with everything else in `workdir` (and `overrides`, dotted keys, applied on
+    top). `simulator=False` leaves the profile's platform as it is: a staging drill's overrides
+    name it."""
     try:
         config: dict[str, Any] = parse_yaml(
             profile.read_text(encoding="utf-8"), source=str(profile)
@@ -267,7 +279,13 @@ def write_gateway_config(
     config["listen"] = f"127.0.0.1:{endpoints.gateway_port}"
     config.setdefault("admin", {})["listen"] = f"127.0.0.1:{endpoints.admin_port}"
     config["store_url"] = f"sqlite:///{workdir / 'gateway.db'}"
-    config["upstream"]["url"] = endpoints.simulator_url
+    if simulator:
+        config["upstream"]["url"] = endpoints.simulator_url
+        auth = config["upstream"].get("auth")
+        if isinstance(auth, dict) and auth.get("scheme") == "nuonuo-hmac":
+            # The profile's token host is the platform's; the simulator serves tokens itself.
+            auth["token_url"] = f"{endpoints.simulator_url}/accessToken"
+            auth["token_calls"] = copy.deepcopy(dict(SIMULATOR_TOKEN_CALLS))
     config["log"] = {"format": "json", "level": "info"}
     set_dotted(config, overrides or {})
     path = workdir / "gateway.yaml"

@@ -118,6 +118,9 @@ def test_staging_drill_against_a_stand_in_platform(tmp_path: Path) -> None:
             "9",
             "--upstream",
             sim.url,
+            # The default profile's token host is the platform's; the stand-in serves its own.
+            "--token-url",
+            f"{sim.url}/accessToken",
             "--confirm-staging",
             "--json",
             str(js),

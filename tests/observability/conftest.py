@@ -53,6 +53,7 @@ def default_profile(workdir: Path) -> dict[str, object]:
     raw = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
     raw["store_url"] = f"sqlite:///{workdir / 'gateway.db'}"
     raw["upstream"]["url"] = "http://127.0.0.1:9"
+    raw["upstream"]["auth"]["token_url"] = "http://127.0.0.1:9/accessToken"
     raw["resilience"].pop("probe", None)
     return dict(raw)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -42,15 +43,17 @@ class FakeClock:
 
 
 class MemoryTokenStore:
+    """A `TokenStore` in a dict; `saves` counts the saves under each key."""
+
     def __init__(self) -> None:
         self.tokens: dict[str, StoredToken] = {}
-        self.saves = 0
+        self.saves: Counter[str] = Counter()
 
     async def load_token(self, key: str) -> StoredToken | None:
         return self.tokens.get(key)
 
     async def save_token(self, key: str, token: StoredToken) -> None:
-        self.saves += 1
+        self.saves[key] += 1
         self.tokens[key] = token
 
 

@@ -67,6 +67,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="gateway config for a staging drill (default: config/gateway.yaml)",
     )
     parser.add_argument(
+        "--token-url",
+        metavar="URL",
+        help="the staging platform's token endpoint, if not the config's upstream.auth.token_url",
+    )
+    parser.add_argument(
         "--confirm-staging",
         action="store_true",
         help="confirm that --upstream is a staging platform where test invoices may be issued",
@@ -90,14 +95,20 @@ def run(args: argparse.Namespace) -> int:
         if refusal:
             print(f"invoice-gateway drill: {refusal}", file=sys.stderr)
             return EXIT_USAGE
-    elif args.config is not None:
+    elif args.config is not None or args.token_url is not None:
+        option = "--config" if args.config is not None else "--token-url"
         print(
-            "invoice-gateway drill: --config is for a staging drill (with --upstream)",
+            f"invoice-gateway drill: {option} is for a staging drill (with --upstream)",
             file=sys.stderr,
         )
         return EXIT_USAGE
     options = DrillOptions(
-        scenario, rate=args.rate, seed=args.seed, upstream=args.upstream, config=args.config
+        scenario,
+        rate=args.rate,
+        seed=args.seed,
+        upstream=args.upstream,
+        config=args.config,
+        token_url=args.token_url,
     )
     print(f"drill {scenario.name}: {scenario.summary}", flush=True)
     prefix = f"invoice-gateway-drill-{scenario.name}-"
@@ -132,6 +143,10 @@ def _staging_refusal(args: argparse.Namespace, needs_simulator: bool) -> str | N
     parts = urlsplit(args.upstream)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"--upstream must be an http(s) URL, got {args.upstream!r}"
+    if args.token_url is not None:
+        token = urlsplit(args.token_url)
+        if token.scheme not in ("http", "https") or not token.hostname:
+            return f"--token-url must be an http(s) URL, got {args.token_url!r}"
     if needs_simulator:
         usable = ", ".join(n for n, s in SCENARIOS.items() if not s.needs_simulator)
         return (

@@ -114,6 +114,8 @@ class DrillOptions:
     #: and the gateway config to use there (the default profile otherwise).
     upstream: str | None = None
     config: Path | None = None
+    #: The staging platform's token endpoint, when not the config's `upstream.auth.token_url`.
+    token_url: str | None = None
     #: Whether the simulator answers a reused order number E9106 (on) or issues it again (off:
     #: only the gateway stands between a resend and a second invoice).
     dedup: bool = True
@@ -385,11 +387,17 @@ class Drill:
             env, credentials = staging_env(credentials)
             relay = FaultRelay(options.upstream)
             overrides["upstream.url"] = await relay.start()
+            if options.token_url is not None:
+                overrides["upstream.auth.token_url"] = options.token_url
             overrides["tenants"] = [{"id": DRILL_TENANT, "api_key": {"env": TENANT_KEY_ENV}}]
         env["GATEWAY_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
         try:
             config = write_gateway_config(
-                workdir, endpoints, overrides, profile=options.config or PROFILE
+                workdir,
+                endpoints,
+                overrides,
+                profile=options.config or PROFILE,
+                simulator=relay is None,
             )
         except ToolError:
             if relay is not None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.errors import ActionNotAllowed
+
 if TYPE_CHECKING:
     import aiohttp
 
     from gateway.clock import Clock
     from gateway.config import AuthConfig
+    from gateway.upstream.auth.token_guard import TokenStatus
     from gateway.upstream.auth.tokens import TokenStore
     from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 
@@ -19,6 +22,11 @@ __all__ = ["NoAuth", "UpstreamAuth", "build_auth"]
 
 
 class UpstreamAuth(Protocol):
+    async def load(self) -> None:
+        """Read what the scheme keeps in the store (its token, its token calls); called at start,
+        and at first use by itself when nobody did."""
+        ...
+
     async def prepare(self, request: UpstreamRequest) -> UpstreamRequest:
         """The request with fresh credentials; called for every attempt, never cached."""
         ...
@@ -39,9 +47,23 @@ class UpstreamAuth(Protocol):
         """Seconds added to the local wall clock when signing: the upstream's time minus ours."""
         ...
 
+    def token_status(self) -> TokenStatus | None:
+        """The access token, the token calls and what holds the next one back; None for a
+        scheme without tokens."""
+        ...
+
+    async def refresh_token(self) -> TokenStatus:
+        """An operator's order: ask for a new token now, ending a hold only an operator may end.
+        Raises `TokenUnavailable` when no token came, `ActionNotAllowed` for a scheme without
+        tokens."""
+        ...
+
 
 class NoAuth:
     """For upstreams that need no authentication."""
+
+    async def load(self) -> None:
+        return None
 
     async def prepare(self, request: UpstreamRequest) -> UpstreamRequest:
         return request
@@ -55,6 +77,12 @@ class NoAuth:
     @property
     def clock_offset(self) -> float:
         return 0.0
+
+    def token_status(self) -> TokenStatus | None:
+        return None
+
+    async def refresh_token(self) -> TokenStatus:
+        raise ActionNotAllowed("the upstream's auth scheme (upstream.auth.scheme) has no token")
 
 
 def build_auth(

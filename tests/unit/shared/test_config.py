@@ -44,6 +44,56 @@ def test_default_profile_is_valid() -> None:
     assert "sk" == config.upstream.auth.app_secret.value()
 
 
+def test_sandbox_profile_is_valid() -> None:
+    """config/sandbox.yaml loads: the sandbox's API host, tokens from the platform's token host,
+    and the default profile's operations."""
+    config = load_config(ROOT / "config" / "sandbox.yaml", ENV)
+    auth = config.upstream.auth
+    assert isinstance(auth, NuonuoHmacAuthConfig)
+    assert ("https://sandbox.nuonuocs.cn", "https://open.nuonuo.com/accessToken") == (
+        config.upstream.url,
+        auth.token_endpoint(config.upstream.url),
+    )
+    default = load_config(ROOT / "config" / "gateway.yaml", ENV)
+    assert {op.name: op.kind for op in default.operations} == {
+        op.name: op.kind for op in config.operations
+    }
+
+
+def test_default_profile_asks_the_token_host_for_tokens() -> None:
+    """The default profile's tokens come from the platform's token host, not the API host."""
+    config = load_config(ROOT / "config" / "gateway.yaml", ENV)
+    auth = config.upstream.auth
+    assert isinstance(auth, NuonuoHmacAuthConfig)
+    assert "https://open.nuonuo.com/accessToken" == auth.token_endpoint(config.upstream.url)
+
+
+def test_without_a_token_url_tokens_come_from_below_the_api_url() -> None:
+    """An unset `token_url` means `upstream.url` + `token_path`, as before it existed."""
+    raw = default_raw()
+    del raw["upstream"]["auth"]["token_url"]
+    raw["upstream"]["url"] = "http://127.0.0.1:9000"
+    auth = parse_config(raw, ENV).upstream.auth
+    assert isinstance(auth, NuonuoHmacAuthConfig)
+    assert "http://127.0.0.1:9000/accessToken" == auth.token_endpoint("http://127.0.0.1:9000")
+
+
+def test_token_url_must_be_absolute() -> None:
+    """A token URL without a scheme and host is named as a problem, with an example."""
+    raw = default_raw()
+    raw["upstream"]["auth"]["token_url"] = "/accessToken"
+    [problem] = problems(raw)
+    assert problem.startswith("upstream.auth.token_url: expected an absolute http(s) URL")
+
+
+def test_token_call_caps_must_nest() -> None:
+    """A daily cap below the hourly one is a contradiction, named by its key."""
+    raw = default_raw()
+    raw["upstream"]["auth"]["token_calls"] = {"per_hour": 10, "per_day": 5}
+    [problem] = problems(raw)
+    assert "upstream.auth.token_calls: per_day (5) must be at least per_hour (10)" == problem
+
+
 def test_unknown_key_is_an_error_with_a_suggestion() -> None:
     """A typo'd key is rejected, naming the key and the likely intended one."""
     raw = default_raw()
@@ -118,9 +168,12 @@ def test_env_overrides_apply() -> None:
         "GATEWAY_ADMIN_LISTEN": "127.0.0.1:9998",
         "GATEWAY_STORE_URL": "sqlite:////tmp/x.db",
         "GATEWAY_UPSTREAM_URL": "http://127.0.0.1:1234/base/",
+        "GATEWAY_TOKEN_URL": "http://127.0.0.1:1235/accessToken",
         "GATEWAY_ADMIN_TOKEN": "admintoken",
     }
     config = parse_config(default_raw(), environ)
+    assert isinstance(config.upstream.auth, NuonuoHmacAuthConfig)
+    assert "http://127.0.0.1:1235/accessToken" == config.upstream.auth.token_url
     assert "127.0.0.1:9999" == config.listen
     assert "127.0.0.1:9998" == config.admin.listen
     assert "sqlite:////tmp/x.db" == config.store_url

@@ -89,6 +89,29 @@ def test_gateway_config_points_at_the_simulator_with_everything_in_the_workdir(
     )
 
 
+def test_gateway_config_asks_the_simulator_for_tokens(tmp_path: Path) -> None:
+    """The profile's token host is the platform's; a run against the simulator asks the
+    simulator, which has no token quota to spare calls of."""
+    path = write_gateway_config(tmp_path, Endpoints(1, 2, 3, 4))
+    auth = yaml.safe_load(path.read_text(encoding="utf-8"))["upstream"]["auth"]
+    assert "http://127.0.0.1:1/accessToken" == auth["token_url"]
+    assert 1000 == auth["token_calls"]["per_hour"]
+
+
+def test_gateway_config_for_a_staging_platform_keeps_its_token_host(tmp_path: Path) -> None:
+    """With `simulator=False` the profile's platform, token host and token limits stay."""
+    path = write_gateway_config(
+        tmp_path, Endpoints(1, 2, 3, 4), {"upstream.url": "http://relay"}, simulator=False
+    )
+    upstream = yaml.safe_load(path.read_text(encoding="utf-8"))["upstream"]
+    profile = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))["upstream"]["auth"]
+    assert ("http://relay", profile["token_url"], profile["token_calls"]) == (
+        upstream["url"],
+        upstream["auth"]["token_url"],
+        upstream["auth"]["token_calls"],
+    )
+
+
 def test_unreadable_profile_is_a_tool_error_naming_it(tmp_path: Path) -> None:
     """A missing profile stops the run with its path in the message."""
     missing = tmp_path / "missing.yaml"

@@ -167,6 +167,32 @@ def test_config_without_upstream_is_usage(
     assert [] == engine.calls
 
 
+def test_token_url_without_upstream_is_usage(
+    capsys: pytest.CaptureFixture[str], engine: FakeEngine
+) -> None:
+    """--token-url is only for a staging drill (the simulator serves its own tokens)."""
+    argv = ["drill", "--scenario", "outage", "--token-url", "http://127.0.0.1:1/accessToken"]
+    assert 2 == main(argv)
+    assert "--token-url is for a staging drill (with --upstream)" in capsys.readouterr().err
+    assert [] == engine.calls
+
+
+def test_token_url_reaches_a_staging_drill(engine: FakeEngine) -> None:
+    """A staging drill is told the token endpoint given with --token-url."""
+    argv = [
+        "drill",
+        "--scenario",
+        "outage",
+        "--upstream",
+        "https://staging.example/",
+        "--token-url",
+        "https://tokens.staging.example/accessToken",
+        "--confirm-staging",
+    ]
+    main(argv)
+    assert ["https://tokens.staging.example/accessToken"] == [o.token_url for o in engine.calls]
+
+
 @pytest.mark.parametrize(
     ("argv", "says"),
     [

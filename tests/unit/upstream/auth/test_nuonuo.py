@@ -55,6 +55,8 @@ class TokenEndpoint:
     url: str = ""
     calls: int = 0
     fail: bool = False
+    #: Answer `{"error": refusal}` instead of a token.
+    refusal: str | None = None
     delay: float = 0.0
     expires_in: str = "86400"
     forms: list[dict[str, str]] = field(default_factory=list)
@@ -66,6 +68,8 @@ class TokenEndpoint:
             await asyncio.sleep(self.delay)
         if self.fail:
             return web.json_response({"error": "070304", "error_description": "bad client"})
+        if self.refusal is not None:
+            return web.json_response({"error": self.refusal, "error_description": "refused"})
         return web.json_response(
             {"access_token": f"token-{self.calls}", "expires_in": self.expires_in}
         )
@@ -191,7 +195,7 @@ async def test_concurrent_first_use_fetches_once(rig: Rig) -> None:
     prepared = await asyncio.gather(*(auth.prepare(request()) for _ in range(50)))
     assert 1 == rig.endpoint.calls
     assert {"token-1"} == {p.headers["accessToken"] for p in prepared}
-    assert 1 == rig.store.saves
+    assert 1 == rig.store.saves[TOKEN_KEY]
 
 
 async def test_refresh_near_expiry_in_background(rig: Rig) -> None:
@@ -235,9 +239,9 @@ async def test_rejected_token_refreshes_once_for_many(rig: Rig) -> None:
 
 
 async def test_token_refusal_is_token_unavailable(rig: Rig) -> None:
-    """A refused token request raises TokenUnavailable naming the error and what to check."""
+    """A refused token request raises TokenUnavailable naming the error and what to fix."""
     rig.endpoint.fail = True
-    with pytest.raises(TokenUnavailable, match=r"070304.*app_secret"):
+    with pytest.raises(TokenUnavailable, match=r"070304.*upstream\.auth\.app_key"):
         await rig.auth().prepare(request())
 
 
@@ -267,6 +271,114 @@ async def test_rejections_during_a_renewal_wait_for_it(rig: Rig) -> None:
     assert ["token-2"] * 10 == seen
     assert 2 == rig.endpoint.calls
     assert "token-2" == (await auth.prepare(request())).headers["accessToken"]
+
+
+# -- the token quota --------------------------------------------------------------------------
+
+
+async def test_tokens_come_from_the_token_url_not_the_api_host(
+    endpoint: TokenEndpoint, session: aiohttp.ClientSession
+) -> None:
+    """With `token_url` set, the token is asked for there; the API host is never asked."""
+    from tests.support.processes import free_port
+
+    api = f"http://127.0.0.1:{free_port()}"  # nothing listens: asking it would fail
+    auth = make_auth(
+        api, session, MemoryTokenStore(), FakeClock(), token_url=f"{endpoint.url}/accessToken"
+    )
+    prepared = await auth.prepare(request())
+    assert ("token-1", 1) == (prepared.headers["accessToken"], endpoint.calls)
+    assert f"{endpoint.url}/accessToken" == auth.token_url
+
+
+async def test_quota_refused_means_no_token_call_until_the_cooldown(rig: Rig) -> None:
+    """070306 once: hours of requests make no further token call; after quota_cooldown, one."""
+    rig.endpoint.refusal = "070306"
+    auth = rig.auth(quota_cooldown="6h")
+    for _ in range(6 * 60 - 1):
+        with pytest.raises(TokenUnavailable, match="token quota is used up") as caught:
+            await auth.prepare(request())
+        assert "quota" == caught.value.cause
+        rig.clock.advance(60)
+    assert 1 == rig.endpoint.calls
+    rig.endpoint.refusal = None
+    rig.clock.advance(60)
+    assert "token-2" == (await auth.prepare(request())).headers["accessToken"]
+    assert 2 == rig.endpoint.calls
+
+
+async def test_operator_refresh_ends_a_quota_hold(rig: Rig) -> None:
+    """After 070306, `refresh_token` asks at once; the token then serves requests."""
+    rig.endpoint.refusal = "070306"
+    auth = rig.auth()
+    with pytest.raises(TokenUnavailable):
+        await auth.prepare(request())
+    rig.endpoint.refusal = None
+    status = await auth.refresh_token()
+    assert (2, None, 2) == (rig.endpoint.calls, status.hold, status.calls_last_hour)
+    assert "token-2" == (await auth.prepare(request())).headers["accessToken"]
+
+
+async def test_wrong_secret_is_a_configuration_error_without_a_storm(rig: Rig) -> None:
+    """070305: one token call, then none for a month of requests; the error names the key."""
+    rig.endpoint.refusal = "070305"
+    auth = rig.auth()
+    for _ in range(100):
+        with pytest.raises(TokenUnavailable, match=r"upstream\.auth\.app_secret") as caught:
+            await auth.prepare(request())
+        assert ("config_error", None) == (caught.value.cause, caught.value.retry_after)
+        rig.clock.advance(8 * 3600)
+    assert 1 == rig.endpoint.calls
+
+
+async def test_a_restart_keeps_the_hold_and_the_counts(rig: Rig) -> None:
+    """A new process on the same store makes no token call while the quota hold lasts."""
+    rig.endpoint.refusal = "070306"
+    with pytest.raises(TokenUnavailable):
+        await rig.auth().prepare(request())
+    restarted = rig.auth()
+    await restarted.load()
+    with pytest.raises(TokenUnavailable, match="token quota is used up"):
+        await restarted.prepare(request())
+    status = restarted.token_status()
+    assert (1, "quota") == (rig.endpoint.calls, status.hold.cause if status.hold else None)
+    assert 1 == status.calls_last_30_days
+
+
+async def test_unreachable_token_endpoint_backs_off(session: aiohttp.ClientSession) -> None:
+    """A failed token call holds the next one back (no call meanwhile), doubling each time."""
+    from tests.support.processes import free_port
+
+    clock = FakeClock()
+    auth = make_auth(f"http://127.0.0.1:{free_port()}", session, MemoryTokenStore(), clock)
+    with pytest.raises(TokenUnavailable, match="cannot reach the token endpoint"):
+        await auth.prepare(request())
+    for _ in range(5):
+        with pytest.raises(TokenUnavailable, match="the next token call at") as caught:
+            await auth.prepare(request())
+        assert ("backoff", 30.0) == (caught.value.cause, caught.value.retry_after)
+    clock.advance(30)
+    with pytest.raises(TokenUnavailable, match="cannot reach the token endpoint"):
+        await auth.prepare(request())
+    status = auth.token_status()
+    assert (2, 2) == (status.calls_last_hour, status.results["failure"])
+    assert status.hold is not None
+    assert status.hold.until == clock.wall() + 60
+
+
+async def test_forced_renewals_stop_at_the_hourly_cap(rig: Rig) -> None:
+    """A platform that rejects every token gets at most `per_hour` token calls in an hour."""
+    auth = rig.auth(min_refresh_interval="1s", token_calls={"per_hour": 3, "per_day": 10})
+    causes = []
+    for _ in range(20):
+        prepared = await auth.prepare(request())
+        try:
+            await auth.credentials_rejected(prepared)
+        except TokenUnavailable as exc:
+            causes.append(exc.cause)
+        rig.clock.advance(2)
+    assert 3 == rig.endpoint.calls
+    assert ["hourly_cap"] * 18 == causes  # the first call fetched, two forced renewals
 
 
 # -- the platform's clock -------------------------------------------------------------------
