@@ -32,12 +32,20 @@ class Simulator:
     process: ManagedProcess
     url: str
     control_url: str
+    #: Where the simulator serves tokens: below `url`, or its own token host's.
+    token_url: str = ""
 
     @classmethod
-    def start(cls, workdir: Path, *extra: str, dedup: bool = True) -> Simulator:
+    def start(
+        cls, workdir: Path, *extra: str, dedup: bool = True, token_host: bool = False
+    ) -> Simulator:
         """A simulator process with `extra` flags; `dedup=False` issues a reused order number
-        again (`--dedup off`), so a blind resend shows as a second invoice."""
+        again (`--dedup off`), so a blind resend shows as a second invoice; `token_host=True`
+        serves tokens on a port of their own (`--token-listen`), as the platform does, and the
+        API port answers a token request 404."""
         port, control = free_port(), free_port()
+        token_port = free_port() if token_host else None
+        own_host = ["--token-listen", f"127.0.0.1:{token_port}"] if token_port else []
         process = ManagedProcess(
             "simulator",
             gateway_command(
@@ -48,12 +56,15 @@ class Simulator:
                 f"127.0.0.1:{control}",
                 "--dedup",
                 "on" if dedup else "off",
+                *own_host,
                 *extra,
             ),
             base_env(),
             workdir,
         ).start()
-        sim = cls(process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control}")
+        url = f"http://127.0.0.1:{port}"
+        token_url = f"http://127.0.0.1:{token_port}" if token_port else url
+        sim = cls(process, url, f"http://127.0.0.1:{control}", f"{token_url}/accessToken")
         process.wait_ready(f"{sim.control_url}/_sim/health")
         return sim
 

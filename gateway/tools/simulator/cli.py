@@ -1,7 +1,8 @@
 """`invoice-gateway simulate` (and `python -m gateway.tools.simulator`): the simulator as a process.
 
 On start it prints one JSON line to stdout,
-`{"event": "simulator listening", "listen": "127.0.0.1:9000", "control": null, ...}`,
+`{"event": "simulator listening", "listen": "127.0.0.1:9000", "control": null, "token": null,
+...}`,
 and runs until SIGTERM or SIGINT, then exits 0. A port that cannot be bound exits 1.
 """
 
@@ -45,6 +46,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="also serve /_sim/* here; this listener stays up while `refuse` is active",
     )
     parser.add_argument(
+        "--token-listen",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="serve /accessToken here only, as the platform's own token host; the API listener "
+        "then answers it 404 (counted as token_calls_to_api_host)",
+    )
+    parser.add_argument(
         "--app-key", help=f"appkey to accept (default $NUONUO_APP_KEY, else {DEMO_APP_KEY})"
     )
     parser.add_argument(
@@ -66,7 +74,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--token-quota",
         type=whole_number(0),
         metavar="N",
-        help="tokens /accessToken may issue in total; further calls get 070305 (default unlimited)",
+        help="tokens /accessToken may issue in total; further calls get 070306 (default unlimited)",
     )
     parser.add_argument(
         "--issue-delay",
@@ -148,9 +156,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, settings: PlatformSettings) -> int:
-    simulator = build_simulator(settings, rng=random.Random(args.seed), scenario=args.scenario)
+    simulator = build_simulator(
+        settings,
+        rng=random.Random(args.seed),
+        scenario=args.scenario,
+        own_token_host=args.token_listen is not None,
+    )
     try:
-        await simulator.start(args.listen, args.control_listen)
+        await simulator.start(args.listen, args.control_listen, args.token_listen)
     except OSError as exc:
         await simulator.stop()
         _emit({"event": "simulator failed", "error": str(exc)}, sys.stderr)
@@ -165,6 +178,7 @@ async def _serve(args: argparse.Namespace, settings: PlatformSettings) -> int:
             "event": "simulator listening",
             "listen": format_host_port(simulator.api_address),
             "control": format_host_port(control) if control is not None else None,
+            "token": format_host_port(token) if (token := simulator.token_address) else None,
             "scenario": args.scenario,
             "settings": switches(settings),
         },

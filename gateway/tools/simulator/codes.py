@@ -45,8 +45,12 @@ INSPECTION_MISMATCH: Final = "E9302"
 
 # -- /accessToken: answered as HTTP 200 with {"error", "error_description"} ------------------------
 
-BAD_CREDENTIALS: Final = "070304"
-TOKEN_QUOTA_EXHAUSTED: Final = "070305"
+# The vendor's, each for the situation the vendor names (docs/design.md#token).
+UNKNOWN_CLIENT_ID: Final = "070304"
+WRONG_CLIENT_SECRET: Final = "070305"
+TOKEN_QUOTA_EXHAUSTED: Final = "070306"
+#: The vendor's "wrong application type": here, a grant_type other than client_credentials.
+WRONG_APP_TYPE: Final = "070307"
 
 #: Default wording of each code, in the platform's language.
 DESCRIPTIONS: Final[dict[str, str]] = {
@@ -66,8 +70,10 @@ DESCRIPTIONS: Final[dict[str, str]] = {
     RED_ALREADY_REVERSED: "原蓝票已红冲",
     INSPECTION_NOT_FOUND: "查无此票",
     INSPECTION_MISMATCH: "发票信息不一致",
-    BAD_CREDENTIALS: "client_id或client_secret错误",
+    UNKNOWN_CLIENT_ID: "client_id不存在",
+    WRONG_CLIENT_SECRET: "client_secret错误",
     TOKEN_QUOTA_EXHAUSTED: "获取accessToken次数已超出限额",
+    WRONG_APP_TYPE: "应用类型错误",
 }
 
 #: The words of a 070601 for a `timestamp` more than 300 s off the platform's clock.

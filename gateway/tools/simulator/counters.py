@@ -40,8 +40,12 @@ class Counters:
     api_not_enabled: int = 0
     #: Answered 0201.
     invalid_request: int = 0
-    #: Token requests answered 070304.
+    #: Token requests refused for their form: 070304 (client_id), 070305 (client_secret),
+    #: 070307 (grant_type).
     bad_credentials: int = 0
+    #: Token requests to the API listener while tokens have a listener of their own
+    #: (`--token-listen`): answered 404. A gateway that asks the wrong host shows up here.
+    token_calls_to_api_host: int = 0
     #: Fault rules fired, per kind (`refuse`: listener closures and calls dropped during one).
     faults_hit: Counter[str] = field(default_factory=Counter)
 

@@ -67,7 +67,7 @@ class PlatformSettings:
     #: The one seller (销方) this platform serves; calls must carry it as `userTax`.
     user_tax: str = DEMO_USER_TAX
     token_ttl_s: float = 86_400.0
-    #: Tokens `/accessToken` may issue in total (None: unlimited); further calls get 070305.
+    #: Tokens `/accessToken` may issue in total (None: unlimited); further calls get 070306.
     token_quota: int | None = None
     #: Seconds from acceptance (status 20) to issued or failed (22).
     issue_delay_s: float = 1.0
@@ -105,11 +105,16 @@ class Platform:
         #: Set when the server shuts down, so hanging and slow calls stop waiting.
         self.closing = asyncio.Event()
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post(TOKEN_PATH, self.handle_token),
-            web.post(SERVICES_PATH, self.handle_services),
-        ]
+    def routes(self, *, own_token_host: bool = False) -> list[web.RouteDef]:
+        """The API's routes. With `own_token_host` the token endpoint is served on a listener of
+        its own (`token_routes`), as the real platform serves it from a host of its own, and a
+        token request to the API is answered 404 and counted."""
+        token = self.handle_misdirected_token if own_token_host else self.handle_token
+        return [web.post(TOKEN_PATH, token), web.post(SERVICES_PATH, self.handle_services)]
+
+    def token_routes(self) -> list[web.RouteDef]:
+        """The token host's one route."""
+        return [web.post(TOKEN_PATH, self.handle_token)]
 
     def reset(self) -> None:
         """Forget everything: ledger, tokens, fault rules, counters, changed settings."""
@@ -144,6 +149,13 @@ class Platform:
         """`POST /accessToken` (form fields client_id, client_secret, grant_type)."""
         self.counters.token_calls += 1
         return await self._serve(request, TOKEN_OPERATION, self._issue_token)
+
+    async def handle_misdirected_token(self, request: web.Request) -> web.StreamResponse:
+        """`POST /accessToken` on the API listener while tokens have a host of their own."""
+        self.counters.token_calls_to_api_host += 1
+        return web.json_response(
+            {"error": "not found: tokens are served by the token host"}, status=404
+        )
 
     async def handle_services(self, request: web.Request) -> web.StreamResponse:
         """`POST /open/v1/services`: every operation, chosen by the `method` header."""
@@ -210,8 +222,10 @@ class Platform:
 
     @staticmethod
     def _refusal(operation: str, code: str) -> Reply:
-        """A coded refusal in the shape of the endpoint that was called."""
+        """A coded refusal in the shape of the endpoint that was called (the token endpoint's
+        quota has a code of its own)."""
         if operation == TOKEN_OPERATION:
+            code = codes.TOKEN_QUOTA_EXHAUSTED if code == codes.QUOTA_EXCEEDED else code
             return Reply.json({"error": code, "error_description": codes.DESCRIPTIONS[code]})
         return answer(code)
 
@@ -228,15 +242,15 @@ class Platform:
         grant_type = form.get("grant_type")
         if grant_type != "client_credentials":
             self.counters.bad_credentials += 1
-            return _token_error(codes.BAD_CREDENTIALS, "grant_type必须为client_credentials")
-        if (
-            not isinstance(client_id, str)
-            or not isinstance(client_secret, str)
-            or client_id != settings.app_key
-            or not hmac.compare_digest(client_secret.encode(), settings.app_secret.encode())
+            return _token_error(codes.WRONG_APP_TYPE, "grant_type必须为client_credentials")
+        if not isinstance(client_id, str) or client_id != settings.app_key:
+            self.counters.bad_credentials += 1
+            return _token_error(codes.UNKNOWN_CLIENT_ID)
+        if not isinstance(client_secret, str) or not hmac.compare_digest(
+            client_secret.encode(), settings.app_secret.encode()
         ):
             self.counters.bad_credentials += 1
-            return _token_error(codes.BAD_CREDENTIALS)
+            return _token_error(codes.WRONG_CLIENT_SECRET)
         if settings.token_quota is not None and self.tokens.issued >= settings.token_quota:
             return _token_error(codes.TOKEN_QUOTA_EXHAUSTED)
         token = self.tokens.issue(now, settings.token_ttl_s)

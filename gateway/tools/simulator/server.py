@@ -3,7 +3,10 @@
 In-process (tests): serve `Simulator.app` with aiohttp's `TestServer`; there `refuse` can only
 reset calls. On real listeners (`Simulator.start`): `refuse` closes the API listening socket, so
 clients get ECONNREFUSED, aborts open connections, and reopens the socket on the same port when
-the window ends or the rule is deleted. The control listener stays up throughout.
+the window ends or the rule is deleted. The control listener stays up throughout. The token
+endpoint may have a listener of its own (`own_token_host`), as the real platform serves tokens
+from another host than its API; `refuse` leaves it open, but cuts off the calls it gets (the
+platform is down).
 """
 
 from __future__ import annotations
@@ -35,19 +38,25 @@ _REBIND_RETRY_S: Final = 0.5
 
 class Simulator:
     """The simulated platform with its apps: `app` serves the API and `/_sim/*`, `control_app`
-    serves `/_sim/*` only. Build it with `build_simulator`."""
+    serves `/_sim/*` only, and `token_app` the token endpoint (on a listener of its own only
+    with `own_token_host`; otherwise `app` serves it too). Build it with `build_simulator`."""
 
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, *, own_token_host: bool = False) -> None:
         self.platform = platform
+        self.own_token_host = own_token_host
         control = ControlApi(platform, on_faults_changed=self.faults_changed)
         self.app = web.Application()
-        self.app.add_routes(platform.routes())
+        self.app.add_routes(platform.routes(own_token_host=own_token_host))
         self.app.add_routes(control.routes())
         self.app.on_shutdown.append(self._on_shutdown)
         self.control_app = web.Application()
         self.control_app.add_routes(control.routes())
+        self.token_app = web.Application()
+        self.token_app.add_routes(platform.token_routes())
         self._api_runner: web.AppRunner | None = None
         self._control_runner: web.AppRunner | None = None
+        self._token_runner: web.AppRunner | None = None
+        self._token_address: HostPort | None = None
         self._api_site: web.SockSite | None = None
         self._api_address: HostPort | None = None
         self._control_address: HostPort | None = None
@@ -69,15 +78,25 @@ class Simulator:
         return self._control_address
 
     @property
+    def token_address(self) -> HostPort | None:
+        """Where the token listener listens, if there is one."""
+        return self._token_address
+
+    @property
     def api_listening(self) -> bool:
         """False while a `refuse` window has the API listener closed."""
         return self._api_site is not None
 
     async def start(
-        self, listen: HostPort = ("127.0.0.1", 0), control_listen: HostPort | None = None
+        self,
+        listen: HostPort = ("127.0.0.1", 0),
+        control_listen: HostPort | None = None,
+        token_listen: HostPort | None = None,
     ) -> None:
-        """Open the API listener (and the control listener, if given). Raises OSError when a
-        port cannot be bound."""
+        """Open the API listener (and the control and token listeners, if given; the token
+        listener only with `own_token_host`). Raises OSError when a port cannot be bound."""
+        if (token_listen is not None) != self.own_token_host:
+            raise ValueError("a token listener goes with own_token_host, and only with it")
         api_runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await api_runner.setup()
         self._api_runner = api_runner
@@ -92,6 +111,13 @@ class Simulator:
             control_sock = _listening_socket(control_listen)
             self._control_address = control_sock.getsockname()[:2]
             await web.SockSite(control_runner, control_sock, backlog=_BACKLOG).start()
+        if token_listen is not None:
+            token_runner = web.AppRunner(self.token_app, access_log=None, shutdown_timeout=5.0)
+            await token_runner.setup()
+            self._token_runner = token_runner
+            token_sock = _listening_socket(token_listen)
+            self._token_address = token_sock.getsockname()[:2]
+            await web.SockSite(token_runner, token_sock, backlog=_BACKLOG).start()
         await self.sync_listener()
         self._watcher = asyncio.create_task(self._watch_listener(), name="simulator-listener")
 
@@ -103,10 +129,10 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-        for runner in (self._control_runner, self._api_runner):
+        for runner in (self._control_runner, self._token_runner, self._api_runner):
             if runner is not None:
                 await runner.cleanup()
-        self._api_runner = self._control_runner = self._api_site = None
+        self._api_runner = self._control_runner = self._token_runner = self._api_site = None
 
     async def __aenter__(self) -> Simulator:
         if self._api_runner is None:
@@ -187,8 +213,12 @@ def build_simulator(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     scenario: str | None = None,
+    own_token_host: bool = False,
 ) -> Simulator:
     """A simulator ready to serve in-process (`.app`) or on listeners (`await .start(...)`).
+
+    `own_token_host`: the token endpoint only on a listener of its own (`token_app`), the API
+    answering a token request 404.
 
     `scenario` is a named scenario as given to `--scenario` (e.g. "outage:after=5,down=30");
     its windows count from now. `rng` decides probabilistic faults (seed it for repeatable runs).
@@ -201,7 +231,7 @@ def build_simulator(
         name, overrides = parse_scenario(scenario)
         for spec in scenario_rules(name, overrides):
             platform.add_fault(spec)
-    return Simulator(platform)
+    return Simulator(platform, own_token_host=own_token_host)
 
 
 def _listening_socket(address: HostPort) -> socket.socket:

@@ -23,21 +23,28 @@ async def test_token_is_issued_for_the_configured_credentials(platform):
     assert "86400" == body["expires_in"]
 
 
-async def test_wrong_secret_is_answered_070304(platform):
-    """A wrong client_secret gets the token error shape with 070304, and no token."""
+async def test_wrong_secret_is_answered_070305(platform):
+    """A wrong client_secret gets the token error shape with the vendor's 070305, no token."""
     response = await platform.fetch_token(client_secret="wrong")
     body = await response.json()
 
     assert 200 == response.status
-    assert "070304" == body["error"]
+    assert "070305" == body["error"]
     assert "access_token" not in body
 
 
-async def test_wrong_grant_type_is_answered_070304(platform):
-    """Only grant_type=client_credentials is accepted."""
-    body = await (await platform.fetch_token(grant_type="password")).json()
+async def test_unknown_client_id_is_answered_070304(platform):
+    """A client_id the platform does not know gets the vendor's 070304."""
+    body = await (await platform.fetch_token(client_id="SD99999999")).json()
 
     assert "070304" == body["error"]
+
+
+async def test_wrong_grant_type_is_answered_070307(platform):
+    """Only grant_type=client_credentials is accepted; another is the vendor's 070307."""
+    body = await (await platform.fetch_token(grant_type="password")).json()
+
+    assert "070307" == body["error"]
 
 
 async def test_every_token_call_is_counted(platform):
@@ -55,11 +62,19 @@ async def test_every_token_call_is_counted(platform):
 
 @pytest.mark.parametrize("settings", [{"token_quota": 2}], indirect=True)
 async def test_token_quota_refuses_calls_beyond_it(platform):
-    """With token_quota=2 the third token call is answered 070305."""
+    """With token_quota=2 the third token call is answered the vendor's quota code 070306."""
     answers = [await (await platform.fetch_token()).json() for _ in range(3)]
 
     assert [True, True] == ["access_token" in answer for answer in answers[:2]]
-    assert "070305" == answers[2]["error"]
+    assert "070306" == answers[2]["error"]
+
+
+async def test_a_quota_fault_on_the_token_endpoint_is_answered_070306(platform):
+    """kind=quota on accessToken answers the token endpoint's own quota code, in its shape."""
+    await platform.add_fault(kind="quota", operations=["accessToken"])
+    body = await (await platform.fetch_token()).json()
+
+    assert ("070306", False) == (body["error"], "access_token" in body)
 
 
 async def test_signed_call_with_valid_token_succeeds(platform):

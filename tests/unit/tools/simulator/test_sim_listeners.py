@@ -168,3 +168,31 @@ async def test_unknown_scenario_is_rejected_with_400(served, session):
 
     assert 400 == response.status
     assert "outage" in body["error"]
+
+
+async def test_an_own_token_host_serves_tokens_and_the_api_refuses_them(clock, settings, session):
+    """With a token listener, tokens come from there; the API answers /accessToken 404 and counts
+    it."""
+    sim = build_simulator(settings, clock=clock, rng=random.Random(1), own_token_host=True)
+    await sim.start((LOCALHOST, 0), control_listen=(LOCALHOST, 0), token_listen=(LOCALHOST, 0))
+    try:
+        assert sim.token_address is not None
+        form = {
+            "client_id": settings.app_key,
+            "client_secret": settings.app_secret,
+            "grant_type": "client_credentials",
+        }
+        async with session.post(url(sim.api_address, "/accessToken"), data=form) as response:
+            assert 404 == response.status
+        async with session.post(url(sim.token_address, "/accessToken"), data=form) as response:
+            body = await response.json()
+        async with session.get(url(sim.control_address, "/_sim/ledger")) as response:
+            counters = (await response.json())["counters"]
+    finally:
+        await sim.stop()
+    assert "access_token" in body
+    assert (1, 1, 1) == (
+        counters["token_calls_to_api_host"],
+        counters["token_calls"],
+        counters["tokens_issued"],
+    )
