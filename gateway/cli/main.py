@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.config import CONFIG_PATH_ENV, GatewayConfig, load_config
+from gateway.config import CONFIG_PATH_ENV, GatewayConfig, NuonuoHmacAuthConfig, load_config
 from gateway.errors import ConfigError, GatewayError
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -74,6 +74,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
     print(f"{path}: OK")
     print(f"  upstream   {config.upstream.url} (auth: {config.upstream.auth.scheme})")
+    auth = config.upstream.auth
+    if isinstance(auth, NuonuoHmacAuthConfig):
+        print(f"  tokens     {auth.token_endpoint(config.upstream.url)}")
     print(f"  listen     {config.listen}   admin {config.admin.listen}")
     print(f"  store      {config.store_url}")
     print(f"  tenants    {', '.join(t.id for t in config.tenants)}")
@@ -108,7 +111,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gateway.cli.oncall import configure_circuit, configure_outbox
+    from gateway.cli.oncall import configure_circuit, configure_outbox, configure_token
     from gateway.tools.bench import DESCRIPTION as BENCH_DESCRIPTION
     from gateway.tools.bench import configure_parser as configure_bench
     from gateway.tools.demo import configure_parser as configure_demo
@@ -130,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway",
         description=f"Run the gateway. Config from --config, ${CONFIG_PATH_ENV}, "
         f"or {DEFAULT_CONFIG}; "
-        "GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, GATEWAY_STORE_URL, GATEWAY_UPSTREAM_URL and "
-        "GATEWAY_ADMIN_TOKEN override it.",
+        "GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN, GATEWAY_STORE_URL, GATEWAY_UPSTREAM_URL, "
+        "GATEWAY_TOKEN_URL and GATEWAY_ADMIN_TOKEN override it.",
     )
     run.add_argument("--config", metavar="PATH", help="configuration file (YAML)")
     run.set_defaults(handler=_cmd_run)
@@ -187,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configure_circuit(
         commands.add_parser("circuit", help="circuit breakers: status, open, close, reset")
+    )
+    configure_token(
+        commands.add_parser(
+            "token", help="the platform access token: status, refresh (after a quota refusal)"
+        )
     )
     return parser
 

@@ -28,7 +28,17 @@ def test_help_lists_commands() -> None:
         assert command in result.stdout
 
 
-COMMANDS = ("run", "check-config", "simulate", "demo", "bench", "drill", "outbox", "circuit")
+COMMANDS = (
+    "run",
+    "check-config",
+    "simulate",
+    "demo",
+    "bench",
+    "drill",
+    "outbox",
+    "circuit",
+    "token",
+)
 ONCALL = {
     "outbox": (
         "list",
@@ -47,6 +57,7 @@ ONCALL = {
         "audit",
     ),
     "circuit": ("status", "open", "close", "reset"),
+    "token": ("status", "refresh"),
 }
 
 
@@ -70,6 +81,15 @@ def test_check_config_ok() -> None:
     assert 0 == result.returncode, result.stderr
     assert "config/gateway.yaml: OK" in result.stdout
     assert "operations 4 (2 read, 2 submit)" in result.stdout
+
+
+def test_check_config_ok_for_the_sandbox_profile() -> None:
+    """The vendor's sandbox profile checks out: the sandbox API host, the platform's token host."""
+    result = run_cli("check-config", "config/sandbox.yaml")
+    assert 0 == result.returncode, result.stderr
+    assert "config/sandbox.yaml: OK" in result.stdout
+    assert "upstream   https://sandbox.nuonuocs.cn (auth: nuonuo-hmac)" in result.stdout
+    assert "tokens     https://open.nuonuo.com/accessToken" in result.stdout
 
 
 def test_check_config_names_each_problem(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
-"""The on-call command line: `invoice-gateway outbox …` and `invoice-gateway circuit …`.
+"""The on-call command line: `invoice-gateway outbox …`, `circuit …` and `token …`.
 
     client.py    AdminClient: blocking calls to the admin API; every failure is an AdminApiError
                  carrying the exit code (1 refused, 3 unreachable, 4 token)
     render.py    Output: rich tables for people, JSON lines for scripts (--json)
     commands.py  the argparse tree and one function per command
 
-`gateway/cli/main.py` mounts the two groups with `configure_outbox` and `configure_circuit`.
+`gateway/cli/main.py` mounts the three groups with `configure_outbox`, `configure_circuit` and
+`configure_token`.
 """
 
 from gateway.cli.oncall.client import (
@@ -19,7 +20,12 @@ from gateway.cli.oncall.client import (
     AdminClient,
     AdminUnreachable,
 )
-from gateway.cli.oncall.commands import EXIT_CODES_EPILOG, configure_circuit, configure_outbox
+from gateway.cli.oncall.commands import (
+    EXIT_CODES_EPILOG,
+    configure_circuit,
+    configure_outbox,
+    configure_token,
+)
 
 __all__ = [
     "EXIT_AUTH",
@@ -34,4 +40,5 @@ __all__ = [
     "AdminUnreachable",
     "configure_circuit",
     "configure_outbox",
+    "configure_token",
 ]

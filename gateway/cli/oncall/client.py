@@ -138,6 +138,12 @@ class AdminClient:
             return _object(self.call("GET", "/circuit"))
         return _object(self.call("POST", f"/circuit/{action}", body={"reason": reason}))
 
+    def token(self, *, refresh: bool = False, reason: str | None = None) -> dict[str, Any]:
+        """The platform access token's state; `refresh` asks the platform for a new one first."""
+        if not refresh:
+            return _object(self.call("GET", "/token"))
+        return _object(self.call("POST", "/token/refresh", body={"reason": reason}))
+
     def audit(self, *, limit: int, cursor: str | None = None) -> dict[str, Any]:
         query = [("limit", str(limit))]
         if cursor:

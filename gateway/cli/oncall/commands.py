@@ -1,8 +1,8 @@
-"""`invoice-gateway outbox …` and `invoice-gateway circuit …`: the admin API for people on call.
+"""`invoice-gateway outbox …`, `circuit …` and `token …`: the admin API for people on call.
 
-Each command is one function `(Context) -> exit code`; `configure_outbox` and `configure_circuit`
-build the argparse tree and wrap every command so that an `AdminApiError` becomes its message on
-stderr and its exit code, whatever the command was doing.
+Each command is one function `(Context) -> exit code`; `configure_outbox`, `configure_circuit`
+and `configure_token` build the argparse tree and wrap every command so that an `AdminApiError`
+becomes its message on stderr and its exit code, whatever the command was doing.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from gateway.cli.oncall.render import (
     job_summary,
     submission_detail,
     submissions_table,
+    token_view,
 )
 from gateway.clock import iso_utc
 from gateway.config import ADMIN_TOKEN_ENV
@@ -570,6 +571,19 @@ def _circuit(action: str | None) -> Command:
     return command
 
 
+def _token_command(refresh: bool) -> Command:
+    def command(ctx: Context) -> int:
+        state = ctx.client.token(refresh=refresh, reason=getattr(ctx.args, "reason", None))
+        if ctx.out.json_mode:
+            ctx.out.json(state)
+        else:
+            ctx.out.result(token_view(state))
+        return EXIT_OK
+
+    command.__doc__ = f"token {'refresh' if refresh else 'status'}"
+    return command
+
+
 # -- the argparse tree ----------------------------------------------------------------------------
 
 
@@ -791,3 +805,32 @@ def configure_circuit(parser: argparse.ArgumentParser) -> None:
     ):
         action = _command(commands, name, _circuit(name), help_text)
         _reason_option(action, required=False, what="optional")
+
+
+def configure_token(parser: argparse.ArgumentParser) -> None:
+    """Add the `token` commands to `parser` (the `token` subcommand of `invoice-gateway`)."""
+    _prepare_group(
+        parser,
+        "See the platform access token and the token calls (the platform allows about 50 per "
+        "30 days); after the platform refused the credentials or said the token quota is used "
+        "up, tell the gateway to ask again.",
+    )
+    commands = parser.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    _command(
+        commands,
+        "status",
+        _token_command(refresh=False),
+        "the token, the token calls, and what holds the next one back",
+    )
+    refresh = _command(
+        commands,
+        "refresh",
+        _token_command(refresh=True),
+        "ask the platform for a new token now (needs --reason)",
+        description="Ask the platform for a new access token now: ends a hold only an operator "
+        "may end (the platform refused the credentials, or said the token quota is used up) and "
+        "the back-off, then makes one token call, which counts against the platform's token "
+        "quota. The hourly and daily caps still hold. Exit 1 when no token came (the answer "
+        "says why).",
+    )
+    _reason_option(refresh, required=True, what="required")

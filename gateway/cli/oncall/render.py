@@ -317,6 +317,41 @@ def circuit_view(circuit: Mapping[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
+def token_view(token: Mapping[str, Any]) -> RenderableType:
+    """The platform access token, the token calls and the hold on the next one, if any."""
+    text = Text("token     ")
+    held = token.get("token")
+    if isinstance(held, Mapping):
+        text.append("obtained ", style="green")
+        text.append(
+            f"{short_time(held.get('obtained_at'))}, expires {short_time(held.get('expires_at'))}"
+        )
+    else:
+        text.append("none", style="yellow")
+    text.append(f"\nendpoint  {token.get('token_url', '?')}")
+    calls = token.get("calls")
+    if isinstance(calls, Mapping):
+        text.append(
+            f"\ncalls     {calls.get('last_hour')} in the last hour (at most "
+            f"{calls.get('per_hour')}), {calls.get('last_day')} in 24 hours (at most "
+            f"{calls.get('per_day')}), {calls.get('last_30_days')} in 30 days (the platform "
+            "allows about 50)"
+        )
+    hold = token.get("hold")
+    if isinstance(hold, Mapping):
+        text.append("\nheld      ")
+        text.append(str(hold.get("cause", "?")), style="bold red")
+        text.append(f" since {short_time(hold.get('since'))}")
+        if hold.get("until"):
+            text.append(f", until {short_time(hold.get('until'))}")
+        if hold.get("operator_may_end"):
+            text.append(" (`invoice-gateway token refresh` ends it)")
+        text.append(f"\n          {hold.get('reason', '')}", style="dim")
+    else:
+        text.append("\nheld      no: a token may be asked for when needed", style="dim")
+    return text
+
+
 def audit_table(items: Iterable[Mapping[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("seq", justify="right", no_wrap=True)

@@ -7,7 +7,7 @@ its own, behind bearer tokens with roles.
     params      filters, pages and JSON bodies, with a 400 naming what is wrong
     masking     personal data hidden from viewers
     views       how submissions and audit entries are rendered
-    submissions · jobs · control · transfer · audit   the handlers, by what they serve
+    submissions · jobs · control · token · transfer · audit   the handlers, by what they serve
 """
 
 from gateway.ops.admin.auth import AdminTokens, Role

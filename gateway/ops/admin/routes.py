@@ -20,6 +20,7 @@ from gateway.ops.admin.control import ControlRoutes
 from gateway.ops.admin.jobs import JobRoutes
 from gateway.ops.admin.middleware import ROUTE_ROLES, Handler, guard
 from gateway.ops.admin.submissions import SubmissionRoutes
+from gateway.ops.admin.token import TokenRoutes
 from gateway.ops.admin.transfer import TransferRoutes
 from gateway.ops.metrics import Metrics, metrics_handler
 from gateway.outbox.dispatcher import Dispatcher
@@ -27,6 +28,7 @@ from gateway.outbox.oncall import OnCall
 from gateway.outbox.store import OutboxStore
 from gateway.resilience.breaker import BreakerRegistry
 from gateway.resilience.probe import UpstreamHealth
+from gateway.upstream.auth import UpstreamAuth
 
 
 class Administered(Protocol):
@@ -46,6 +48,8 @@ class Administered(Protocol):
     def health(self) -> UpstreamHealth: ...
     @property
     def metrics(self) -> Metrics: ...
+    @property
+    def auth(self) -> UpstreamAuth: ...
 
 
 log = structlog.get_logger("gateway.ops.admin")
@@ -96,6 +100,7 @@ def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
     control = ControlRoutes(gateway.oncall, gateway.dispatcher, gateway.breakers, gateway.health)
     transfer = TransferRoutes(gateway.oncall)
     audit = AuditRoutes(gateway.store)
+    token = TokenRoutes(gateway.oncall, gateway.auth)
     v, o = Role.VIEWER, Role.OPERATOR
     return [
         AdminRoute("GET", "/submissions", v, submissions.list),
@@ -116,6 +121,8 @@ def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
         AdminRoute("POST", "/circuit/open", o, control.open),
         AdminRoute("POST", "/circuit/close", o, control.close),
         AdminRoute("POST", "/circuit/reset", o, control.reset),
+        AdminRoute("GET", "/token", v, token.show),
+        AdminRoute("POST", "/token/refresh", o, token.refresh),
         # A backup holds every payload whole, so it is not for viewers (they see them masked).
         AdminRoute("GET", "/export", o, transfer.export),
         AdminRoute("POST", "/import", o, transfer.import_),

@@ -23,7 +23,13 @@ from aiohttp import web
 from rich.console import Console
 
 import gateway.cli.oncall
-from gateway.cli.oncall import commands, configure_circuit, configure_outbox, render
+from gateway.cli.oncall import (
+    commands,
+    configure_circuit,
+    configure_outbox,
+    configure_token,
+    render,
+)
 from tests.support.processes import ROOT, base_env, free_port, wait_until
 
 OPERATOR = "op-token"
@@ -57,6 +63,8 @@ class FakeAdmin:
     #: Export: stop sending after this many lines and drop the connection.
     export_cut_after: int | None = None
     imported: bytes = b""
+    #: `token refresh` is answered 503 with this detail (None: a token).
+    token_refusal: str | None = None
     port: int = 0
 
     @property
@@ -81,6 +89,8 @@ class FakeAdmin:
         app.router.add_post(v1 + "/dispatcher/{action}", self._dispatcher)
         app.router.add_get(v1 + "/circuit", self._circuit)
         app.router.add_post(v1 + "/circuit/{action}", self._circuit)
+        app.router.add_get(v1 + "/token", self._token)
+        app.router.add_post(v1 + "/token/refresh", self._token)
         app.router.add_get(v1 + "/export", self._export)
         app.router.add_post(v1 + "/import", self._import)
         app.router.add_get(v1 + "/audit", self._audit)
@@ -168,6 +178,29 @@ class FakeAdmin:
         breaker = {"name": "upstream", "state": state, "since": "2026-11-27T10:00:00Z"}
         return web.json_response({"breakers": [breaker], "health": {"status": "up"}})
 
+    async def _token(self, request: web.Request) -> web.Response:
+        if request.method == "POST" and self.token_refusal:
+            return problem(503, "No new access token", self.token_refusal)
+        hold = None
+        if request.method == "GET":
+            hold = {
+                "cause": "quota",
+                "since": "2026-11-27T10:00:00.000Z",
+                "until": "2026-11-27T16:00:00.000Z",
+                "operator_may_end": True,
+                "reason": "the platform's token quota is used up (070306)",
+            }
+        calls = {"last_hour": 1, "last_day": 3, "last_30_days": 31, "per_hour": 5, "per_day": 20}
+        return web.json_response(
+            {
+                "token_url": "https://open.nuonuo.com/accessToken",
+                "token": None if hold else {"obtained_at": "2026-11-27T10:05:00.000Z"},
+                "calls": calls,
+                "results": {"success": 1, "config_error": 0, "quota": 1, "failure": 0},
+                "hold": hold,
+            }
+        )
+
     async def _export(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         response.enable_chunked_encoding()
@@ -241,11 +274,12 @@ def admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The two groups mounted as gateway/cli/main.py mounts them."""
+    """The three groups mounted as gateway/cli/main.py mounts them."""
     root = argparse.ArgumentParser(prog="invoice-gateway")
     groups = root.add_subparsers(dest="command", required=True)
     configure_outbox(groups.add_parser("outbox"))
     configure_circuit(groups.add_parser("circuit"))
+    configure_token(groups.add_parser("token"))
     return root
 
 
@@ -526,6 +560,36 @@ def test_circuit_and_dispatcher_for_people(fake: FakeAdmin, capsys: Any) -> None
     assert "dispatcher paused" in capsys.readouterr().out
     assert 0 == run(fake, "outbox", "audit")
     assert "discard" in capsys.readouterr().out
+
+
+def test_token_status_says_what_holds_token_calls_back(fake: FakeAdmin, capsys: Any) -> None:
+    """`token status` shows the hold, its end, that a refresh ends it, and the call counts."""
+    assert 0 == run(fake, "token", "status")
+    out = capsys.readouterr().out
+    assert "held      quota since" in out
+    assert "`invoice-gateway token refresh` ends it" in out
+    assert "31 in 30 days" in out
+
+
+def test_token_refresh_needs_a_reason_and_sends_it(fake: FakeAdmin, capsys: Any) -> None:
+    """`token refresh` without --reason is a usage error; with it, the reason is sent."""
+    with pytest.raises(SystemExit) as usage:
+        run(fake, "token", "refresh")
+    assert 2 == usage.value.code
+    assert [] == fake.asked("POST", "/admin/v1/token/refresh")
+    assert 0 == run(fake, "token", "refresh", "--reason", "vendor reset the quota", "--json")
+    assert json.loads(capsys.readouterr().out)["hold"] is None
+    [(_, body)] = fake.asked("POST", "/admin/v1/token/refresh")
+    assert {"reason": "vendor reset the quota"} == body
+
+
+def test_a_refused_token_refresh_exits_1_with_the_gateway_s_words(
+    fake: FakeAdmin, capsys: Any
+) -> None:
+    """The platform refusing again is exit 1, with the gateway's explanation on stderr."""
+    fake.token_refusal = "the platform's token quota is used up (070306)"
+    assert 1 == run(fake, "token", "refresh", "--reason", "try again")
+    assert "token quota is used up" in capsys.readouterr().err
 
 
 # -- exit codes ----------------------------------------------------------------------------------
