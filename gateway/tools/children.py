@@ -252,6 +252,28 @@ SIMULATOR_TOKEN_CALLS: Final[Mapping[str, Any]] = {
 }
 
 
+#: The reconcile rules' settle time against the simulator: its lookup lists an invoice at once
+#: unless told to lag (`--lookup-lag`, kept below this), so absence is proven in seconds.
+SIMULATOR_SETTLE: Final = "2s"
+
+
+def point_at_simulator(config: dict[str, Any], url: str, *, token_url: str | None = None) -> None:
+    """Point a gateway `config` (a parsed profile) at a simulator at `url`: its API, its token
+    endpoint (`url`/accessToken unless `token_url`), token calls as fast as compressed
+    timelines need, and reconcile rules that trust a "not found" after `SIMULATOR_SETTLE`."""
+    upstream = config["upstream"]
+    upstream["url"] = url
+    auth = upstream.get("auth")
+    if isinstance(auth, dict) and auth.get("scheme") == "nuonuo-hmac":
+        # The profile's token host is the platform's; the simulator serves tokens itself.
+        auth["token_url"] = token_url or f"{url}/accessToken"
+        auth["token_calls"] = copy.deepcopy(dict(SIMULATOR_TOKEN_CALLS))
+    for operation in config.get("operations", []):
+        rule = operation.get("reconcile") if isinstance(operation, dict) else None
+        if isinstance(rule, dict):
+            rule.setdefault("settle", SIMULATOR_SETTLE)
+
+
 def write_gateway_config(
     workdir: Path,
     endpoints: Endpoints,
@@ -280,12 +302,7 @@ def write_gateway_config(
     config.setdefault("admin", {})["listen"] = f"127.0.0.1:{endpoints.admin_port}"
     config["store_url"] = f"sqlite:///{workdir / 'gateway.db'}"
     if simulator:
-        config["upstream"]["url"] = endpoints.simulator_url
-        auth = config["upstream"].get("auth")
-        if isinstance(auth, dict) and auth.get("scheme") == "nuonuo-hmac":
-            # The profile's token host is the platform's; the simulator serves tokens itself.
-            auth["token_url"] = f"{endpoints.simulator_url}/accessToken"
-            auth["token_calls"] = copy.deepcopy(dict(SIMULATOR_TOKEN_CALLS))
+        point_at_simulator(config, endpoints.simulator_url)
     config["log"] = {"format": "json", "level": "info"}
     set_dotted(config, overrides or {})
     path = workdir / "gateway.yaml"

@@ -322,6 +322,14 @@ def test_outage_through_a_real_prometheus(
             "successful calls with the right secret again",
         )
 
+        # The lookup API is switched off for the app (070302): a configuration problem.
+        simulator.change_settings(disabled_apis=[QUERY])
+        seen(
+            "count_over_time(gateway_upstream_configuration_errors_total[1m]) >= 3",
+            "configuration errors over several scrapes",
+        )
+        simulator.change_settings(disabled_apis=[])
+
         # The outage: every call to the platform answered 503.
         simulator.clear_faults()
         outage_started = time.time()

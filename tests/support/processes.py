@@ -19,7 +19,7 @@ import yaml
 
 # free_port is the harness's, named here too for the tests that start servers of their own.
 from gateway.tools.children import free_port as free_port
-from gateway.tools.children import set_dotted
+from gateway.tools.children import point_at_simulator, set_dotted
 
 READY_TIMEOUT = 20.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,15 +178,6 @@ def base_env() -> dict[str, str]:
     return env
 
 
-#: Token calls in tests against the simulator (no token quota unless a test sets one): fast
-#: enough for faults of a few seconds. Tests of the token guard set their own.
-TEST_TOKEN_CALLS: dict[str, Any] = {
-    "per_hour": 1000,
-    "per_day": 10000,
-    "backoff": {"base": "200ms", "cap": "2s"},
-}
-
-
 def write_gateway_config(
     path: Path, *, upstream_url: str, overrides: Mapping[str, Any] | None = None
 ) -> Path:
@@ -194,9 +185,7 @@ def write_gateway_config(
     (`upstream_url`/accessToken, unless `overrides` name another `upstream.auth.token_url`),
     with `overrides`."""
     config = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
-    config["upstream"]["url"] = upstream_url
-    config["upstream"]["auth"]["token_url"] = f"{upstream_url}/accessToken"
-    config["upstream"]["auth"]["token_calls"] = dict(TEST_TOKEN_CALLS)
+    point_at_simulator(config, upstream_url)
     config["log"] = {"format": "json", "level": "info"}
     config["tenants"].append({"id": "acme", "api_key": {"env": "GATEWAY_ACME_API_KEY"}})
     # Tests that count platform calls must not see a background probe unless they ask for one.
