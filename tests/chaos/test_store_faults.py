@@ -50,7 +50,7 @@ async def test_store_disk_full_locked_database_and_wal_checkpoint_under_load(
             steps,
             at(19),
         )
-        result = await run.drill(scenario, store_dir=disk)
+        result = await run.drill(scenario, store_dir=disk, dedup=True)
     finally:
         unmount(disk)
     assert result.book.statuses[503] > 0, "the full disk or the lock never refused a submission"
