@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.support.disk import fill, mount_small_fs, unmount
 from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
-from tests.support.processes import TENANT_KEY, http_json, jumped_clock, wait_until
+from tests.support.processes import ROOT, TENANT_KEY, http_json, jumped_clock, wait_until
 
 RED = "nuonuo.OpeMplatform.fastInvoiceRed"
 FAST_RESILIENCE = {
@@ -37,9 +38,22 @@ def sim_no_dedupe(tmp_path: Path) -> Iterator[Simulator]:
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[Simulator]:
-    """A simulator with the platform's duplicate detection (what reconciliation relies on)."""
+    """A simulator that, like the platform may, does not refuse a reused order number: the
+    gateway's lookup-first reconciliation is what keeps each invoice single."""
+    with Simulator.start(tmp_path / "sim", "--issue-delay", "0.2", dedup=False) as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim_dedup(tmp_path: Path) -> Iterator[Simulator]:
+    """A simulator with duplicate detection on (what the `resend` strategy relies on)."""
     with Simulator.start(tmp_path / "sim", "--issue-delay", "0.2") as sim:
         yield sim
+
+
+#: How late the lagging simulator lists an invoice it accepted: below the settle time the
+#: harness gives reconcile rules against the simulator (2 s).
+LOOKUP_LAG_S = 1.5
 
 
 def start_gateway(tmp_path: Path, sim: Simulator, **extra: Any) -> Gateway:
@@ -119,11 +133,64 @@ def test_answer_lost_is_reconciled_not_resent(tmp_path: Path, sim: Simulator) ->
     try:
         body, view = lose_one_answer(gw, sim)
         order = sim.ledger()["orders"][body["order"]["orderNo"]]
-        assert 1 == order["issued"]
+        assert (1, 1) == (order["issued"], order["sends"])
         assert order["serialNos"] == [serial_of(view)]
-        assert view["result"]["reconciled"] is True
+        assert (True, "lookup") == (view["result"]["reconciled"], view["result"]["evidence"])
     finally:
         gw.process.stop()
+
+
+def test_an_invoice_the_platform_lists_late_is_not_issued_twice(tmp_path: Path) -> None:
+    """Answers lost after issuing, and the lookup lags issuance: the first lookups find
+    nothing, yet nothing is resent before a lookup spanning the settle time finds each one."""
+    with Simulator.start(
+        tmp_path / "sim", "--lookup-lag", str(LOOKUP_LAG_S), dedup=False
+    ) as lagging:
+        gw = start_gateway(tmp_path, lagging)
+        try:
+            gw.call(QUERY, {"orderNos": ["warm-up"]})
+            lagging.fault(kind="answer_lost", operations=[ISSUE], count=5)
+            bodies = [invoice() for _ in range(5)]
+            ids = []
+            for body in bodies:
+                status, _, answer = gw.call(ISSUE, body)
+                assert 202 == status, answer
+                ids.append(answer["submission_id"])
+            views = wait_delivered(gw, ids)
+            ledger = lagging.ledger()
+            for body, submission_id in zip(bodies, ids, strict=True):
+                order = ledger["orders"][body["order"]["orderNo"]]
+                assert (1, 1) == (order["issued"], order["sends"]), body["order"]["orderNo"]
+                assert "lookup" == views[submission_id]["result"]["evidence"]
+        finally:
+            gw.process.stop()
+
+
+def test_resend_strategy_takes_the_duplicate_code_as_proof(
+    tmp_path: Path, sim_dedup: Simulator
+) -> None:
+    """`reconcile.strategy: resend` against a platform that refuses a reused order number:
+    the resend's E9106 proves the first send, and the lookup records its invoice."""
+    gw = start_gateway(tmp_path, sim_dedup, operations=resend_operations())
+    try:
+        body, view = lose_one_answer(gw, sim_dedup)
+        order = sim_dedup.ledger()["orders"][body["order"]["orderNo"]]
+        assert (1, 2) == (order["issued"], order["sends"])
+        assert ("duplicate_code", serial_of(view)) == (
+            view["result"]["evidence"],
+            order["serialNos"][0],
+        )
+    finally:
+        gw.process.stop()
+
+
+def resend_operations() -> list[dict[str, Any]]:
+    """The default profile's operations, every reconcile rule on the `resend` strategy."""
+    operations = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())["operations"]
+    for operation in operations:
+        if "reconcile" in operation:
+            operation["reconcile"]["strategy"] = "resend"
+    return list(operations)
 
 
 def test_client_asking_again_after_reconciliation_gets_its_invoice_not_order_number_used(
@@ -323,7 +390,8 @@ def test_kill_9_while_accepting_and_draining_loses_nothing(tmp_path: Path, sim: 
         ledger = sim.ledger()
         assert 0 == ledger["totals"]["doubles"]
         for order_no in acknowledged:
-            assert 1 == ledger["orders"][order_no]["issued"], order_no
+            order = ledger["orders"][order_no]
+            assert (1, 1) == (order["issued"], order["sends"]), order_no
     finally:
         gw.process.stop()
 
