@@ -280,6 +280,9 @@ class Courier:
             error_class=failure.value,
             error=_retry_reason(failure, verdict),
             retry_after=verdict.retry_after,
+            # No token, nothing sent: a long token hold (a refused quota waits for an operator)
+            # must not use up the submission's attempts; its age still bounds it.
+            counts=failure is not FailureClass.TOKEN_UNAVAILABLE,
         )
 
     async def _look_before_resend(
@@ -474,7 +477,10 @@ class Courier:
         retry_after: float | None = None,
         response: StoredResponse | None = None,
         result: dict[str, Any] | None = None,
+        counts: bool = True,
     ) -> Decision:
+        """Back to waiting after back-off (`retry_after` when longer); `counts=False` when the
+        attempt does not count toward `outbox.max_attempts`."""
         attempt = submission.attempts + 1
         wait = self.backoff(attempt)
         if retry_after is not None:
@@ -482,7 +488,7 @@ class Courier:
         return Decision(
             Transition(
                 state,
-                attempts_delta=1,
+                attempts_delta=1 if counts else 0,
                 maybe_sent=maybe_sent,
                 error_class=error_class,
                 error=error,

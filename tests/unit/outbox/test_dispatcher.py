@@ -414,21 +414,24 @@ async def test_retry_after_longer_than_the_backoff_is_honoured(make: Build) -> N
 
 
 @pytest.mark.parametrize(
-    ("reply", "failure"),
+    ("reply", "failure", "attempts"),
     [
-        (UpstreamUnreachable("connection refused"), "refused"),
-        (UpstreamTimeout("connect timeout", sent=False), "connect_timeout"),
-        (TokenUnavailable("token endpoint down"), "token_unavailable"),
+        (UpstreamUnreachable("connection refused"), "refused", 1),
+        (UpstreamTimeout("connect timeout", sent=False), "connect_timeout", 1),
+        (TokenUnavailable("token endpoint down"), "token_unavailable", 0),
     ],
 )
-async def test_not_sent_is_requeued_not_failed(make: Build, reply: Exception, failure: str) -> None:
-    """A delivery that never left (even for want of a token) is queued again, not failed."""
+async def test_not_sent_is_requeued_not_failed(
+    make: Build, reply: Exception, failure: str, attempts: int
+) -> None:
+    """A delivery that never left (even for want of a token) is queued again, not failed; one
+    that had no token does not use up an attempt."""
     rig = await make()
     rig.platform.script["issue"] = [reply]
     queued = await rig.queue()
     await rig.dispatcher.drain_once()
     row = await rig.get(queued)
-    assert (SubmissionState.QUEUED, 1, failure, False) == (
+    assert (SubmissionState.QUEUED, attempts, failure, False) == (
         row.state,
         row.attempts,
         row.last_error_class,
@@ -1175,3 +1178,19 @@ async def test_a_failed_lookup_resends_nothing(make: Build) -> None:
         row.last_error_class,
         rig.upstream.sent("issue"),
     )
+
+
+async def test_a_long_token_hold_never_makes_a_submission_dead(make: Build) -> None:
+    """More refusals for want of a token than `max_attempts` (a quota hold waiting for an
+    operator): the submission stays queued, and is delivered once a token can be had."""
+    rig = await make(outbox={"max_attempts": 3})
+    rig.platform.script["issue"] = [TokenUnavailable("token quota used up", cause="quota")]
+    queued = await rig.queue()
+    for _ in range(6):
+        await rig.dispatcher.drain_once()
+        rig.clock.advance(120)
+    row = await rig.get(queued)
+    assert (SubmissionState.QUEUED, 0) == (row.state, row.attempts)
+    rig.platform.script["issue"] = [OK]
+    await rig.dispatcher.drain_once()
+    assert SubmissionState.DELIVERED == (await rig.get(queued)).state
