@@ -72,6 +72,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="the staging platform's token endpoint, if not the config's upstream.auth.token_url",
     )
     parser.add_argument(
+        "--dedup",
+        choices=("on", "off"),
+        default="off",
+        help="whether the simulator refuses a reused order number (default off: what the drill "
+        "proves is the gateway's own reconciliation, not the platform's duplicate check)",
+    )
+    parser.add_argument(
         "--confirm-staging",
         action="store_true",
         help="confirm that --upstream is a staging platform where test invoices may be issued",
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         upstream=args.upstream,
         config=args.config,
         token_url=args.token_url,
+        dedup=args.dedup == "on",
     )
     print(f"drill {scenario.name}: {scenario.summary}", flush=True)
     prefix = f"invoice-gateway-drill-{scenario.name}-"

@@ -116,9 +116,9 @@ class DrillOptions:
     config: Path | None = None
     #: The staging platform's token endpoint, when not the config's `upstream.auth.token_url`.
     token_url: str | None = None
-    #: Whether the simulator answers a reused order number E9106 (on) or issues it again (off:
-    #: only the gateway stands between a resend and a second invoice).
-    dedup: bool = True
+    #: Whether the simulator answers a reused order number E9106 (on) or issues it again (off,
+    #: the default: only the gateway stands between a resend and a second invoice).
+    dedup: bool = False
 
 
 @dataclass
