@@ -15,6 +15,9 @@ from __future__ import annotations
 from gateway.tools.simulator.faults import FaultKind, FaultRule, FaultSpecError
 from gateway.tools.simulator.ledger import Invoice, InvoiceKind, InvoiceStatus, Ledger
 from gateway.tools.simulator.operations import (
+    ELECTRON_FAST_INVOICE_RED,
+    ELECTRON_QUERY_INVOICE_RESULT,
+    ELECTRON_REQUEST_BILLING,
     FAST_INVOICE_RED,
     INVOICE_INSPECTION,
     QUERY_INVOICE_RESULT,
@@ -35,6 +38,9 @@ __all__ = [
     "DEMO_APP_KEY",
     "DEMO_APP_SECRET",
     "DEMO_USER_TAX",
+    "ELECTRON_FAST_INVOICE_RED",
+    "ELECTRON_QUERY_INVOICE_RESULT",
+    "ELECTRON_REQUEST_BILLING",
     "FAST_INVOICE_RED",
     "INVOICE_INSPECTION",
     "QUERY_INVOICE_RESULT",

@@ -1,4 +1,5 @@
-"""The four platform operations (docs/design.md#operations), on a call that passed every check.
+"""The four platform operations (docs/design.md#operations), on a call that passed every check,
+under the method names of both of the vendor's product lines.
 
 Each takes the parsed JSON body and answers a `Reply`; all ledger changes happen synchronously
 inside it, so a call is either processed entirely or not at all.
@@ -29,6 +30,12 @@ REQUEST_BILLING: Final = "nuonuo.OpeMplatform.requestBillingNew"
 QUERY_INVOICE_RESULT: Final = "nuonuo.OpeMplatform.queryInvoiceResult"
 FAST_INVOICE_RED: Final = "nuonuo.OpeMplatform.fastInvoiceRed"
 INVOICE_INSPECTION: Final = "nuonuo.electronInvoice.invoiceInspection"
+#: The same ledger under the names of the vendor's electronic-invoice (ElectronInvoice) line,
+#: whose SDKs send the issue and query bodies above; its red-letter goes through requestBillingNew
+#: (`order.invoiceType` "2" naming the original's `invoiceNum`) or its quick full reversal.
+ELECTRON_REQUEST_BILLING: Final = "nuonuo.ElectronInvoice.requestBillingNew"
+ELECTRON_QUERY_INVOICE_RESULT: Final = "nuonuo.ElectronInvoice.queryInvoiceResult"
+ELECTRON_FAST_INVOICE_RED: Final = "nuonuo.ElectronInvoice.unifiedfastInvoiceRed"
 
 #: queryInvoiceResult looks up at most this many serial or order numbers per call.
 MAX_QUERY_NUMBERS: Final = 50
@@ -162,24 +169,59 @@ def fast_invoice_red(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
     red_reason = str(body.get("redReason", ""))
     if red_reason not in RED_REASONS:
         raise InvalidRequest("redReason 必须是 1、2、3 或 4")
+    blues = [
+        e
+        for e in ctx.ledger.by_order(ctx.seller_tax_num, original_order_no)
+        if e.kind is InvoiceKind.BLUE
+    ]
+    return _reverse(ctx, order_no, red_reason, blues, f"原蓝票订单[{original_order_no}]")
+
+
+def electron_request_billing(ctx: OperationContext, body: Mapping[str, Any]) -> Reply:
+    """requestBillingNew of the ElectronInvoice line: a blue invoice, as `request_billing`; or,
+    with `order.invoiceType` "2", a red one reversing the blue invoice whose number
+    `order.invoiceNum` gives (the original's order number is not part of this shape)."""
+    order = body.get("order")
+    invoice_type = str(order.get("invoiceType") or "1") if isinstance(order, dict) else "1"
+    if invoice_type not in ("1", "2"):
+        raise InvalidRequest("invoiceType 必须是 1（蓝票）或 2（红票）")
+    if not isinstance(order, dict) or invoice_type == "1":
+        return request_billing(ctx, body)
+    order_no = _required_text(order, "orderNo")
+    invoice_num = _required_text(order, "invoiceNum")
+    red_reason = str(order.get("redReason") or "1")  # the vendor's default: 销货退回
+    if red_reason not in RED_REASONS:
+        raise InvalidRequest("redReason 必须是 1、2、3 或 4")
+    original = ctx.ledger.by_invoice_no(invoice_num)
+    blues = (
+        [original]
+        if original is not None
+        and original.kind is InvoiceKind.BLUE
+        and original.seller_tax_num == ctx.seller_tax_num
+        else []
+    )
+    return _reverse(ctx, order_no, red_reason, blues, f"原蓝票[{invoice_num}]")
+
+
+def _reverse(
+    ctx: OperationContext, order_no: str, red_reason: str, blues: list[Invoice], original_name: str
+) -> Reply:
+    """A red invoice under `order_no` reversing the first of `blues` that can be reversed."""
     ledger, seller = ctx.ledger, ctx.seller_tax_num
     ledger.count_send(seller, order_no)
     if ctx.dedup and ledger.by_order(seller, order_no):
         ledger.duplicates_rejected += 1
         return answer(codes.DUPLICATE_ORDER, f"订单编号[{order_no}]已存在，请勿重复提交")
-    blues = [e for e in ledger.by_order(seller, original_order_no) if e.kind is InvoiceKind.BLUE]
     if not blues:
-        return answer(codes.RED_ORIGINAL_NOT_FOUND, f"原蓝票订单[{original_order_no}]不存在")
+        return answer(codes.RED_ORIGINAL_NOT_FOUND, f"{original_name}不存在")
     # Issued and done with (signed, or signing failed): an invoice still issuing or signing
     # cannot be reversed yet.
     issued = [e for e in blues if e.status(ctx.now).numbered and e.status(ctx.now).final]
     if not issued:
-        return answer(
-            codes.RED_ORIGINAL_NOT_ISSUED, f"原蓝票订单[{original_order_no}]尚未开具成功，不能红冲"
-        )
+        return answer(codes.RED_ORIGINAL_NOT_ISSUED, f"{original_name}尚未开具成功，不能红冲")
     unreversed = [e for e in issued if not ledger.reversals_of(e, ctx.now)]
     if not unreversed:
-        return answer(codes.RED_ALREADY_REVERSED, f"原蓝票订单[{original_order_no}]已红冲")
+        return answer(codes.RED_ALREADY_REVERSED, f"{original_name}已红冲")
     original = unreversed[0]
     entry = ledger.record(
         order_no=order_no,
@@ -234,6 +276,9 @@ OPERATIONS: Final[Mapping[str, Operation]] = {
     QUERY_INVOICE_RESULT: query_invoice_result,
     FAST_INVOICE_RED: fast_invoice_red,
     INVOICE_INSPECTION: invoice_inspection,
+    ELECTRON_REQUEST_BILLING: electron_request_billing,
+    ELECTRON_QUERY_INVOICE_RESULT: query_invoice_result,
+    ELECTRON_FAST_INVOICE_RED: fast_invoice_red,
 }
 
 
