@@ -10,17 +10,17 @@ is handed its parts by `gateway.app`, which it never imports.
 from __future__ import annotations
 
 from gateway.ops.status.facts import CountedOutbox, DispatcherState, StatusFacts
-from gateway.ops.status.history import HistorySampler, Sample, StatusHistory
+from gateway.ops.status.history import Sample, StatusHistory, history_sampler
 from gateway.ops.status.page import StatusPage
 from gateway.ops.status.render import render
 
 __all__ = [
     "CountedOutbox",
     "DispatcherState",
-    "HistorySampler",
     "Sample",
     "StatusFacts",
     "StatusHistory",
     "StatusPage",
+    "history_sampler",
     "render",
 ]

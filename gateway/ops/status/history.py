@@ -4,7 +4,7 @@ Sample          the gateway's counters at one moment
 StatusHistory   samples in a ring buffer, and when the platform was down (from the circuit
                 breakers' transitions); answers per-minute outcomes, queue depth, failures
                 by class and outages over the window
-HistorySampler  the background task adding a `Sample` every `interval` seconds
+history_sampler the background task adding a `Sample` every `interval` seconds
 """
 
 from __future__ import annotations
@@ -148,32 +148,19 @@ class StatusHistory:
         ]
 
 
-class HistorySampler:
-    """Adds `sample()` to `history` every `history.interval` seconds (on `clock`) between
-    `start()` and `stop()`. A sample that fails is logged and skipped, not fatal."""
+def history_sampler(
+    history: StatusHistory, sample: Callable[[], Awaitable[Sample]], clock: Clock
+) -> Periodic:
+    """The background task adding `sample()` to `history` every `history.interval` seconds (on
+    `clock`) between `start()` and `stop()`. A sample that fails is logged and skipped."""
 
-    def __init__(
-        self, history: StatusHistory, sample: Callable[[], Awaitable[Sample]], clock: Clock
-    ) -> None:
-        async def add() -> None:
-            history.add(await sample())
+    async def add() -> None:
+        history.add(await sample())
 
-        self._periodic = Periodic(
-            "status-sampler",
-            add,
-            interval=history.interval,
-            clock=clock,
-            failure="cannot sample the gateway for /status",
-        )
-
-    @property
-    def running(self) -> bool:
-        return self._periodic.running
-
-    def start(self) -> None:
-        """Start sampling in the background (idempotent)."""
-        self._periodic.start()
-
-    async def stop(self) -> None:
-        """Stop sampling and wait until the task has ended; the history is kept."""
-        await self._periodic.stop()
+    return Periodic(
+        "status-sampler",
+        add,
+        interval=history.interval,
+        clock=clock,
+        failure="cannot sample the gateway for /status",
+    )

@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.clock import Clock
 from gateway.ops.metrics import Metrics
 from gateway.ops.status.facts import CountedOutbox, DispatcherState, StatusFacts
-from gateway.ops.status.history import SAMPLE_SECONDS, HistorySampler, StatusHistory
+from gateway.ops.status.history import SAMPLE_SECONDS, StatusHistory, history_sampler
 from gateway.ops.status.render import render
 from gateway.resilience.breaker import BreakerRegistry
 from gateway.resilience.probe import UpstreamHealth
@@ -47,7 +47,7 @@ class StatusPage:
             clock=clock,
             history=self.history,
         )
-        self._sampler = HistorySampler(self.history, self._facts.sample, clock)
+        self._sampler = history_sampler(self.history, self._facts.sample, clock)
 
     @property
     def running(self) -> bool:
