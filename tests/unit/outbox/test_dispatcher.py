@@ -55,34 +55,8 @@ from tests.support.fakes import (
     platform_answer,
     signing_auth,
 )
+from tests.support.operations import ISSUE, NOTE, QUERY, SERVICES
 from tests.support.processes import ROOT
-
-SERVICES = "/open/v1/services"
-ISSUE = OperationConfig.model_validate(
-    {
-        "name": "issue",
-        "kind": "submit",
-        "match": {"method": "POST", "path": SERVICES, "headers": {"method": "issue"}},
-        "business_key": "/order/orderNo",
-        "ordering_key": "/order/orderNo",
-        "reconcile": {"lookup": "query", "body": {"orderNos": ["{business_key}"]}},
-    }
-)
-#: A submit operation without a reconcile rule: a lost answer needs on-call.
-NOTE = OperationConfig.model_validate(
-    {
-        "name": "note",
-        "kind": "submit",
-        "match": {"method": "POST", "path": SERVICES, "headers": {"method": "note"}},
-    }
-)
-QUERY = OperationConfig.model_validate(
-    {
-        "name": "query",
-        "kind": "read",
-        "match": {"method": "POST", "path": SERVICES, "headers": {"method": "query"}},
-    }
-)
 
 OK = platform_answer({"code": "E0000", "result": {"invoiceSerialNum": "S-1"}})
 BUSY = platform_answer({"code": "040102", "describe": "busy"})

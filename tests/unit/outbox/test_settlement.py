@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from gateway.config import BreakerConfig, OperationConfig, OutboxConfig
+from gateway.config import BreakerConfig, OutboxConfig
 from gateway.edge.intake import Intake
 from gateway.edge.outcomes import Exchange
 from gateway.operations import OperationRule, RequestBody
@@ -33,24 +33,8 @@ from gateway.resilience.pipeline import Outcome
 from gateway.resilience.retry import Backoff
 from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 from tests.support.fakes import FakeClock, platform_answer
+from tests.support.operations import ISSUE, QUERY, SERVICES
 
-SERVICES = "/open/v1/services"
-ISSUE = OperationConfig.model_validate(
-    {
-        "name": "issue",
-        "kind": "submit",
-        "match": {"method": "POST", "path": SERVICES, "headers": {"method": "issue"}},
-        "business_key": "/order/orderNo",
-        "reconcile": {"lookup": "query", "body": {"orderNos": ["{business_key}"]}},
-    }
-)
-QUERY = OperationConfig.model_validate(
-    {
-        "name": "query",
-        "kind": "read",
-        "match": {"method": "POST", "path": SERVICES, "headers": {"method": "query"}},
-    }
-)
 OPERATION = OperationRule.from_config(ISSUE).operation
 BODY = json.dumps({"order": {"orderNo": "ORD-1", "buyerName": "某某公司"}}).encode()
 
