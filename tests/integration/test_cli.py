@@ -92,6 +92,17 @@ def test_check_config_ok_for_the_sandbox_profile() -> None:
     assert "tokens     https://open.nuonuo.com/accessToken" in result.stdout
 
 
+def test_check_config_ok_for_the_electron_invoice_profile() -> None:
+    """The ElectronInvoice product line's profile checks out: its five operations, the
+    platform's API and token hosts."""
+    result = run_cli("check-config", "config/electron-invoice.yaml")
+    assert 0 == result.returncode, result.stderr
+    assert "config/electron-invoice.yaml: OK" in result.stdout
+    assert "operations 5 (2 read, 3 submit)" in result.stdout
+    assert "upstream   https://sdk.nuonuo.com (auth: nuonuo-hmac)" in result.stdout
+    assert "tokens     https://open.nuonuo.com/accessToken" in result.stdout
+
+
 def test_check_config_names_each_problem(tmp_path: Path) -> None:
     """An invalid file exits 2 and names every bad key."""
     bad = tmp_path / "bad.yaml"

@@ -60,6 +60,69 @@ def test_sandbox_profile_is_valid() -> None:
     }
 
 
+def test_electron_invoice_profile_is_valid() -> None:
+    """config/electron-invoice.yaml loads: the ElectronInvoice line's operations with their
+    business and ordering keys, a red-letter never keyed apart from what it reverses."""
+    config = load_config(ROOT / "config" / "electron-invoice.yaml", ENV)
+    keys = {
+        op.name: (
+            op.kind,
+            op.business_key and op.business_key.text,
+            op.ordering_key and op.ordering_key.text,
+            op.reconcile is not None,
+        )
+        for op in config.operations
+    }
+    assert {
+        "nuonuo.ElectronInvoice.requestBillingNew:red": (
+            "submit",
+            "/order/orderNo",
+            "/order/invoiceNum",
+            True,
+        ),
+        "nuonuo.ElectronInvoice.requestBillingNew": (
+            "submit",
+            "/order/orderNo",
+            "/order/orderNo",
+            True,
+        ),
+        "nuonuo.ElectronInvoice.unifiedfastInvoiceRed": (
+            "submit",
+            "/orderNo",
+            "/originalOrderNo",
+            True,
+        ),
+        "nuonuo.ElectronInvoice.queryInvoiceResult": ("read", None, None, False),
+        "nuonuo.electronInvoice.invoiceInspection": ("read", None, None, False),
+    } == keys
+    lookups = {op.reconcile.lookup for op in config.operations if op.reconcile is not None}
+    assert {"nuonuo.ElectronInvoice.queryInvoiceResult"} == lookups
+    assert config.resilience.probe is not None
+    assert "nuonuo.ElectronInvoice.queryInvoiceResult" == config.resilience.probe.operation
+
+
+#: What a profile may choose for itself; everything else is shared by all profiles.
+PROFILE_OWN = ("operations", "store_url")
+
+
+def shared_sections(profile: str) -> dict[str, Any]:
+    """A profile as written, without what it may choose for itself (the probe's operation and
+    body included, as they name one of its operations)."""
+    raw = dict(yaml.safe_load((ROOT / "config" / profile).read_text()))
+    for key in PROFILE_OWN:
+        raw.pop(key)
+    probe = raw["resilience"]["probe"]
+    del probe["operation"], probe["body"]
+    return raw
+
+
+def test_electron_invoice_profile_shares_everything_else_with_the_default_profile() -> None:
+    """The two product lines' profiles differ only in their operations, probe operation and
+    store: upstream, auth (token URL included), business codes, resilience and outbox are kept
+    equal, so a change to one that is not made to the other fails here."""
+    assert shared_sections("gateway.yaml") == shared_sections("electron-invoice.yaml")
+
+
 def test_default_profile_asks_the_token_host_for_tokens() -> None:
     """The default profile's tokens come from the platform's token host, not the API host."""
     config = load_config(ROOT / "config" / "gateway.yaml", ENV)
