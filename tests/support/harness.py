@@ -116,7 +116,9 @@ class Gateway:
         overrides: Mapping[str, Any] | None = None,
         name: str = "gateway",
         env: Mapping[str, str] | None = None,
+        profile: str = "gateway.yaml",
     ) -> Gateway:
+        """A gateway process on `profile` (a file in config/), pointed at `upstream_url`."""
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         config_path = write_gateway_config(
@@ -128,6 +130,7 @@ class Gateway:
                 "store_url": f"sqlite:///{workdir / 'gateway.db'}",
                 **(overrides or {}),
             },
+            profile=profile,
         )
         full_env = {**base_env(), **(env or {})}
         admin_listen = yaml.safe_load(config_path.read_text())["admin"]["listen"]

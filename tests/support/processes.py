@@ -179,12 +179,16 @@ def base_env() -> dict[str, str]:
 
 
 def write_gateway_config(
-    path: Path, *, upstream_url: str, overrides: Mapping[str, Any] | None = None
+    path: Path,
+    *,
+    upstream_url: str,
+    overrides: Mapping[str, Any] | None = None,
+    profile: str = "gateway.yaml",
 ) -> Path:
-    """The default profile (config/gateway.yaml) pointed at `upstream_url`, tokens included
-    (`upstream_url`/accessToken, unless `overrides` name another `upstream.auth.token_url`),
-    with `overrides`."""
-    config = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
+    """A profile in config/ (the default profile unless told) pointed at `upstream_url`, tokens
+    included (`upstream_url`/accessToken, unless `overrides` name another
+    `upstream.auth.token_url`), with `overrides`."""
+    config = yaml.safe_load((ROOT / "config" / profile).read_text())
     point_at_simulator(config, upstream_url)
     config["log"] = {"format": "json", "level": "info"}
     config["tenants"].append({"id": "acme", "api_key": {"env": "GATEWAY_ACME_API_KEY"}})
