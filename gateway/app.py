@@ -28,6 +28,7 @@ from gateway.ops.health import Health
 from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
 from gateway.ops.status import StatusPage
 from gateway.outbox.dispatcher import Dispatcher
+from gateway.outbox.issuance import IssuanceFollower
 from gateway.outbox.oncall import OnCall
 from gateway.outbox.store import Store, open_store
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
@@ -56,6 +57,7 @@ class Gateway:
     breakers: BreakerRegistry
     health: UpstreamHealth
     dispatcher: Dispatcher
+    issuance: IssuanceFollower
     oncall: OnCall
     proxy: Proxy
     metrics: Metrics
@@ -77,6 +79,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
     )
     probe: HealthProbe | None = None
     dispatcher: Dispatcher | None = None
+    follower: IssuanceFollower | None = None
     sampler: OutboxSampler | None = None
     status_page: StatusPage | None = None
     try:
@@ -100,6 +103,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         metrics = Metrics(
             operations=[op.name for op in config.operations],
             business_codes=config.upstream.business_codes.listed(),
+            followed=[op.name for op in config.operations if op.issuance is not None],
         )
         store.observe_commits(metrics.commit)
         breakers = BreakerRegistry(config.resilience.breaker, clock)
@@ -134,6 +138,9 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             breakers=breakers,
             clock=steady,
             owner=f"{owner}:dispatcher",
+        )
+        follower = IssuanceFollower.from_config(
+            config, store=store, pipeline=pipeline, bucket=dispatcher.bucket, clock=steady
         )
         intake = Intake(
             store=store,
@@ -173,6 +180,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         if probe is not None:
             probe.start()
         dispatcher.start()
+        follower.start()
         sampler = OutboxSampler(metrics, store, steady, interval=2.0)
         sampler.start()
         started_at = clock.wall()
@@ -197,6 +205,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             breakers=breakers,
             health=health,
             dispatcher=dispatcher,
+            issuance=follower,
             oncall=oncall,
             proxy=proxy,
             metrics=metrics,
@@ -210,6 +219,8 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             await status_page.stop()
         if sampler is not None:
             await sampler.stop()
+        if follower is not None:
+            await follower.stop()
         if dispatcher is not None:
             await dispatcher.stop()
         if probe is not None:

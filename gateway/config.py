@@ -487,6 +487,67 @@ class ReconcileConfig(_Model):
     answer: Any = None
 
 
+class IssuanceStatusesConfig(_Model):
+    """The lookup's status values that end an issuance, by what they mean; any other value
+    means it is still going on (Nuonuo: `20` issuing, `21` signing, `31` cancelling)."""
+
+    done: list[str] = Field(default_factory=lambda: ["2"])
+    failed: list[str] = Field(default_factory=lambda: ["22"])
+    signing_failed: list[str] = Field(default_factory=lambda: ["24"])
+    cancelled: list[str] = Field(default_factory=lambda: ["3"])
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> IssuanceStatusesConfig:
+        lists = {"done": self.done, "failed": self.failed, "signing_failed": self.signing_failed}
+        lists["cancelled"] = self.cancelled
+        seen: dict[str, str] = {}
+        for name, values in lists.items():
+            for value in values:
+                if value in seen:
+                    raise ValueError(f"status {value!r} is in both {seen[value]!r} and {name!r}")
+                seen[value] = name
+        return self
+
+
+class IssuanceConfig(_Model):
+    """How to follow an accepted submission to the end of its issuance
+    (docs/design.md#issuance-lifecycle): the platform's success only says "accepted, issuing";
+    `lookup` (a read operation) is asked, for many invoices at once, until each is final.
+
+    The lookup's body is `body` plus `{by: [numbers…]}` (at most `batch` numbers); each number
+    is the value at `serial_pointer` in the submission's answer, or its business key when
+    `serial_pointer` is not set. In the lookup's answer the entries are a list at
+    `entries_pointer`, each found by its number at `entry_serial_pointer`.
+    """
+
+    lookup: str
+    #: The lookup body's field that takes the list of numbers (Nuonuo: `serialNos`).
+    by: str = Field(min_length=1)
+    #: Extra fields of the lookup's body, sent as they are.
+    body: dict[str, Any] = Field(default_factory=dict)
+    #: In the submission's answer: the number the platform gave it (None: the business key).
+    serial_pointer: Pointer | None = None
+    #: In the lookup's answer: the list of entries.
+    entries_pointer: Pointer = Field(default_factory=lambda: JsonPointer("/result"))
+    #: In each entry: its number, its status, and what it says about the invoice.
+    entry_serial_pointer: Pointer = Field(default_factory=lambda: JsonPointer("/serialNo"))
+    status_pointer: Pointer = Field(default_factory=lambda: JsonPointer("/status"))
+    invoice_number_pointer: Pointer | None = None
+    invoice_code_pointer: Pointer | None = None
+    pdf_url_pointer: Pointer | None = None
+    fail_cause_pointer: Pointer | None = None
+    statuses: IssuanceStatusesConfig = Field(default_factory=IssuanceStatusesConfig)
+    #: Time between two lookups of one invoice.
+    interval: Seconds = 5.0
+    #: Numbers per lookup (the platform takes at most 50).
+    batch: int = Field(default=50, ge=1, le=50)
+    #: The share of `outbox.dispatcher.rate` these lookups may use (they also take their
+    #: tokens from the dispatcher's bucket, so lookups and deliveries together keep its rate).
+    rate_share: float = Field(default=0.1, gt=0, le=1)
+    #: After this long since delivery, an invoice still not final is no longer looked up.
+    give_up_after: Seconds = 24 * 3600.0
+
+
 class OperationConfig(_Model):
     """One upstream operation the gateway recognises, and its kind (docs/design.md#outcomes)."""
 
@@ -501,6 +562,9 @@ class OperationConfig(_Model):
     policy: RetryPolicyConfig = Field(default_factory=RetryPolicyConfig)
     #: For submits: how to resolve a lost answer. Without it such submissions wait for on-call.
     reconcile: ReconcileConfig | None = None
+    #: For submits: how to follow an accepted one to the end of its issuance. Without it the
+    #: platform's acceptance is the end of the story.
+    issuance: IssuanceConfig | None = None
 
 
 class DispatcherConfig(_Model):
@@ -605,6 +669,18 @@ class GatewayConfig(_Model):
                 f"resilience.probe.operation: {probe.operation!r} is not one of 'operations'"
             )
         for i, op in enumerate(self.operations):
+            if op.issuance is not None:
+                follower = by_name.get(op.issuance.lookup)
+                if follower is None or follower.kind != "read" or op.kind != "submit":
+                    raise ValueError(
+                        f"operations[{i}].issuance.lookup: {op.issuance.lookup!r} must name a "
+                        "'read' operation (and issuance is only for 'submit' operations)"
+                    )
+                if op.issuance.serial_pointer is None and op.business_key is None:
+                    raise ValueError(
+                        f"operations[{i}].issuance: needs a serial_pointer or a business_key "
+                        "to look the invoice up by"
+                    )
             if op.reconcile is None:
                 continue
             lookup = by_name.get(op.reconcile.lookup)

@@ -32,8 +32,9 @@ from gateway import __version__
 from gateway.clock import Clock, Periodic
 from gateway.errors import StoreError
 from gateway.outbox.dispatcher import Dispatcher
+from gateway.outbox.issuance import IssuanceFollower
 from gateway.outbox.store import OutboxStore
-from gateway.outbox.submissions import SubmissionState
+from gateway.outbox.submissions import IssuanceOutcome, SubmissionState
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
 from gateway.resilience.failures import Verdict
 from gateway.resilience.pipeline import ResiliencePipeline
@@ -58,6 +59,8 @@ class Observed(Protocol):
     @property
     def dispatcher(self) -> Dispatcher: ...
     @property
+    def issuance(self) -> IssuanceFollower: ...
+    @property
     def started_at(self) -> float: ...
 
 
@@ -73,9 +76,17 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.
 class Metrics:
     """Every instrument, on a registry of its own (no global state)."""
 
-    def __init__(self, *, operations: Iterable[str], business_codes: Iterable[str]) -> None:
+    def __init__(
+        self,
+        *,
+        operations: Iterable[str],
+        business_codes: Iterable[str],
+        followed: Iterable[str] = (),
+    ) -> None:
+        """`followed`: the operations whose issuance is followed (`issuance` rule)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._operations = frozenset(operations) | {"unmatched"}
+        self.followed = tuple(followed)
         self._codes = frozenset(business_codes)
         r = self.registry
         self.requests = Counter(
@@ -170,6 +181,12 @@ class Metrics:
             "Age of the oldest queued submission (0 when none; sampled).",
             registry=r,
         )
+        self.issuing = Gauge(
+            "gateway_issuance_issuing",
+            "Delivered submissions whose invoice the platform is still issuing (sampled).",
+            ["operation"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "gateway_build_info",
             "Always 1; labels say which build runs.",
@@ -179,6 +196,8 @@ class Metrics:
         self.build_info.labels(__version__, platform.python_version()).set(1)
         for state in SubmissionState:
             self.outbox_depth.labels(state.value).set(0)
+        for name in self.followed:
+            self.issuing.labels(name).set(0)
 
     def operation(self, name: str) -> str:
         """A bounded label value for an operation name."""
@@ -280,6 +299,8 @@ class GatewayCollector(Collector):
         in_flight.add_metric([], float(gateway.dispatcher.in_flight))
         yield in_flight
 
+        yield from _issuance_metrics(gateway.issuance)
+
         rejected = CounterMetricFamily(
             "gateway_retry_budget_rejections", "Retries refused by the retry budget."
         )
@@ -299,6 +320,33 @@ class GatewayCollector(Collector):
         uptime = GaugeMetricFamily("gateway_start_time_seconds", "When the gateway started.")
         uptime.add_metric([], gateway.started_at)
         yield uptime
+
+
+def _issuance_metrics(follower: IssuanceFollower) -> Iterator[Metric]:
+    """Final issuance outcomes of accepted invoices (every followed operation and outcome, 0
+    until one), and the lookups that follow them."""
+    final = CounterMetricFamily(
+        "gateway_issuance_final",
+        "Accepted submissions whose invoice reached a final outcome: done, failed, "
+        "signing_failed (both turn the submission issue_failed), cancelled, given_up.",
+        labels=["operation", "outcome"],
+    )
+    for operation in follower.routes:
+        for outcome in IssuanceOutcome:
+            if outcome.final:
+                final.add_metric(
+                    [operation, outcome.value], float(follower.stats.final[(operation, outcome)])
+                )
+    yield final
+    lookups = CounterMetricFamily(
+        "gateway_issuance_lookups",
+        "Lookups of accepted invoices' issuance, by result (failure: asked again later).",
+        labels=["result"],
+    )
+    stats = follower.stats
+    lookups.add_metric(["success"], float(stats.lookups - stats.lookup_failures))
+    lookups.add_metric(["failure"], float(stats.lookup_failures))
+    yield lookups
 
 
 def _token_metrics(status: TokenStatus | None, now: float) -> Iterator[Metric]:
@@ -366,6 +414,8 @@ class OutboxSampler:
             return
         for state, count in counts.by_state.items():
             self._metrics.outbox_depth.labels(state.value).set(count)
+        for operation in self._metrics.followed:
+            self._metrics.issuing.labels(operation).set(counts.issuing.get(operation, 0))
         oldest = counts.oldest_queued_at
         self._metrics.oldest_queued.set(max(0.0, self._clock.wall() - oldest) if oldest else 0.0)
 

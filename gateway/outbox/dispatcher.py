@@ -169,6 +169,12 @@ class Dispatcher:
         return self._task is not None and not self._task.done()
 
     @property
+    def bucket(self) -> TokenBucket:
+        """The token bucket every call to the platform from the outbox takes a token from
+        (the issuance follower's lookups share it)."""
+        return self._bucket
+
+    @property
     def in_flight(self) -> int:
         """Deliveries started and not finished."""
         return len(self._inflight)

@@ -1,7 +1,8 @@
 """Submissions: what the outbox keeps for every `submit` request (docs/design.md#lifecycle).
 
     queued ──claim──▶ delivering ──▶ delivered | failed            (final)
-       ▲                  │
+       ▲                  │               │
+       │                  │               └─ issuance ends failed ─▶ issue_failed (final)
        └── back-off ◀─────┤          unknown  (answer lost: reconcile before any resend)
                           └────────▶ dead     (attempts or age exhausted: on-call)
     any unresolved state ──on-call──▶ discarded (with a reason)
@@ -36,6 +37,8 @@ class SubmissionState(StrEnum):
     UNKNOWN = "unknown"
     DEAD = "dead"
     DISCARDED = "discarded"
+    #: Accepted by the platform, whose issuance then failed (docs/design.md#issuance-lifecycle).
+    ISSUE_FAILED = "issue_failed"
 
     @property
     def final(self) -> bool:
@@ -48,7 +51,14 @@ class SubmissionState(StrEnum):
         return not self.final
 
 
-_FINAL = frozenset({SubmissionState.DELIVERED, SubmissionState.FAILED, SubmissionState.DISCARDED})
+_FINAL = frozenset(
+    {
+        SubmissionState.DELIVERED,
+        SubmissionState.FAILED,
+        SubmissionState.DISCARDED,
+        SubmissionState.ISSUE_FAILED,
+    }
+)
 UNRESOLVED_STATES = tuple(s for s in SubmissionState if not s.final)
 
 
@@ -104,6 +114,84 @@ def stored_response(response: UpstreamResponse | None) -> StoredResponse | None:
     )
 
 
+class IssuanceOutcome(StrEnum):
+    """Where an accepted invoice's issuance stands, in the gateway's words (the platform's own
+    status values are mapped by the operation's `issuance.statuses`)."""
+
+    ISSUING = "issuing"
+    DONE = "done"
+    FAILED = "failed"
+    SIGNING_FAILED = "signing_failed"
+    CANCELLED = "cancelled"
+    #: Not final after `issuance.give_up_after`: no longer looked up.
+    GIVEN_UP = "given_up"
+
+    @property
+    def final(self) -> bool:
+        """No further lookup will happen."""
+        return self is not IssuanceOutcome.ISSUING
+
+    @property
+    def failed(self) -> bool:
+        """The platform accepted the submission but did not issue the invoice."""
+        return self in (IssuanceOutcome.FAILED, IssuanceOutcome.SIGNING_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Issuance:
+    """What the platform last said about an accepted submission's invoice."""
+
+    outcome: IssuanceOutcome
+    #: The platform's own status value (e.g. `22`), None before it listed the invoice.
+    status: str | None = None
+    #: The number the invoice is looked up by (the platform's serial number).
+    serial: str | None = None
+    invoice_number: str | None = None
+    invoice_code: str | None = None
+    pdf_url: str | None = None
+    fail_cause: str | None = None
+    #: When it was last looked up (None: not yet).
+    checked_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.value,
+            "status": self.status,
+            "serial": self.serial,
+            "invoice_number": self.invoice_number,
+            "invoice_code": self.invoice_code,
+            "pdf_url": self.pdf_url,
+            "fail_cause": self.fail_cause,
+            "checked_at": self.checked_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Issuance:
+        return cls(
+            outcome=IssuanceOutcome(data["outcome"]),
+            status=data.get("status"),
+            serial=data.get("serial"),
+            invoice_number=data.get("invoice_number"),
+            invoice_code=data.get("invoice_code"),
+            pdf_url=data.get("pdf_url"),
+            fail_cause=data.get("fail_cause"),
+            checked_at=data.get("checked_at"),
+        )
+
+    def public_view(self) -> dict[str, Any]:
+        """As the client's status API and on-call show it."""
+        return {
+            "status": self.outcome.value,
+            "platform_status": self.status,
+            "serial": self.serial,
+            "invoice_number": self.invoice_number,
+            "invoice_code": self.invoice_code,
+            "pdf_url": self.pdf_url,
+            "fail_cause": self.fail_cause,
+            "checked_at": iso_utc(self.checked_at) if self.checked_at else None,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class NewSubmission:
     """A submission as accepted from a client, before the store gives it an id."""
@@ -150,6 +238,8 @@ class Submission(NewSubmission):
     delivered_at: float | None = None
     #: Where `max_age` counts from: acceptance, or the last time on-call requeued it.
     age_from: float | None = None
+    #: What the platform last said about the invoice once it accepted the submission.
+    issuance: Issuance | None = None
 
     @classmethod
     def of(cls, new: NewSubmission, **lifecycle: Any) -> Submission:
@@ -166,7 +256,7 @@ class Submission(NewSubmission):
                 value = base64.b64encode(value).decode()
             elif name == "state":
                 value = value.value
-            elif name == "response":
+            elif name in ("response", "issuance"):
                 value = value.to_json() if value is not None else None
             elif name in ("query", "headers"):
                 value = [list(pair) for pair in value]
@@ -182,6 +272,9 @@ class Submission(NewSubmission):
             data["state"] = SubmissionState(data["state"])
             data["response"] = (
                 StoredResponse.from_json(data["response"]) if data.get("response") else None
+            )
+            data["issuance"] = (
+                Issuance.from_json(data["issuance"]) if data.get("issuance") else None
             )
             data["query"] = tuple((str(k), str(v)) for k, v in data["query"])
             data["headers"] = tuple((str(k), str(v)) for k, v in data["headers"])
@@ -212,6 +305,8 @@ class Submission(NewSubmission):
             view["response"] = {"status": self.response.status, "body": answer}
         if self.result:
             view["result"] = self.result
+        if self.issuance is not None:
+            view["issuance"] = self.issuance.public_view()
         return view
 
 
@@ -233,6 +328,18 @@ class Transition:
     reset_attempts: bool = False
     restart_age: bool = False
     body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuanceCheck:
+    """What one lookup learned about a delivered submission's invoice, to be recorded only
+    while the row is still `delivered` under the fence the lookup read."""
+
+    submission_id: str
+    fence: int
+    issuance: Issuance
+    #: When to look again; None once the issuance is final (or given up).
+    next_check_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

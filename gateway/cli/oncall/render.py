@@ -36,6 +36,7 @@ STATE_STYLES: Final = {
     "unknown": "yellow",
     "dead": "bold red",
     "discarded": "dim",
+    "issue_failed": "bold red",
 }
 CIRCUIT_STYLES: Final = {
     "closed": "green",

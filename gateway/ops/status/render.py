@@ -59,6 +59,7 @@ _STATE_WORDS = {
     "unknown": "answer lost — being reconciled",
     "dead": "gave up — needs on-call",
     "discarded": "discarded by on-call",
+    "issue_failed": "accepted, then not issued — needs on-call",
 }
 _CIRCUIT_WORDS = {
     "closed": "closed — traffic flows",

@@ -28,11 +28,12 @@ and how a store with concurrent writers (PostgreSQL) provides them:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.outbox.submissions import (
     AuditEntry,
+    IssuanceCheck,
     NewSubmission,
     Page,
     Submission,
@@ -70,6 +71,9 @@ class OutboxCounts:
     #: row, or `unknown` row due for reconciliation. Parked `unknown` rows (no due time) and
     #: `dead` ones wait for on-call, not for the dispatcher, and do not count. None if none.
     oldest_queued_at: float | None
+    #: Delivered submissions whose invoice the platform is still issuing (looked up at least
+    #: once and not final), by operation; operations with none are left out.
+    issuing: dict[str, int] = field(default_factory=dict)
 
 
 class OutboxStore(Protocol):
@@ -119,7 +123,9 @@ class OutboxStore(Protocol):
 
         Returns the row as stored after the change. `updated_at` becomes `now` and
         `next_attempt_at` the change's (None: not scheduled). Leaving `delivering` clears the
-        lease. A routine change (no `audit`) keeps the fence, so its holder may write again;
+        lease. Becoming `delivered` starts a new issuance (docs/design.md#issuance-lifecycle):
+        the recorded one is cleared and the row is due for `issuance_due` at `now`. A routine
+        change (no `audit`) keeps the fence, so its holder may write again;
         an on-call change (with `audit`) bumps it, so a holder that raced it cannot write, and
         records `audit` in the same transaction: both or neither. A refused change (stale
         fence, unknown id) writes nothing, not even the audit entry.
@@ -189,6 +195,43 @@ class OutboxStore(Protocol):
         """
         ...
 
+    async def issuance_due(
+        self, *, operations: Sequence[str], now: float, limit: int
+    ) -> Sequence[Submission]:
+        """Up to `limit` `delivered` submissions of `operations` whose invoice is due to be
+        looked up (due time `<= now`), the longest due first.
+
+        A row is due from the moment it becomes `delivered` until `record_issuance` records a
+        final issuance (or no next check); an `issue_failed` row, or one of an operation not
+        named, is never returned. Rows imported as delivered with an issuance not final are
+        due from their delivery.
+
+        Isolation: a plain read, no lock. Two processes may look the same invoices up at
+        once; that is harmless, as `record_issuance` records facts the platform reported and
+        checks the row's fence and state in its own writing statement.
+        """
+        ...
+
+    async def record_issuance(
+        self, checks: Sequence[IssuanceCheck], *, now: float
+    ) -> Sequence[Submission]:
+        """Record what lookups learned about delivered submissions' invoices, durably, in one
+        transaction; returns the rows changed, as stored after the change.
+
+        Each check applies only while its row is still `delivered` with the check's fence
+        (an on-call action or a later delivery moved it on otherwise, and the check is
+        dropped without error). It stores the issuance and the next due time (`next_check_at`;
+        None: no longer looked up). An issuance that ended failed (`outcome.failed`) turns the
+        row `issue_failed` (final; `updated_at = now`, last error class
+        `issuance_<outcome>`, last error naming the status and cause); anything else leaves
+        state, fence and `updated_at` as they were.
+
+        Isolation: the fence and state check is in each row's UPDATE (`UPDATE … WHERE id = $1
+        AND fence = $2 AND state = 'delivered'`), so a check racing an on-call change or a
+        redelivery either lands first or is dropped, never half applied.
+        """
+        ...
+
     async def get(self, submission_id: str) -> Submission | None:
         """The submission as last committed, by any process; None if there is none."""
         ...
@@ -196,8 +239,8 @@ class OutboxStore(Protocol):
     async def counts(self) -> OutboxCounts: ...
 
     async def purge(self, *, finished_before: float) -> int:
-        """Delete delivered, failed and discarded rows last updated before `finished_before`;
-        returns how many. Their idempotency keys are free again.
+        """Delete delivered, failed, issue_failed and discarded rows last updated before
+        `finished_before`; returns how many. Their idempotency keys are free again.
 
         Never deletes a row the outbox still needs (`queued`, `delivering`, `unknown`, `dead`),
         not even one racing to a final state: state and age are checked in the DELETE's WHERE,

@@ -22,6 +22,8 @@ from gateway.outbox.store.protocol import Admission, OutboxCounts
 from gateway.outbox.submissions import (
     UNRESOLVED_STATES,
     AuditEntry,
+    Issuance,
+    IssuanceCheck,
     NewSubmission,
     Page,
     StoredResponse,
@@ -99,6 +101,15 @@ MIGRATIONS: Sequence[str] = (
         details TEXT
     );
     """,
+    """
+    ALTER TABLE submission ADD COLUMN issuance TEXT;
+    ALTER TABLE submission ADD COLUMN issuance_outcome TEXT;
+    ALTER TABLE submission ADD COLUMN issuance_due_at REAL;
+    CREATE INDEX submission_issuance_due
+        ON submission (operation, issuance_due_at) WHERE issuance_due_at IS NOT NULL;
+    CREATE INDEX submission_issuing
+        ON submission (operation) WHERE issuance_outcome = 'issuing';
+    """,
 )
 
 _UNRESOLVED = ", ".join(f"'{s.value}'" for s in UNRESOLVED_STATES)
@@ -112,7 +123,8 @@ _COLUMNS = (
     "id, tenant, operation, idempotency_key, fingerprint, business_key, ordering_key, method, "
     "path, query, headers, body, request_id, state, acknowledged, attempts, maybe_sent, "
     "last_error_class, last_error, response, result, created_at, updated_at, next_attempt_at, "
-    "lease_owner, lease_expires_at, fence, delivered_at, age_from"
+    "lease_owner, lease_expires_at, fence, delivered_at, age_from, issuance, issuance_outcome, "
+    "issuance_due_at"
 )
 _PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 
@@ -330,7 +342,13 @@ class SqliteStore:
                 sets.append("result = :result")
                 params["result"] = json.dumps(change.result, ensure_ascii=False)
             if change.state is SubmissionState.DELIVERED:
-                sets.append("delivered_at = :now")
+                # Each delivery starts an issuance of its own, to be followed from now on.
+                sets += [
+                    "delivered_at = :now",
+                    "issuance = NULL",
+                    "issuance_outcome = NULL",
+                    "issuance_due_at = :now",
+                ]
             if change.restart_age:
                 sets.append("age_from = :now")
             if change.body is not None:
@@ -428,21 +446,89 @@ class SqliteStore:
                 "AND next_attempt_at IS NOT NULL"
             ) as cursor:
                 oldest = await cursor.fetchone()
+            async with self._reader.execute(
+                "SELECT operation, COUNT(*) FROM submission WHERE issuance_outcome = 'issuing' "
+                "GROUP BY operation"
+            ) as cursor:
+                issuing = {str(op): int(count) for op, count in await cursor.fetchall()}
         except sqlite3.Error as exc:
             raise _translate(exc, "cannot count the outbox") from exc
         by_state = {state: 0 for state in SubmissionState}
         for state, count in rows:
             by_state[SubmissionState(state)] = int(count)
-        return OutboxCounts(by_state=by_state, oldest_queued_at=oldest[0] if oldest else None)
+        return OutboxCounts(
+            by_state=by_state, oldest_queued_at=oldest[0] if oldest else None, issuing=issuing
+        )
 
     async def purge(self, *, finished_before: float) -> int:
         async def write(db: aiosqlite.Connection) -> int:
             cursor = await db.execute(
-                "DELETE FROM submission WHERE state IN ('delivered', 'failed', 'discarded') "
+                "DELETE FROM submission "
+                "WHERE state IN ('delivered', 'failed', 'discarded', 'issue_failed') "
                 "AND updated_at < ?",
                 (finished_before,),
             )
             return int(cursor.rowcount)
+
+        return await self._committer.submit(write)
+
+    # -- issuance -----------------------------------------------------------------------------
+
+    async def issuance_due(
+        self, *, operations: Sequence[str], now: float, limit: int
+    ) -> Sequence[Submission]:
+        if not operations:
+            return []
+        marks = ", ".join("?" * len(operations))
+        try:
+            async with self._reader.execute(
+                f"SELECT {_COLUMNS} FROM submission WHERE operation IN ({marks}) "
+                "AND issuance_due_at <= ? AND state = 'delivered' "
+                "ORDER BY issuance_due_at, seq LIMIT ?",
+                (*operations, now, limit),
+            ) as cursor:
+                return [_submission(row) for row in await cursor.fetchall()]
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot read the invoices being issued") from exc
+
+    async def record_issuance(
+        self, checks: Sequence[IssuanceCheck], *, now: float
+    ) -> Sequence[Submission]:
+        async def write(db: aiosqlite.Connection) -> list[Submission]:
+            recorded: list[Submission] = []
+            for check in checks:
+                issuance = check.issuance
+                failed = issuance.outcome.failed
+                cursor = await db.execute(
+                    "UPDATE submission SET issuance = :issuance, issuance_outcome = :outcome, "
+                    "issuance_due_at = :due, "
+                    "state = CASE WHEN :failed THEN 'issue_failed' ELSE state END, "
+                    "updated_at = CASE WHEN :failed THEN :now ELSE updated_at END, "
+                    "last_error_class = CASE WHEN :failed THEN :error_class "
+                    "ELSE last_error_class END, "
+                    "last_error = CASE WHEN :failed THEN :error ELSE last_error END "
+                    "WHERE id = :id AND fence = :fence AND state = 'delivered'",
+                    {
+                        "issuance": json.dumps(issuance.to_json(), ensure_ascii=False),
+                        "outcome": issuance.outcome.value,
+                        "due": check.next_check_at,
+                        "failed": int(failed),
+                        "now": now,
+                        "error_class": f"issuance_{issuance.outcome.value}",
+                        "error": _issuance_error(issuance),
+                        "id": check.submission_id,
+                        "fence": check.fence,
+                    },
+                )
+                if cursor.rowcount:
+                    row = await _fetch_one(
+                        db,
+                        f"SELECT {_COLUMNS} FROM submission WHERE id = ?",
+                        (check.submission_id,),
+                    )
+                    if row is not None:
+                        recorded.append(row)
+            return recorded
 
         return await self._committer.submit(write)
 
@@ -561,6 +647,23 @@ def _where(query: SubmissionQuery) -> tuple[str, list[Any]]:
         clauses.append("instr(business_key, ?) > 0")
         params.append(query.text)
     return (" AND ".join(clauses) or "1"), params
+
+
+def _issuance_error(issuance: Issuance) -> str:
+    what = "signing" if issuance.outcome.value == "signing_failed" else "issuance"
+    return (
+        f"the platform accepted it, then its {what} failed (status {issuance.status}): "
+        f"{issuance.fail_cause or 'no cause given'}"
+    )
+
+
+def _issuance_due_at(s: Submission) -> float | None:
+    """Whether (and from when) a row as given is followed: delivered, issuance not final."""
+    if s.state is not SubmissionState.DELIVERED:
+        return None
+    if s.issuance is not None and s.issuance.outcome.final:
+        return None
+    return s.delivered_at or s.updated_at
 
 
 def _parse_cursor(cursor: str | None) -> int | None:
@@ -710,6 +813,9 @@ def _row(s: Submission) -> tuple[Any, ...]:
         s.fence,
         s.delivered_at,
         s.age_from,
+        json.dumps(s.issuance.to_json(), ensure_ascii=False) if s.issuance else None,
+        s.issuance.outcome.value if s.issuance else None,
+        _issuance_due_at(s),
     )
 
 
@@ -744,6 +850,7 @@ def _submission(row: Sequence[Any]) -> Submission:
         fence=int(row[26]),
         delivered_at=row[27],
         age_from=row[28],
+        issuance=Issuance.from_json(json.loads(row[29])) if row[29] else None,
     )
 
 

@@ -33,12 +33,20 @@ FAILED: Final = "failed"
 #: Statuses the client can count on: delivered, or refused by the platform for good.
 FINAL: Final = frozenset({DELIVERED, FAILED})
 #: Statuses that change no more without on-call (attempts or age exhausted; discarded).
-STUCK: Final = frozenset({"dead", "discarded"})
+STUCK: Final = frozenset({"dead", "discarded", "issue_failed"})
 #: Nothing more will happen on its own: waiting longer changes nothing.
 SETTLED: Final = FINAL | STUCK
 
 #: The order in which pending statuses are listed.
-STATUS_ORDER: Final = ("queued", "delivering", "unknown", "dead", "discarded", "failed")
+STATUS_ORDER: Final = (
+    "queued",
+    "delivering",
+    "unknown",
+    "dead",
+    "discarded",
+    "failed",
+    "issue_failed",
+)
 
 
 @dataclass(slots=True)
