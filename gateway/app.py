@@ -89,6 +89,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             session=session,
             tokens=store,
             clock=clock,
+            tenants=config.tenants,
         )
         # Before anything is sent: a hold on token calls recorded by an earlier run applies now.
         await auth.load()

@@ -120,12 +120,45 @@ class SecretRef(_Model):
         return self._value
 
 
+class TenantUpstreamConfig(_Model):
+    """A merchant who authorized the gateway's service-provider (ISV) application: its calls
+    carry its own access token and its own tax number (docs/design.md#token).
+
+    The token comes once from the merchant's authorization `code` (single-use: once a token is
+    stored the code is never sent again, so the key may be removed) and is then renewed with the
+    refresh token the platform answered."""
+
+    #: The merchant's tax number: `taxNum` when the code is exchanged, `userTax` on every call.
+    user_tax: SecretRef
+    grant: Literal["authorization_code"] = "authorization_code"
+    #: The code the platform gave on the merchant's authorization (to `redirect_uri`).
+    code: SecretRef | None = None
+    #: The application's authorization callback, exactly as configured on the platform.
+    redirect_uri: str = Field(min_length=1)
+    #: The merchant's user id, sent as `client_id` when the token is renewed; only needed when
+    #: the platform's token answer does not name it (`userId`).
+    user_id: str | None = Field(default=None, min_length=1)
+
+    @field_validator("redirect_uri")
+    @classmethod
+    def _absolute_uri(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+\S*$", value):
+            raise ValueError(
+                "expected the application's authorization callback as an absolute http(s) URL, "
+                f"e.g. https://isv.example.com/nuonuo/callback, got {value!r}"
+            )
+        return value
+
+
 class TenantConfig(_Model):
     """A client of the gateway, identified by the API key it sends in `X-Api-Key`."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     api_key: SecretRef | None = None
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    #: The tenant's own identity at the platform (a merchant of a service-provider application);
+    #: unset, its calls use `upstream.auth` (the gateway's own application).
+    upstream: TenantUpstreamConfig | None = None
 
     @model_validator(mode="after")
     def _one_key(self) -> TenantConfig:
@@ -663,6 +696,15 @@ class GatewayConfig(_Model):
             if dupes:
                 raise ValueError(f"{label}: duplicate names {dupes}")
         by_name = {op.name: op for op in self.operations}
+        for i, tenant in enumerate(self.tenants):
+            if tenant.upstream is not None and not isinstance(
+                self.upstream.auth, NuonuoHmacAuthConfig
+            ):
+                raise ValueError(
+                    f"tenants[{i}].upstream: a tenant's own platform identity needs "
+                    "upstream.auth.scheme nuonuo-hmac (the service-provider application's key "
+                    "and secret)"
+                )
         probe = self.resilience.probe
         if probe is not None and probe.operation not in by_name:
             raise ValueError(
@@ -704,6 +746,10 @@ class GatewayConfig(_Model):
         for i, tenant in enumerate(self.tenants):
             if tenant.api_key is not None:
                 found.append((f"tenants[{i}].api_key", tenant.api_key))
+            if tenant.upstream is not None:
+                found.append((f"tenants[{i}].upstream.user_tax", tenant.upstream.user_tax))
+                if tenant.upstream.code is not None:
+                    found.append((f"tenants[{i}].upstream.code", tenant.upstream.code))
         auth = self.upstream.auth
         if isinstance(auth, NuonuoHmacAuthConfig):
             for field in ("app_key", "app_secret", "user_tax"):

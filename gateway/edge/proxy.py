@@ -161,6 +161,7 @@ class Proxy:
             headers=headers,
             body=body.raw,
             operation=operation.name,
+            tenant=exchange.tenant,
         )
         if operation.kind is OperationKind.SUBMIT:
             return await self._intake.submit(request, outgoing, operation, body, exchange)

@@ -218,6 +218,7 @@ class Courier:
             headers=headers,
             body=submission.body,
             operation=submission.operation,
+            tenant=submission.tenant,
         )
 
     async def _judge(

@@ -126,6 +126,7 @@ class Reconciler:
             headers=headers,
             body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
             operation=self.operation.name,
+            tenant=submission.tenant,
         )
 
     def answer_for(self, submission: Submission, entry: Mapping[str, Any]) -> StoredResponse:

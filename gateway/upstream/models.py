@@ -22,6 +22,9 @@ class UpstreamRequest:
     headers: CIMultiDict[str]
     body: bytes
     operation: str = "unmatched"
+    #: The tenant the request is sent for: the auth scheme signs it with that tenant's own
+    #: platform identity, when it has one (None: the gateway's own, e.g. the health probe).
+    tenant: str | None = None
 
     def with_changes(
         self,

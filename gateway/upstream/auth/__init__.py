@@ -1,10 +1,15 @@
 """Upstream auth schemes: how the gateway proves itself to the invoice platform.
 
-A scheme is one class implementing `UpstreamAuth`; `build_auth` picks it from the config.
+A scheme is one class implementing `UpstreamAuth`; `build_auth` picks it from the config. The
+`nuonuo-hmac` scheme (`nuonuo.py`) keeps one token per identity (`keeper.py`): the gateway's own
+application's, and one per tenant that is a merchant of a service-provider application, each
+obtained by its grant (`grants.py`) and guarded against the platform's token quota
+(`token_guard.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import ActionNotAllowed
@@ -13,7 +18,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from gateway.clock import Clock
-    from gateway.config import AuthConfig
+    from gateway.config import AuthConfig, TenantConfig
     from gateway.upstream.auth.token_guard import TokenStatus
     from gateway.upstream.auth.tokens import TokenStore
     from gateway.upstream.models import UpstreamRequest, UpstreamResponse
@@ -52,10 +57,15 @@ class UpstreamAuth(Protocol):
         scheme without tokens."""
         ...
 
-    async def refresh_token(self) -> TokenStatus:
-        """An operator's order: ask for a new token now, ending a hold only an operator may end.
-        Raises `TokenUnavailable` when no token came, `ActionNotAllowed` for a scheme without
-        tokens."""
+    def tenant_tokens(self) -> Mapping[str, TokenStatus]:
+        """The same for each tenant with a platform identity of its own, by tenant id."""
+        ...
+
+    async def refresh_token(self, tenant: str | None = None) -> TokenStatus:
+        """An operator's order: ask for a new token now (`tenant`'s own, or the gateway's),
+        ending a hold only an operator may end. Raises `TokenUnavailable` when no token came,
+        `ActionNotAllowed` for a scheme without tokens, `NotFound` for a tenant without an
+        identity of its own."""
         ...
 
 
@@ -81,7 +91,10 @@ class NoAuth:
     def token_status(self) -> TokenStatus | None:
         return None
 
-    async def refresh_token(self) -> TokenStatus:
+    def tenant_tokens(self) -> Mapping[str, TokenStatus]:
+        return {}
+
+    async def refresh_token(self, tenant: str | None = None) -> TokenStatus:
         raise ActionNotAllowed("the upstream's auth scheme (upstream.auth.scheme) has no token")
 
 
@@ -92,13 +105,20 @@ def build_auth(
     session: aiohttp.ClientSession,
     tokens: TokenStore,
     clock: Clock,
+    tenants: Sequence[TenantConfig] = (),
 ) -> UpstreamAuth:
-    """The auth scheme `config` names."""
+    """The auth scheme `config` names; `tenants` with a platform identity of their own get
+    tokens of their own."""
     from gateway.config import NuonuoHmacAuthConfig
     from gateway.upstream.auth.nuonuo import NuonuoHmacAuth
 
     if isinstance(config, NuonuoHmacAuthConfig):
         return NuonuoHmacAuth(
-            config, base_url=base_url, session=session, tokens=tokens, clock=clock
+            config,
+            base_url=base_url,
+            session=session,
+            tokens=tokens,
+            clock=clock,
+            tenants=tenants,
         )
     return NoAuth()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -92,12 +92,19 @@ class TokenAnswer:
     code: str | None = None
     #: What the endpoint said or what went wrong, in words (never the token or a secret).
     detail: str = ""
+    #: With a token for a merchant (service-provider grants): what renews it, and whose it is.
+    refresh_token: str | None = None
+    user_id: str | None = None
 
 
-def classify_answer(status: int, text: str, *, now: float) -> TokenAnswer:
+def classify_answer(
+    status: int, text: str, *, now: float, refusal_is_config_error: bool = False
+) -> TokenAnswer:
     """The token endpoint's answer (HTTP `status`, body `text`) at wall time `now`, classified.
 
-    `expires_in` may be a string (as the platform sends it) or a number."""
+    `expires_in` may be a string (as the platform sends it) or a number. With
+    `refusal_is_config_error` (a merchant's code or refresh token was sent), any coded refusal
+    but the quota's is a configuration error: what was refused will not pass when sent again."""
     try:
         answer = json.loads(text)
     except ValueError:
@@ -119,14 +126,20 @@ def classify_answer(status: int, text: str, *, now: float) -> TokenAnswer:
         if not math.isfinite(expires_in):
             expires_in = DEFAULT_EXPIRES_IN
         token = StoredToken(value=value, obtained_at=now, expires_in=max(expires_in, 1.0))
-        return TokenAnswer(TokenCallResult.SUCCESS, token=token)
+        refresh, user_id = answer.get("refresh_token"), answer.get("userId")
+        return TokenAnswer(
+            TokenCallResult.SUCCESS,
+            token=token,
+            refresh_token=str(refresh) if refresh else None,
+            user_id=str(user_id) if user_id else None,
+        )
     code = answer.get("error")
     code = str(code) if code is not None else None
     said = f"HTTP {status}, error {code}: {answer.get('error_description')}"
-    if code in CONFIG_ERROR_CODES:
-        return TokenAnswer(TokenCallResult.CONFIG_ERROR, code=code, detail=said)
     if code in QUOTA_CODES:
         return TokenAnswer(TokenCallResult.QUOTA, code=code, detail=said)
+    if code in CONFIG_ERROR_CODES or (refusal_is_config_error and code and status < 500):
+        return TokenAnswer(TokenCallResult.CONFIG_ERROR, code=code, detail=said)
     refused = f"the token endpoint refused ({said})"
     return TokenAnswer(TokenCallResult.FAILURE, code=code, detail=refused)
 
@@ -186,7 +199,9 @@ class TokenGuard:
     """Decides whether a token call may be made now, and records each one.
 
     `credentials` fingerprints the configuration the calls are made with (token URL, app key and
-    secret): a configuration error recorded under other credentials no longer holds.
+    secret): a configuration error recorded under other credentials no longer holds. `advice`
+    words the hold after a configuration error (what to fix); unset, it names the keys of
+    `upstream.auth`.
     """
 
     def __init__(
@@ -196,11 +211,13 @@ class TokenGuard:
         quota_cooldown: float,
         credentials: str,
         clock: Clock,
+        advice: Callable[[Refusal], str] | None = None,
     ) -> None:
         self._limits = limits
         self._quota_cooldown = quota_cooldown
         self._credentials = credentials
         self._clock = clock
+        self._advice = advice or _credentials_advice
         self._record = _Record()
         #: This process's token calls by result (counters for the metrics).
         self.results: Counter[TokenCallResult] = Counter()
@@ -215,17 +232,8 @@ class TokenGuard:
         now = self._clock.wall()
         refusal = self._record.refusal
         if refusal is not None and refusal.result is TokenCallResult.CONFIG_ERROR:
-            fix = CONFIG_ERROR_CODES.get(refusal.code, "upstream.auth")
             return Hold(
-                HoldCause.CONFIG_ERROR,
-                since=refusal.at,
-                until=None,
-                reason=(
-                    f"the token endpoint refused the gateway's credentials ({refusal.detail}); "
-                    f"no token is asked for until the configuration changes. Fix {fix} and "
-                    "restart the gateway (or, once fixed on the platform, run `invoice-gateway "
-                    "token refresh`)"
-                ),
+                HoldCause.CONFIG_ERROR, since=refusal.at, until=None, reason=self._advice(refusal)
             )
         if refusal is not None and refusal.result is TokenCallResult.QUOTA:
             until = refusal.at + self._quota_cooldown
@@ -389,6 +397,16 @@ class TokenGuard:
         )
 
 
+def _credentials_advice(refusal: Refusal) -> str:
+    """The hold's words after the platform refused the application's own credentials."""
+    fix = CONFIG_ERROR_CODES.get(refusal.code, "upstream.auth")
+    return (
+        f"the token endpoint refused the gateway's credentials ({refusal.detail}); no token is "
+        f"asked for until the configuration changes. Fix {fix} and restart the gateway (or, once "
+        "fixed on the platform, run `invoice-gateway token refresh`)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TokenStatus:
     """The scheme's access token as metrics, the admin API and the CLI show it: when it was
@@ -406,9 +424,22 @@ class TokenStatus:
     #: This process's token calls by result (`TokenCallResult` values, every one present).
     results: Mapping[str, int]
     hold: Hold | None
+    #: How tokens are obtained: `client_credentials` (the gateway's own application) or
+    #: `authorization_code` (a merchant of a service-provider application, then refreshed).
+    grant: str = "client_credentials"
 
     @classmethod
-    def of(cls, guard: TokenGuard, token: StoredToken | None, *, token_url: str) -> TokenStatus:
+    def of(
+        cls,
+        guard: TokenGuard,
+        token: StoredToken | None,
+        *,
+        token_url: str,
+        grant: str = "client_credentials",
+        hold: Hold | None = None,
+    ) -> TokenStatus:
+        """The status from `guard`'s record; `hold`, when the guard holds nothing, is what else
+        holds the next call back (a merchant's authorization that is used up)."""
         return cls(
             token_url=token_url,
             obtained_at=token.obtained_at if token is not None else None,
@@ -419,12 +450,14 @@ class TokenStatus:
             per_hour=guard.limits.per_hour,
             per_day=guard.limits.per_day,
             results={result.value: guard.results[result] for result in TokenCallResult},
-            hold=guard.hold(),
+            hold=guard.hold() or hold,
+            grant=grant,
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "token_url": self.token_url,
+            "grant": self.grant,
             "token": None
             if self.obtained_at is None or self.expires_at is None
             else {"obtained_at": iso_utc(self.obtained_at), "expires_at": iso_utc(self.expires_at)},
