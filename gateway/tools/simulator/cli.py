@@ -77,6 +77,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="tokens /accessToken may issue in total; further calls get 070306 (default unlimited)",
     )
     parser.add_argument(
+        "--isv-code",
+        action="append",
+        type=_isv_code,
+        default=[],
+        metavar="CODE=TAXNUM",
+        help="accept CODE once with grant_type=authorization_code, for the merchant with tax "
+        "number TAXNUM, as a service provider's application (repeatable)",
+    )
+    parser.add_argument(
         "--issue-delay",
         type=duration(0),
         default=1.0,
@@ -144,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         user_tax=args.user_tax or os.environ.get("NUONUO_USER_TAX") or DEMO_USER_TAX,
         token_ttl_s=args.token_ttl,
         token_quota=args.token_quota,
+        isv_codes=dict(args.isv_code),
         issue_delay_s=args.issue_delay,
         sign_delay_s=args.sign_delay,
         dedup=args.dedup == "on",
@@ -210,6 +220,13 @@ def format_host_port(address: HostPort) -> str:
 
 def _emit(event: dict[str, object], stream: TextIO) -> None:
     print(json.dumps(event), file=stream, flush=True)
+
+
+def _isv_code(text: str) -> tuple[str, str]:
+    code, sep, tax_num = text.partition("=")
+    if not sep or not code or not tax_num:
+        raise argparse.ArgumentTypeError(f"expected CODE=TAXNUM, got {text!r}")
+    return code, tax_num
 
 
 def _scenario(text: str) -> str:

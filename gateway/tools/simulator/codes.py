@@ -11,9 +11,10 @@ Two kinds, kept apart below and in the code table of `docs/simulator.md`:
   models (a wrong `appkey` or `userTax`, red-letter and inspection refusals), it answers a code of
   its own choosing. A gateway must not learn anything about the real platform from these.
 
-The vendor's 070401 (the caller does not match the token) is not answered: the simulator has one
-application, so there is no other caller to mismatch. The token endpoint's codes come last;
-`docs/simulator.md` says for each whether the vendor uses it for the same situation.
+The vendor's 070401 (the caller does not match the token) answers a merchant's token sent with
+another tax number as `userTax` (a service-provider application's tokens are per merchant). The
+token endpoint's codes come last; `docs/simulator.md` says for each whether the vendor uses it for
+the same situation.
 """
 
 # ruff: noqa: S105  # names containing "TOKEN" hold platform answer codes, not secrets
@@ -34,6 +35,7 @@ UNKNOWN_METHOD: Final = "070501"
 SIGNATURE_CHECK_FAILED: Final = "070601"
 INVALID_REQUEST: Final = "0201"
 DUPLICATE_ORDER: Final = "E9106"
+CALLER_MISMATCH: Final = "070401"
 # The simulator's own.
 USER_TAX_MISMATCH: Final = "070303"
 UNKNOWN_APP_KEY: Final = "070603"
@@ -49,8 +51,11 @@ INSPECTION_MISMATCH: Final = "E9302"
 UNKNOWN_CLIENT_ID: Final = "070304"
 WRONG_CLIENT_SECRET: Final = "070305"
 TOKEN_QUOTA_EXHAUSTED: Final = "070306"
-#: The vendor's "wrong application type": here, a grant_type other than client_credentials.
+#: The vendor's "wrong application type": here, a grant_type the simulator does not know.
 WRONG_APP_TYPE: Final = "070307"
+# The simulator's own: the vendor's SDKs name no code for a refused merchant authorization.
+AUTHORIZATION_CODE_REFUSED: Final = "070308"
+REFRESH_TOKEN_REFUSED: Final = "070309"
 
 #: Default wording of each code, in the platform's language.
 DESCRIPTIONS: Final[dict[str, str]] = {
@@ -74,6 +79,9 @@ DESCRIPTIONS: Final[dict[str, str]] = {
     WRONG_CLIENT_SECRET: "client_secret错误",
     TOKEN_QUOTA_EXHAUSTED: "获取accessToken次数已超出限额",
     WRONG_APP_TYPE: "应用类型错误",
+    CALLER_MISMATCH: "调用方与令牌不匹配",
+    AUTHORIZATION_CODE_REFUSED: "授权码无效或已使用",
+    REFRESH_TOKEN_REFUSED: "refresh_token无效或授权已取消",
 }
 
 #: The words of a 070601 for a `timestamp` more than 300 s off the platform's clock.

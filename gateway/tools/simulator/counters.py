@@ -43,6 +43,13 @@ class Counters:
     #: Token requests refused for their form: 070304 (client_id), 070305 (client_secret),
     #: 070307 (grant_type).
     bad_credentials: int = 0
+    #: Merchant tokens (service-provider grants): codes exchanged, refresh tokens used, and
+    #: either refused (an unknown, spent or withdrawn authorization: 070308 / 070309).
+    codes_exchanged: int = 0
+    refreshes: int = 0
+    merchant_grants_refused: int = 0
+    #: Answered 070401: a merchant's token with another tax number as `userTax`.
+    caller_mismatch: int = 0
     #: Token requests to the API listener while tokens have a listener of their own
     #: (`--token-listen`): answered 404. A gateway that asks the wrong host shows up here.
     token_calls_to_api_host: int = 0

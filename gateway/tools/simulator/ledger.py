@@ -137,6 +137,7 @@ class Invoice:
         return {
             "serialNo": self.serial_no,
             "orderNo": self.order_no,
+            "sellerTaxNum": self.seller_tax_num,
             "kind": self.kind.value,
             "status": status.value,
             "statusMsg": STATUS_MESSAGES[status],

@@ -10,6 +10,7 @@ A call to `/open/v1/services` is checked in this order, each failure answered as
        and X-Nuonuo-Sign matches `gateway.upstream.auth.signature.sign`       else 070601
     4. accessToken issued here, not expired, not revoked             else 070301
     5. userTax is the configured seller tax number                   else 070303
+       (for a merchant's token: that merchant's tax number           else 070401)
     6. the `method` header names a known operation                   else 070501
        ... that is not switched off (`disabled_apis`)                else 070302
     7. the body is a JSON object                                     else 0201
@@ -26,7 +27,7 @@ import json
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
@@ -38,7 +39,7 @@ from gateway.tools.simulator.faults import TOKEN_OPERATION, FaultBook, FaultKind
 from gateway.tools.simulator.faults import parse_fault_rule as _parse_fault_rule
 from gateway.tools.simulator.ledger import Ledger
 from gateway.tools.simulator.operations import OPERATIONS, InvalidRequest, OperationContext, answer
-from gateway.tools.simulator.tokens import TokenState, TokenStore
+from gateway.tools.simulator.tokens import TokenState, TokenStore, user_id_of
 from gateway.tools.simulator.wire import Reply
 from gateway.upstream.auth.signature import sign
 
@@ -69,6 +70,11 @@ class PlatformSettings:
     token_ttl_s: float = 86_400.0
     #: Tokens `/accessToken` may issue in total (None: unlimited); further calls get 070306.
     token_quota: int | None = None
+    #: Merchants who authorized the application as a service provider's: each authorization
+    #: code (usable once) and the merchant's tax number.
+    isv_codes: Mapping[str, str] = field(default_factory=dict)
+    #: Merchants (tax numbers) who withdrew their authorization: their refresh tokens are refused.
+    isv_withdrawn: frozenset[str] = frozenset()
     #: Seconds from acceptance (status 20) to issued or failed (22).
     issue_delay_s: float = 1.0
     #: Seconds an issued invoice is being signed (status 21) before it is done (2) or its
@@ -146,7 +152,8 @@ class Platform:
         return not self.closing.is_set()
 
     async def handle_token(self, request: web.Request) -> web.StreamResponse:
-        """`POST /accessToken` (form fields client_id, client_secret, grant_type)."""
+        """`POST /accessToken` (form fields client_id, client_secret, grant_type; for a
+        merchant also code, taxNum, redirect_uri, or refresh_token)."""
         self.counters.token_calls += 1
         return await self._serve(request, TOKEN_OPERATION, self._issue_token)
 
@@ -240,9 +247,11 @@ class Platform:
         settings, now = self.settings, self.clock.monotonic()
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         grant_type = form.get("grant_type")
-        if grant_type != "client_credentials":
+        if grant_type == "refresh_token":
+            return self._refresh_merchant_token(form, now)
+        if grant_type not in ("client_credentials", "authorization_code"):
             self.counters.bad_credentials += 1
-            return _token_error(codes.WRONG_APP_TYPE, "grant_type必须为client_credentials")
+            return _token_error(codes.WRONG_APP_TYPE, "grant_type不支持")
         if not isinstance(client_id, str) or client_id != settings.app_key:
             self.counters.bad_credentials += 1
             return _token_error(codes.UNKNOWN_CLIENT_ID)
@@ -251,13 +260,69 @@ class Platform:
         ):
             self.counters.bad_credentials += 1
             return _token_error(codes.WRONG_CLIENT_SECRET)
+        if grant_type == "authorization_code":
+            return self._merchant_token_from_code(form, now)
         if settings.token_quota is not None and self.tokens.issued >= settings.token_quota:
             return _token_error(codes.TOKEN_QUOTA_EXHAUSTED)
         token = self.tokens.issue(now, settings.token_ttl_s)
         self.counters.tokens_issued += 1
-        ttl = settings.token_ttl_s
-        expires_in = str(int(ttl)) if ttl == int(ttl) else str(ttl)
-        return Reply.json({"access_token": token.value, "expires_in": expires_in})
+        return Reply.json({"access_token": token.value, "expires_in": self._expires_in()})
+
+    def _expires_in(self) -> str:
+        ttl = self.settings.token_ttl_s
+        return str(int(ttl)) if ttl == int(ttl) else str(ttl)
+
+    def _merchant_token_from_code(self, form: Mapping[str, object], now: float) -> Reply:
+        """grant_type=authorization_code: a code from `isv_codes`, once, with its merchant's
+        tax number as taxNum and a redirect_uri."""
+        code, tax_num = form.get("code"), form.get("taxNum")
+        known = self.settings.isv_codes.get(code) if isinstance(code, str) else None
+        if (
+            known is None
+            or known != tax_num
+            or not form.get("redirect_uri")
+            or not self.tokens.spend_code(str(code))
+        ):
+            self.counters.merchant_grants_refused += 1
+            return _token_error(codes.AUTHORIZATION_CODE_REFUSED)
+        self.counters.codes_exchanged += 1
+        return self._merchant_token(known, now)
+
+    def _refresh_merchant_token(self, form: Mapping[str, object], now: float) -> Reply:
+        """grant_type=refresh_token: client_id is the merchant's user id (from the last token
+        answer), client_secret the application's; each refresh token is good once."""
+        client_secret = form.get("client_secret")
+        if not isinstance(client_secret, str) or not hmac.compare_digest(
+            client_secret.encode(), self.settings.app_secret.encode()
+        ):
+            self.counters.bad_credentials += 1
+            return _token_error(codes.WRONG_CLIENT_SECRET)
+        refresh, user_id = form.get("refresh_token"), form.get("client_id")
+        merchant = (
+            self.tokens.take_refresh_token(refresh, user_id)
+            if isinstance(refresh, str) and isinstance(user_id, str)
+            else None
+        )
+        if merchant is None or merchant in self.settings.isv_withdrawn:
+            self.counters.merchant_grants_refused += 1
+            return _token_error(codes.REFRESH_TOKEN_REFUSED)
+        self.counters.refreshes += 1
+        return self._merchant_token(merchant, now)
+
+    def _merchant_token(self, merchant: str, now: float) -> Reply:
+        settings = self.settings
+        if settings.token_quota is not None and self.tokens.issued >= settings.token_quota:
+            return _token_error(codes.TOKEN_QUOTA_EXHAUSTED)
+        token = self.tokens.issue(now, settings.token_ttl_s, merchant=merchant)
+        self.counters.tokens_issued += 1
+        return Reply.json(
+            {
+                "access_token": token.value,
+                "refresh_token": self.tokens.new_refresh_token(merchant),
+                "expires_in": self._expires_in(),
+                "userId": user_id_of(merchant),
+            }
+        )
 
     async def _call_service(self, request: web.Request) -> Reply:
         body = await request.read()
@@ -312,7 +377,12 @@ class Platform:
             counters.faults_hit[injected.kind] += 1
             return answer(codes.TOKEN_INVALID)
 
-        if headers.get("userTax", "") != settings.user_tax:
+        merchant = self.tokens.merchant_of(headers.get("accessToken", ""))
+        seller = merchant or settings.user_tax
+        if headers.get("userTax", "") != seller:
+            if merchant is not None:
+                counters.caller_mismatch += 1
+                return answer(codes.CALLER_MISMATCH)
             counters.wrong_user_tax += 1
             return answer(codes.USER_TAX_MISMATCH)
 
@@ -326,7 +396,7 @@ class Platform:
 
         context = OperationContext(
             ledger=self.ledger,
-            seller_tax_num=settings.user_tax,
+            seller_tax_num=seller,
             now=now,
             wall=wall,
             issue_delay_s=settings.issue_delay_s,

@@ -7,6 +7,8 @@
     fail_issuance_rate  0 to 1        share of accepted blue invoices that end 22
     fail_signing_rate   0 to 1        share that end 24 (of those that did not fail before)
     disabled_apis       [method, …]   operations answered 070302 (API not enabled)
+    isv_codes           {code: tax}   merchants' authorization codes (each usable once), replaced
+    isv_withdrawn       [tax, …]      merchants whose refresh tokens are refused (070309)
 
 A `PATCH` names only what changes; anything else is left as it is. `dedup`, `lookup_lag_s` and
 `disabled_apis` count for every call from then on; delays and rates for invoices accepted from
@@ -56,6 +58,21 @@ def _operations(name: str, value: object) -> frozenset[str]:
     return frozenset(value)
 
 
+def _codes(name: str, value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(code, str) and code and isinstance(tax, str) and tax
+        for code, tax in value.items()
+    ):
+        raise SettingsError(f"'{name}' must be an object of authorization codes to tax numbers")
+    return dict(value)
+
+
+def _tax_numbers(name: str, value: object) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(tax, str) and tax for tax in value):
+        raise SettingsError(f"'{name}' must be a list of tax numbers")
+    return frozenset(value)
+
+
 #: What `PATCH /_sim/settings` may change: the `PlatformSettings` field and how to read it.
 SWITCHES: Final[Mapping[str, Callable[[str, object], Any]]] = {
     "dedup": _flag,
@@ -65,6 +82,8 @@ SWITCHES: Final[Mapping[str, Callable[[str, object], Any]]] = {
     "fail_issuance_rate": _number(1.0),
     "fail_signing_rate": _number(1.0),
     "disabled_apis": _operations,
+    "isv_codes": _codes,
+    "isv_withdrawn": _tax_numbers,
 }
 
 
@@ -72,6 +91,8 @@ def switches(settings: PlatformSettings) -> dict[str, Any]:
     """The switchable settings as JSON (what `GET /_sim/settings` answers)."""
     shown: dict[str, Any] = {name: getattr(settings, name) for name in SWITCHES}
     shown["disabled_apis"] = sorted(settings.disabled_apis)
+    shown["isv_codes"] = dict(settings.isv_codes)
+    shown["isv_withdrawn"] = sorted(settings.isv_withdrawn)
     return shown
 
 

@@ -41,7 +41,7 @@ async def test_unknown_client_id_is_answered_070304(platform):
 
 
 async def test_wrong_grant_type_is_answered_070307(platform):
-    """Only grant_type=client_credentials is accepted; another is the vendor's 070307."""
+    """A grant_type the platform does not know is the vendor's 070307."""
     body = await (await platform.fetch_token(grant_type="password")).json()
 
     assert "070307" == body["error"]

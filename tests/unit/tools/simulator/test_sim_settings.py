@@ -14,6 +14,8 @@ DEFAULTS = {
     "fail_issuance_rate": 0.0,
     "fail_signing_rate": 0.0,
     "disabled_apis": [],
+    "isv_codes": {},
+    "isv_withdrawn": [],
 }
 
 
