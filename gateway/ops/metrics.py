@@ -12,7 +12,7 @@ order number, tax number or anything else a client chooses.
 from __future__ import annotations
 
 import platform
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 import structlog
@@ -309,6 +309,7 @@ class GatewayCollector(Collector):
 
         auth = gateway.auth
         yield from _token_metrics(auth.token_status(), gateway.clock.wall())
+        yield from _tenant_token_metrics(auth.tenant_tokens(), gateway.clock.wall())
         offset = GaugeMetricFamily(
             "gateway_upstream_clock_offset_seconds",
             "The platform's clock minus the gateway's, as learned from a refused signed time "
@@ -383,6 +384,42 @@ def _token_metrics(status: TokenStatus | None, now: float) -> Iterator[Metric]:
     if status is not None and status.obtained_at is not None:
         age.add_metric([], max(0.0, now - status.obtained_at))
     yield age
+
+
+def _tenant_token_metrics(tenants: Mapping[str, TokenStatus], now: float) -> Iterator[Metric]:
+    """Each tenant's own access token (a merchant of a service-provider application); the
+    `tenant` label takes only the configured tenants' ids."""
+    calls = CounterMetricFamily(
+        "gateway_tenant_token_refreshes",
+        "A tenant's own access token requests to the platform, by result (as "
+        "gateway_token_refreshes_total; config_error also when its authorization is refused).",
+        labels=["tenant", "result"],
+    )
+    recent = GaugeMetricFamily(
+        "gateway_tenant_token_calls_30d",
+        "A tenant's own access token requests in the last 30 days, kept across restarts.",
+        labels=["tenant"],
+    )
+    hold = GaugeMetricFamily(
+        "gateway_tenant_token_hold",
+        "1 for what holds a tenant's own token requests back now, 0 for the other causes.",
+        labels=["tenant", "cause"],
+    )
+    age = GaugeMetricFamily(
+        "gateway_tenant_token_age_seconds",
+        "Age of a tenant's own access token (absent without one).",
+        labels=["tenant"],
+    )
+    for tenant, status in sorted(tenants.items()):
+        for result in TokenCallResult:
+            calls.add_metric([tenant, result.value], float(status.results[result]))
+        recent.add_metric([tenant], float(status.calls_last_30_days))
+        held = status.hold.cause if status.hold is not None else None
+        for cause in HoldCause:
+            hold.add_metric([tenant, cause.value], float(cause is held))
+        if status.obtained_at is not None:
+            age.add_metric([tenant], max(0.0, now - status.obtained_at))
+    yield from (calls, recent, hold, age)
 
 
 class OutboxSampler:

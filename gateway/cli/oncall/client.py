@@ -138,11 +138,17 @@ class AdminClient:
             return _object(self.call("GET", "/circuit"))
         return _object(self.call("POST", f"/circuit/{action}", body={"reason": reason}))
 
-    def token(self, *, refresh: bool = False, reason: str | None = None) -> dict[str, Any]:
-        """The platform access token's state; `refresh` asks the platform for a new one first."""
+    def token(
+        self, *, refresh: bool = False, reason: str | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """The platform access token's state; `refresh` asks the platform for a new one first
+        (for `tenant`'s own identity, when given)."""
         if not refresh:
             return _object(self.call("GET", "/token"))
-        return _object(self.call("POST", "/token/refresh", body={"reason": reason}))
+        body: dict[str, Any] = {"reason": reason}
+        if tenant is not None:
+            body["tenant"] = tenant
+        return _object(self.call("POST", "/token/refresh", body=body))
 
     def audit(self, *, limit: int, cursor: str | None = None) -> dict[str, Any]:
         query = [("limit", str(limit))]

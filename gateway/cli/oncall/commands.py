@@ -573,7 +573,11 @@ def _circuit(action: str | None) -> Command:
 
 def _token_command(refresh: bool) -> Command:
     def command(ctx: Context) -> int:
-        state = ctx.client.token(refresh=refresh, reason=getattr(ctx.args, "reason", None))
+        state = ctx.client.token(
+            refresh=refresh,
+            reason=getattr(ctx.args, "reason", None),
+            tenant=getattr(ctx.args, "tenant", None),
+        )
         if ctx.out.json_mode:
             ctx.out.json(state)
         else:
@@ -820,7 +824,7 @@ def configure_token(parser: argparse.ArgumentParser) -> None:
         commands,
         "status",
         _token_command(refresh=False),
-        "the token, the token calls, and what holds the next one back",
+        "the token, the token calls, and what holds the next one back (also each tenant's own)",
     )
     refresh = _command(
         commands,
@@ -834,3 +838,9 @@ def configure_token(parser: argparse.ArgumentParser) -> None:
         "says why).",
     )
     _reason_option(refresh, required=True, what="required")
+    refresh.add_argument(
+        "--tenant",
+        metavar="ID",
+        help="refresh the token of this tenant's own platform identity (a merchant of a "
+        "service-provider application) instead of the gateway's",
+    )

@@ -319,8 +319,24 @@ def circuit_view(circuit: Mapping[str, Any]) -> RenderableType:
 
 
 def token_view(token: Mapping[str, Any]) -> RenderableType:
-    """The platform access token, the token calls and the hold on the next one, if any."""
-    text = Text("token     ")
+    """The platform access token, the token calls and the hold on the next one, if any; then the
+    same for each tenant with a platform identity of its own."""
+    text = Text()
+    if token.get("tenant"):
+        text.append(f"tenant    {token['tenant']} ({token.get('grant', '?')})\n", style="bold")
+    _token_lines(text, token, token.get("tenant"))
+    tenants = token.get("tenants")
+    if isinstance(tenants, Mapping):
+        for tenant, state in sorted(tenants.items()):
+            if isinstance(state, Mapping):
+                text.append(f"\n\ntenant    {tenant} ({state.get('grant', '?')})", style="bold")
+                text.append("\n")
+                _token_lines(text, state, str(tenant))
+    return text
+
+
+def _token_lines(text: Text, token: Mapping[str, Any], tenant: str | None = None) -> None:
+    text.append("token     ")
     held = token.get("token")
     if isinstance(held, Mapping):
         text.append("obtained ", style="green")
@@ -346,11 +362,11 @@ def token_view(token: Mapping[str, Any]) -> RenderableType:
         if hold.get("until"):
             text.append(f", until {short_time(hold.get('until'))}")
         if hold.get("operator_may_end"):
-            text.append(" (`invoice-gateway token refresh` ends it)")
+            option = f" --tenant {tenant}" if tenant else ""
+            text.append(f" (`invoice-gateway token refresh{option}` ends it)")
         text.append(f"\n          {hold.get('reason', '')}", style="dim")
     else:
         text.append("\nheld      no: a token may be asked for when needed", style="dim")
-    return text
 
 
 def audit_table(items: Iterable[Mapping[str, Any]]) -> Table:
