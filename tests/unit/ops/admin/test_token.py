@@ -36,7 +36,14 @@ class TokenHost:
         self.calls += 1
         if self.refusal is not None:
             return web.json_response({"error": self.refusal, "error_description": "refused"})
-        return web.json_response({"access_token": f"tok-{self.calls}", "expires_in": "86400"})
+        return web.json_response(
+            {
+                "access_token": f"tok-{self.calls}",
+                "expires_in": "86400",
+                "refresh_token": f"refresh-{self.calls}",
+                "userId": "merchant-user",
+            }
+        )
 
 
 @pytest.fixture
@@ -159,3 +166,83 @@ async def test_a_scheme_without_tokens_has_no_token_route(client: AdminClient) -
     assert (409, 409) == (shown.status, refreshed.status)
     for response in (shown, refreshed):
         assert "has no token" in (await problem(response))["detail"]
+
+
+@pytest.fixture
+async def merchant_client(
+    token_host: TokenHost, tmp_path: Path
+) -> AsyncIterator[tuple[AdminClient, Gateway]]:
+    """An admin client of a gateway with a merchant tenant `shop` (its own platform identity)."""
+    raw = raw_config("http://127.0.0.1:9", tmp_path)
+    raw["upstream"]["auth"] = {
+        "scheme": "nuonuo-hmac",
+        "app_key": {"env": "APP_KEY"},
+        "app_secret": {"env": "APP_SECRET"},
+        "user_tax": {"env": "USER_TAX"},
+        "token_url": token_host.url,
+    }
+    raw["tenants"].append(
+        {
+            "id": "shop",
+            "api_key_sha256": "0" * 64,
+            "upstream": {
+                "user_tax": {"env": "SHOP_TAX"},
+                "code": {"env": "SHOP_CODE"},
+                "redirect_uri": "https://isv.example.com/cb",
+            },
+        }
+    )
+    environ = {
+        **ENVIRON,
+        "APP_KEY": "k",
+        "APP_SECRET": "s",
+        "USER_TAX": "91110000000000000X",
+        "SHOP_TAX": "91330100MA2AAAAA1X",
+        "SHOP_CODE": "the-code",
+    }
+    async with open_gateway(parse_config(raw, environ)) as opened:
+        opened.dispatcher.pause()
+        test_client = TestClient(TestServer(admin_app(opened), host="127.0.0.1"))
+        await test_client.start_server()
+        try:
+            yield test_client, opened
+        finally:
+            await test_client.close()
+
+
+async def test_tenants_tokens_are_shown_and_refreshed_one_by_one(
+    merchant_client: tuple[AdminClient, Gateway], token_host: TokenHost
+) -> None:
+    """GET lists the merchant tenant's own token; a refresh with its id spends its code once,
+    is audited with the tenant, and leaves the gateway's own token alone; an unknown one is 404."""
+    client, gateway = merchant_client
+    shown = await (await client.get("/admin/v1/token", headers=VIEWER)).json()
+    assert ["shop"] == list(shown["tenants"])
+    assert ("authorization_code", None) == (
+        shown["tenants"]["shop"]["grant"],
+        shown["tenants"]["shop"]["token"],
+    )
+
+    response = await client.post(
+        "/admin/v1/token/refresh",
+        json={"reason": "merchant authorized", "tenant": "shop"},
+        headers=OPERATOR,
+    )
+    assert 200 == response.status
+    body = await response.json()
+    assert ("shop", 1) == (body["tenant"], token_host.calls)
+    assert body["token"]["obtained_at"].endswith("Z")
+    shown = await (await client.get("/admin/v1/token", headers=VIEWER)).json()
+    assert (None, 1) == (shown["token"], shown["tenants"]["shop"]["calls"]["last_hour"])
+    assert [
+        (
+            "token-refresh",
+            "merchant authorized",
+            {"hold": None, "calls_last_30_days": 0, "tenant": "shop"},
+        )
+    ] == await audited(gateway)
+
+    unknown = await client.post(
+        "/admin/v1/token/refresh", json={"reason": "x", "tenant": "demo"}, headers=OPERATOR
+    )
+    assert 404 == unknown.status
