@@ -122,7 +122,10 @@ class IssuanceRoute:
             return None
         return str(found)
 
-    def request_for(self, numbers: Sequence[str], request_id: str) -> UpstreamRequest:
+    def request_for(
+        self, numbers: Sequence[str], *, tenant: str, request_id: str
+    ) -> UpstreamRequest:
+        """The lookup of `numbers`, all of `tenant`'s invoices (signed with its identity)."""
         body = {**self.rule.body, self.rule.by: list(numbers)}
         headers = CIMultiDict(self.headers)
         headers["Content-Type"] = "application/json"
@@ -134,6 +137,7 @@ class IssuanceRoute:
             headers=headers,
             body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
             operation=self.lookup.name,
+            tenant=tenant,
         )
 
     def issuance_from(self, entry: Mapping[str, Any], serial: str, now: float) -> Issuance:
@@ -286,7 +290,7 @@ class IssuanceFollower:
         """The entries the lookup listed, by number; None when the lookup failed."""
         await route.bucket.acquire()
         await self._bucket.acquire()
-        request = route.request_for(numbers, first.request_id)
+        request = route.request_for(numbers, tenant=first.tenant, request_id=first.request_id)
         outcome = await self._pipeline.execute(request, route.lookup, live=False)
         self.stats.lookups += 1
         verdict = outcome.verdict

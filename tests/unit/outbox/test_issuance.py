@@ -102,10 +102,13 @@ class Rig:
     bucket: CountingBucket
     follower: IssuanceFollower
 
-    async def delivered(self, order: str, serial: str | None = None) -> Submission:
+    async def delivered(
+        self, order: str, serial: str | None = None, *, tenant: str = "demo"
+    ) -> Submission:
         """A submission the platform accepted now, its answer carrying `serial`."""
         now = self.clock.wall()
-        admitted = (await admit(self.store, new_submission(order), now=now)).submission
+        new = new_submission(order, tenant=tenant)
+        admitted = (await admit(self.store, new, now=now)).submission
         result = {"invoiceSerialNum": serial} if serial is not None else {}
         answer = StoredResponse(200, (), json.dumps({"code": "E0000", "result": result}).encode())
         row = await self.store.transition(
@@ -197,6 +200,17 @@ async def test_due_invoices_are_looked_up_in_batches(make: Build) -> None:
     assert 3 == await rig.follower.follow_once()
     assert [50, 50, 20] == [len(serials) for serials in rig.lookups()]
     assert [f"S-{n}" for n in range(120)] == [s for batch in rig.lookups() for s in batch]
+
+
+async def test_each_lookup_is_one_tenants_and_signed_for_it(make: Build) -> None:
+    """Invoices of two tenants: one lookup each, sent for that tenant (its own identity)."""
+    rig = await make()
+    await rig.delivered("ORD-1", "S-1", tenant="demo")
+    await rig.delivered("ORD-2", "S-2", tenant="acme")
+    await rig.delivered("ORD-3", "S-3", tenant="demo")
+    assert 2 == await rig.follower.follow_once()
+    sent = {r.tenant: json.loads(r.body)["serialNos"] for r in rig.upstream.sent("query")}
+    assert {"demo": ["S-1", "S-3"], "acme": ["S-2"]} == sent
 
 
 async def test_lookups_are_paced_by_their_share_of_the_dispatchers_rate(make: Build) -> None:
