@@ -1,7 +1,9 @@
 """The durable outbox: submissions and their states, the store behind them (`store/`: the
 `OutboxStore` protocol, SQLite with group commit), the settlement table that turns an attempt's
-result into a submission's next state, the dispatcher that delivers what is queued, the
-reconciliation that finds out what a lost answer did, and the on-call actions.
+result into a submission's next state, the dispatcher that delivers what is queued (`dispatcher`:
+the loop; `delivery`: what one delivery sends and decides), the reconciliation that finds out
+what a lost answer did, the issuance follower that tracks each accepted invoice to its final
+status, and the on-call actions.
 
 It may import `gateway.resilience`, `gateway.upstream` and the shared root modules. Metrics and
 logs observe it through callbacks and protocols; it never imports `gateway.ops` or
