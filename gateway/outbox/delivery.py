@@ -274,13 +274,18 @@ class Courier:
                 failure=failure.value,
                 details={"next_attempt_in_s": round(wait, 3)},
             )
+        retry_after = verdict.retry_after
+        if failure is FailureClass.TOKEN_UNAVAILABLE and retry_after is None:
+            # Token calls are held until an operator acts (a refused quota, a configuration
+            # error): look again only at the back-off's cap, not every few seconds.
+            retry_after = self._config.backoff.cap
         return self.retry(
             submission,
             state=waiting_state(maybe_sent=maybe_sent),
             maybe_sent=True if settled is Settlement.RECONCILE else None,
             error_class=failure.value,
             error=_retry_reason(failure, verdict),
-            retry_after=verdict.retry_after,
+            retry_after=retry_after,
             # No token, nothing sent: a long token hold (a refused quota waits for an operator)
             # must not use up the submission's attempts; its age still bounds it.
             counts=failure is not FailureClass.TOKEN_UNAVAILABLE,

@@ -1165,6 +1165,9 @@ async def test_a_long_token_hold_never_makes_a_submission_dead(make: Build) -> N
         rig.clock.advance(120)
     row = await rig.get(queued)
     assert (SubmissionState.QUEUED, 0) == (row.state, row.attempts)
+    assert row.next_attempt_at is not None
+    # Held until an operator acts: tried again only at the back-off's cap (60 s here).
+    assert 60.0 == pytest.approx(row.next_attempt_at - row.updated_at)
     rig.platform.script["issue"] = [OK]
     await rig.dispatcher.drain_once()
     assert SubmissionState.DELIVERED == (await rig.get(queued)).state
