@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
 from pathlib import Path
 
@@ -67,11 +68,13 @@ def test_every_command_answers_its_help_from_the_package() -> None:
     argvs = [(command,) for command in COMMANDS] + [
         (group, sub) for group, subs in ONCALL.items() for sub in subs
     ]
-    failed = {}
-    for argv in argvs:
-        result = run_cli(*argv, "--help")
-        if result.returncode != 0 or "usage:" not in result.stdout:
-            failed[" ".join(argv)] = result.stderr[-500:]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda argv: run_cli(*argv, "--help"), argvs))
+    failed = {
+        " ".join(argv): result.stderr[-500:]
+        for argv, result in zip(argvs, results, strict=True)
+        if result.returncode != 0 or "usage:" not in result.stdout
+    }
     assert {} == failed
 
 
