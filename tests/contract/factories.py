@@ -5,10 +5,10 @@ times: the first store finds the database empty; later ones open the same databa
 a restarted gateway (after `close`) or a second gateway process sharing it (while the first is
 open) would. `drop` removes the database after the test, once every store on it is closed.
 
-Adding an implementation is one entry, e.g. for PostgreSQL a factory that creates a scratch
-database on a server named by an environment variable (and calls `pytest.skip` in its
-constructor when none is set), returns `await open_store("postgresql://…/<scratch>")` from
-`open`, and drops the scratch database in `drop`.
+Adding an implementation is one entry, e.g. for PostgreSQL a factory that makes sure the
+local server is up (the test machine provides one), creates a scratch database on it, returns
+`await open_store("postgresql://…/<scratch>")` from `open`, and drops the scratch database in
+`drop`. Every implementation runs every contract test; none is skipped.
 """
 
 from __future__ import annotations
