@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
 from gateway.config import ConfigError, NuonuoHmacAuthConfig, TenantConfig, parse_config
@@ -21,6 +20,7 @@ from gateway.upstream.auth.nuonuo import NuonuoHmacAuth
 from gateway.upstream.auth.tokens import StoredToken
 from gateway.upstream.models import UpstreamRequest
 from tests.support.fakes import FakeClock, MemoryTokenStore
+from tests.support.token_endpoint import serving
 
 ENV = {
     "K": "the-app-key",
@@ -97,22 +97,9 @@ class IsvTokenEndpoint:
 
 @pytest.fixture
 async def endpoint() -> AsyncIterator[IsvTokenEndpoint]:
-    state = IsvTokenEndpoint()
-    app = web.Application()
-    app.router.add_post("/accessToken", state.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    state.url = str(server.make_url("")).rstrip("/")
-    try:
+    """The token endpoint, served on a free local port."""
+    async with serving(IsvTokenEndpoint()) as state:
         yield state
-    finally:
-        await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def merchant(tenant: str, tax: str, code: str | None) -> dict[str, Any]:

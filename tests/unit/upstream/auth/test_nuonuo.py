@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from structlog.testing import capture_logs
 
@@ -27,6 +26,7 @@ from gateway.upstream.auth.nuonuo import NuonuoHmacAuth
 from gateway.upstream.auth.signature import sign
 from gateway.upstream.models import UpstreamRequest, UpstreamResponse
 from tests.support.fakes import FakeClock, MemoryTokenStore, platform_answer
+from tests.support.token_endpoint import serving
 
 ENV = {"K": "the-app-key", "S": "the-app-secret", "T": "91110000000000000X"}
 TOKEN_KEY = "nuonuo-hmac:the-app-key"
@@ -77,22 +77,9 @@ class TokenEndpoint:
 
 @pytest.fixture
 async def endpoint() -> AsyncIterator[TokenEndpoint]:
-    state = TokenEndpoint()
-    app = web.Application()
-    app.router.add_post("/accessToken", state.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    state.url = str(server.make_url("")).rstrip("/")
-    try:
+    """The token endpoint, served on a free local port."""
+    async with serving(TokenEndpoint()) as state:
         yield state
-    finally:
-        await server.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def make_auth(
