@@ -296,10 +296,7 @@ def cmd_list(ctx: Context) -> int:
 def cmd_show(ctx: Context) -> int:
     """One submission with its payload, headers and the platform's answer."""
     submission = ctx.client.submission(ctx.args.id)
-    if ctx.out.json_mode:
-        ctx.out.json(submission)
-    else:
-        ctx.out.result(submission_detail(submission))
+    ctx.out.show(submission, submission_detail)
     return EXIT_OK
 
 
@@ -328,10 +325,7 @@ def cmd_audit(ctx: Context) -> int:
 
 
 def _show_action(ctx: Context, verb: str, submission: dict[str, Any]) -> int:
-    if ctx.out.json_mode:
-        ctx.out.json(submission)
-    else:
-        ctx.out.result(action_summary(verb, submission))
+    ctx.out.show(submission, lambda shown: action_summary(verb, shown))
     return EXIT_OK
 
 
@@ -466,10 +460,7 @@ def cmd_job(ctx: Context) -> int:
         job = ctx.client.cancel_job(ctx.args.job_id)
     else:
         job = ctx.client.job(ctx.args.job_id)
-    if ctx.out.json_mode:
-        ctx.out.json(job)
-    else:
-        ctx.out.result(job_summary(job))
+    ctx.out.show(job, job_summary)
     return EXIT_OK
 
 
@@ -535,10 +526,7 @@ def cmd_import(ctx: Context) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
     imported = ctx.client.import_records(data)
-    if ctx.out.json_mode:
-        ctx.out.json({"imported": imported})
-    else:
-        ctx.out.result(f"imported {imported} submissions from {source}")
+    ctx.out.show({"imported": imported}, lambda _: f"imported {imported} submissions from {source}")
     return EXIT_OK
 
 
@@ -548,10 +536,7 @@ def cmd_import(ctx: Context) -> int:
 def _dispatcher(action: str | None) -> Command:
     def command(ctx: Context) -> int:
         state = ctx.client.dispatcher(action, getattr(ctx.args, "reason", None))
-        if ctx.out.json_mode:
-            ctx.out.json(state)
-        else:
-            ctx.out.result(dispatcher_summary(state))
+        ctx.out.show(state, dispatcher_summary)
         return EXIT_OK
 
     command.__doc__ = f"dispatcher {action or 'state'}"
@@ -561,10 +546,7 @@ def _dispatcher(action: str | None) -> Command:
 def _circuit(action: str | None) -> Command:
     def command(ctx: Context) -> int:
         state = ctx.client.circuit(action, getattr(ctx.args, "reason", None))
-        if ctx.out.json_mode:
-            ctx.out.json(state)
-        else:
-            ctx.out.result(circuit_view(state))
+        ctx.out.show(state, circuit_view)
         return EXIT_OK
 
     command.__doc__ = f"circuit {action or 'status'}"
@@ -578,10 +560,7 @@ def _token_command(refresh: bool) -> Command:
             reason=getattr(ctx.args, "reason", None),
             tenant=getattr(ctx.args, "tenant", None),
         )
-        if ctx.out.json_mode:
-            ctx.out.json(state)
-        else:
-            ctx.out.result(token_view(state))
+        ctx.out.show(state, token_view)
         return EXIT_OK
 
     command.__doc__ = f"token {'refresh' if refresh else 'status'}"

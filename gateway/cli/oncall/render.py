@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TextIO
 
 from rich.console import Console, Group, JustifyMethod, RenderableType
@@ -79,6 +79,13 @@ class Output:
         lines = captured.get().splitlines()
         self.stdout.write("".join(line.rstrip() + "\n" for line in lines))
         self.stdout.flush()
+
+    def show(self, value: Any, view: Callable[[Any], RenderableType]) -> None:
+        """`value` as one JSON line in JSON mode, else as `view` renders it for people."""
+        if self.json_mode:
+            self.json(value)
+        else:
+            self.result(view(value))
 
     def note(self, message: str) -> None:
         """Something a person should know that is not the result (hints, summaries)."""
