@@ -69,6 +69,16 @@ def issue(gw: Gateway, api_key: str, tax: str) -> str:
     return str(body["order"]["orderNo"])
 
 
+def issue_as_each(gw: Gateway, *, rounds: int) -> dict[str, str]:
+    """`rounds` invoices for each merchant and for the gateway's own tenant: order number →
+    the seller's tax number it must be recorded under."""
+    expected = {}
+    for _ in range(rounds):
+        for api_key, tax in ((KEY_A, TAX_A), (KEY_B, TAX_B), (TENANT_KEY, USER_TAX)):
+            expected[issue(gw, api_key, tax)] = tax
+    return expected
+
+
 def sellers(sim: Simulator) -> dict[str, str]:
     """Each invoice's order number and the seller (tax number) the platform recorded it under."""
     return {entry["orderNo"]: entry["sellerTaxNum"] for entry in sim.ledger()["invoices"]}
@@ -94,11 +104,7 @@ def test_each_merchant_is_signed_with_its_own_token_and_tax_number(tmp_path: Pat
         start_simulator(tmp_path / "sim") as sim,
         Gateway.start(tmp_path / "gw", sim.url, overrides=overrides(sim), env=ENV) as gw,
     ):
-        expected = {}
-        for _ in range(3):
-            expected[issue(gw, KEY_A, TAX_A)] = TAX_A
-            expected[issue(gw, KEY_B, TAX_B)] = TAX_B
-            expected[issue(gw, TENANT_KEY, USER_TAX)] = USER_TAX
+        expected = issue_as_each(gw, rounds=3)
         seen = counters(sim)
         assert (3, 2, 0, 0) == (
             seen["token_calls"],
@@ -112,10 +118,7 @@ def test_each_merchant_is_signed_with_its_own_token_and_tax_number(tmp_path: Pat
         assert {"authorization_code"} == {state["grant"] for state in tokens.values()}
 
         gw.restart()
-        for _ in range(2):
-            expected[issue(gw, KEY_A, TAX_A)] = TAX_A
-            expected[issue(gw, KEY_B, TAX_B)] = TAX_B
-            expected[issue(gw, TENANT_KEY, USER_TAX)] = USER_TAX
+        expected.update(issue_as_each(gw, rounds=2))
         seen = counters(sim)
         assert (3, 2, 0, 0) == (
             seen["token_calls"],
