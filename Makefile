@@ -37,6 +37,7 @@ lint: $(STAMP)
 test: system lint
 	promtool check rules deploy/prometheus/rules/*.yml
 	promtool test rules deploy/prometheus/tests/*.yml
+	bash scripts/ensure-postgres.sh
 	$(VENV)/bin/pytest --cov --cov-report=term:skip-covered
 
 unit: $(STAMP)
