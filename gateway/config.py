@@ -638,6 +638,33 @@ class OutboxConfig(_Model):
     commit_batch_cap: int = Field(default=256, ge=1, le=10_000)
 
 
+class StoreConfig(_Model):
+    """How the gateway uses its store (`store_url`; docs/design.md#store)."""
+
+    #: `auto`: bring the schema up to date at start (several replicas starting at once take a
+    #: lock and migrate once). `manual`: refuse to start on an older schema until
+    #: `invoice-gateway migrate` has run. Either way a newer schema than this gateway knows is
+    #: refused.
+    migrate: Literal["auto", "manual"] = "auto"
+    #: PostgreSQL: connections this replica keeps open (one more listens for wake-ups).
+    pool_size: int = Field(default=10, ge=1, le=500)
+    #: PostgreSQL: how long to wait for a connection (to the server, or free in the pool).
+    connect_timeout: Seconds = 5.0
+    #: PostgreSQL: how long one statement may run before it fails with `StoreError`.
+    command_timeout: Seconds = 10.0
+    #: PostgreSQL: prepared statements; set false behind PgBouncer in transaction mode.
+    prepared_statements: bool = True
+    #: PostgreSQL: a direct address (not through a pooler) for LISTEN; default `store_url`.
+    listen_url: str | None = None
+
+    @field_validator("listen_url")
+    @classmethod
+    def _listen_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"expected postgresql://..., got {value!r}")
+        return value
+
+
 class LimitsConfig(_Model):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
@@ -663,6 +690,7 @@ class GatewayConfig(_Model):
 
     listen: Listen = "0.0.0.0:8080"
     store_url: str = "sqlite:///./data/gateway.db"
+    store: StoreConfig = Field(default_factory=StoreConfig)
     #: What to do with a request that matches no operation.
     unmatched: Literal["passthrough", "reject"] = "passthrough"
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -677,12 +705,12 @@ class GatewayConfig(_Model):
     @field_validator("store_url")
     @classmethod
     def _store_url(cls, value: str) -> str:
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
         if not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
-            if value.startswith(("postgresql://", "postgres://")):
-                raise ValueError(
-                    "PostgreSQL stores are not available in this version; use sqlite:///PATH"
-                )
-            raise ValueError(f"expected sqlite:///PATH, got {value!r}")
+            raise ValueError(
+                f"expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB, got {value!r}"
+            )
         return value
 
     @model_validator(mode="after")

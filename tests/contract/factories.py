@@ -13,11 +13,13 @@ local server is up (the test machine provides one), creates a scratch database o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from gateway.outbox.store import Store, open_store
+from tests.support.postgres import create_database, drop_database, server_url
 
 
 class StoreFactory(Protocol):
@@ -43,9 +45,30 @@ class SqliteFactory:
         """Nothing to do: pytest removes the scratch directory."""
 
 
+class PostgresFactory:
+    """A scratch database on the local PostgreSQL server (created by the first `open`), opened
+    as the gateway opens it; never skipped: without a server the test fails."""
+
+    def __init__(self, scratch: Path) -> None:
+        self._url: str | None = None
+
+    async def open(self) -> Store:
+        if self._url is None:
+            # Makes sure the server is up (starting it if need be): blocking, so not on the loop.
+            await asyncio.to_thread(server_url)
+            self._url = await create_database("contract")
+        return await open_store(self._url)
+
+    async def drop(self) -> None:
+        if self._url is not None:
+            await drop_database(self._url)
+            self._url = None
+
+
 #: Every store implementation, by name (the test id), as a factory of a scratch directory
 #: (not created yet; one per database, removed after the test).
 FACTORIES: dict[str, Callable[[Path], StoreFactory]] = {
+    "postgres": PostgresFactory,
     "sqlite": SqliteFactory,
 }
 

@@ -19,10 +19,11 @@ and how a store with concurrent writers (PostgreSQL) provides them:
   admission or a claim handed out, or on-call, who read the row before acting. Claims,
   reclaims and on-call changes bump it; a write naming an older fence is refused.
 - **Time is the caller's.** Schedules and leases are compared with the `now` the caller
-  passes, never with the database's clock; processes sharing a database need clocks that
-  agree to well within a lease.
+  passes, never with a clock of the store's own. Processes sharing a database take their `now`
+  from the database's clock (`database_time`, see `gateway.clock.DatabaseClock`), so their
+  leases and schedules agree whatever their hosts' clocks say.
 - **Single node only**: `rebase` and `reclaim(everything=True)` assume no other process uses
-  the database. The gateway calls them once, on start, with its embedded store.
+  the database. The gateway calls them once, on start, and only when `single_node` is true.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from gateway.outbox.submissions import (
     SubmissionState,
     Transition,
 )
-from gateway.upstream.auth.tokens import TokenStore
+from gateway.upstream.auth.tokens import StoredToken, TokenStore
 
 __all__ = ["Admission", "OutboxCounts", "OutboxStore", "Store"]
 
@@ -308,6 +309,50 @@ class Store(TokenStore, OutboxStore, Protocol):
     Tokens: `save_token` replaces the token under its key in one atomic upsert (of concurrent
     saves, the last committed wins whole), durably; `load_token` sees it from any process.
     """
+
+    #: True when one process at a time uses the database (the embedded SQLite store): the
+    #: start-up `rebase` and `reclaim(everything=True)` are safe. False for a store replicas
+    #: share (PostgreSQL): each start reclaims only expired leases.
+    single_node: bool
+
+    async def database_time(self) -> float | None:
+        """The database server's wall clock now (UTC unix seconds), for processes sharing the
+        database to schedule by; None for the embedded store (its host's clock serves)."""
+        ...
+
+    async def announce(self) -> None:
+        """Tell every process on this database that submissions may be due now (PostgreSQL:
+        `NOTIFY`), so their dispatchers look before their next poll. Best effort: never
+        raises (polling is the fallback). The embedded store has no one to tell."""
+        ...
+
+    def on_announcement(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever any process on this database announces (its own included).
+
+        PostgreSQL: `LISTEN` on a connection of its own (not from the pool, not through a
+        transaction pooler), re-established with back-off when lost. One callback: a later
+        call replaces it. The embedded store never calls it."""
+        ...
+
+    async def merge_rows(self, rows: Sequence[Submission]) -> int:
+        """Store each row exactly as given (as `import_rows` does) unless this store already
+        holds a submission with its id; returns how many were stored. One transaction.
+
+        For `invoice-gateway store copy`, which may be run again after an interruption: rows
+        copied before are left alone. Acceptance order follows the order of the calls and of
+        `rows`. A row whose idempotency key another id holds fails the call with `StoreError`.
+        """
+        ...
+
+    async def merge_audit(self, entries: Sequence[AuditEntry]) -> int:
+        """Store audit entries with their own sequence numbers and times, skipping numbers
+        this store already holds; returns how many were stored. Later `record_audit` numbers
+        continue above the highest. For `store copy`."""
+        ...
+
+    async def token_rows(self) -> Sequence[tuple[str, StoredToken]]:
+        """Every saved token row (key and token), for `store copy`."""
+        ...
 
     async def check_writable(self) -> None:
         """Raise `StoreError` unless a write transaction can be started (and committed) right

@@ -6,10 +6,12 @@ connection (WAL lets it read while a write is in progress).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,8 @@ def _translate(exc: sqlite3.Error, what: str) -> StoreError:
 class SqliteStore:
     """The embedded store; one gateway process per database file."""
 
+    single_node = True
+
     def __init__(
         self,
         writer: aiosqlite.Connection,
@@ -149,6 +153,7 @@ class SqliteStore:
         self._committer = committer
         #: The tenant served last by `claim_due`: the next claim's turns start after it.
         self._turn: str | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
 
     @property
     def commit_stats(self) -> CommitStats:
@@ -167,6 +172,7 @@ class SqliteStore:
         group_commit: bool = True,
         commit_window: float = 0.001,
         batch_cap: int = 256,
+        migrate: bool = True,
     ) -> SqliteStore:
         path = Path(path)
         try:
@@ -180,7 +186,7 @@ class SqliteStore:
             await writer.execute("PRAGMA journal_mode = WAL")
             await writer.execute(f"PRAGMA synchronous = {synchronous}")
             await writer.execute("PRAGMA foreign_keys = ON")
-            await _migrate(writer, path)
+            await _migrate(writer, path, apply=migrate)
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             await reader.execute("PRAGMA query_only = 1")
@@ -212,6 +218,19 @@ class SqliteStore:
 
         await self._committer.submit(probe)
 
+    async def database_time(self) -> float | None:
+        return None  # one process: its host's clock serves
+
+    async def announce(self) -> None:
+        """Nobody else to tell: the one process wakes its own dispatcher."""
+
+    def on_announcement(self, callback: Callable[[], None]) -> None:
+        """Never called back: no other process shares the file."""
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        # One process per file: a lock of this process is everyone's.
+        return self._locks.setdefault(name, asyncio.Lock())
+
     # -- tokens ---------------------------------------------------------------------------
 
     async def load_token(self, key: str) -> StoredToken | None:
@@ -234,6 +253,17 @@ class SqliteStore:
             )
 
         await self._committer.submit(write)
+
+    async def token_rows(self) -> Sequence[tuple[str, StoredToken]]:
+        try:
+            async with self._reader.execute(
+                "SELECT key, value, obtained_at, expires_in FROM upstream_token "
+                "WHERE key != 'readyz' ORDER BY key"
+            ) as cursor:
+                rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot read the upstream tokens") from exc
+        return [(str(r[0]), StoredToken(r[1], r[2], r[3])) for r in rows]
 
     # -- outbox ---------------------------------------------------------------------------
 
@@ -599,6 +629,39 @@ class SqliteStore:
 
         return await self._committer.submit(write)
 
+    async def merge_rows(self, rows: Sequence[Submission]) -> int:
+        async def write(db: aiosqlite.Connection) -> int:
+            stored = 0
+            for submission in rows:
+                async with db.execute(
+                    "SELECT 1 FROM submission WHERE id = ?", (submission.id,)
+                ) as cursor:
+                    if await cursor.fetchone() is not None:
+                        continue
+                await db.execute(
+                    f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
+                    _row(submission),
+                )
+                stored += 1
+            return stored
+
+        return await self._committer.submit(write)
+
+    async def merge_audit(self, entries: Sequence[AuditEntry]) -> int:
+        async def write(db: aiosqlite.Connection) -> int:
+            stored = 0
+            for entry in entries:
+                cursor = await db.execute(
+                    "INSERT INTO audit_log (seq, at, actor, role, action, submission_ids, "
+                    "reason, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (seq) DO NOTHING",
+                    (entry.seq, *_audit_values(entry, entry.at or time.time())),
+                )
+                stored += cursor.rowcount
+            return stored
+
+        return await self._committer.submit(write)
+
     async def record_audit(self, entry: AuditEntry) -> AuditEntry:
         async def write(db: aiosqlite.Connection) -> AuditEntry:
             return await _insert_audit(db, entry, time.time())
@@ -674,20 +737,24 @@ def _parse_cursor(cursor: str | None) -> int | None:
     return int(cursor[1:])
 
 
+def _audit_values(entry: AuditEntry, at: float) -> tuple[Any, ...]:
+    return (
+        at,
+        entry.actor,
+        entry.role,
+        entry.action,
+        json.dumps(list(entry.submission_ids)),
+        entry.reason,
+        json.dumps(entry.details or {}, ensure_ascii=False),
+    )
+
+
 async def _insert_audit(db: aiosqlite.Connection, entry: AuditEntry, now: float) -> AuditEntry:
     at = entry.at or now
     cursor = await db.execute(
         "INSERT INTO audit_log (at, actor, role, action, submission_ids, reason, details) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            at,
-            entry.actor,
-            entry.role,
-            entry.action,
-            json.dumps(list(entry.submission_ids)),
-            entry.reason,
-            json.dumps(entry.details or {}, ensure_ascii=False),
-        ),
+        _audit_values(entry, at),
     )
     return replace(entry, at=at, seq=int(cursor.lastrowid or 0))
 
@@ -758,7 +825,7 @@ async def _due_heads(
     return [seq for _, seq in chosen], (chosen[-1][0] if chosen else served_last)
 
 
-async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+async def _migrate(db: aiosqlite.Connection, path: Path, *, apply: bool) -> None:
     await db.execute("BEGIN IMMEDIATE")
     try:
         await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -771,6 +838,11 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
             raise StoreError(
                 f"the store at {path} has schema version {version}, newer than this gateway "
                 f"knows ({len(MIGRATIONS)}); run a newer gateway"
+            )
+        if version < len(MIGRATIONS) and not apply:
+            raise StoreError(
+                f"the store at {path} has schema version {version}; this gateway needs "
+                f"{len(MIGRATIONS)}: run `invoice-gateway migrate` first (store.migrate is manual)"
             )
         for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in filter(str.strip, script.split(";")):
