@@ -112,6 +112,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.oncall import configure_circuit, configure_outbox, configure_token
+    from gateway.cli.store import configure_migrate, configure_store
     from gateway.tools.bench import DESCRIPTION as BENCH_DESCRIPTION
     from gateway.tools.bench import configure_parser as configure_bench
     from gateway.tools.demo import configure_parser as configure_demo
@@ -195,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(
             "token", help="the platform access token: status, refresh (after a quota refusal)"
         )
+    )
+    configure_migrate(commands.add_parser("migrate", help="bring the store's schema up to date"))
+    configure_store(
+        commands.add_parser("store", help="the store itself: copy (e.g. SQLite to PostgreSQL)")
     )
     return parser
 
