@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import __version__
-from gateway.clock import Clock, SteadyClock, SystemClock
+from gateway.clock import Clock, DatabaseClock, Periodic, SteadyClock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.edge.intake import STATUS_PATH, Intake
 from gateway.edge.proxy import Proxy
@@ -30,7 +30,8 @@ from gateway.ops.status import StatusPage
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.issuance import IssuanceFollower
 from gateway.outbox.oncall import OnCall
-from gateway.outbox.store import Store, open_store
+from gateway.outbox.store import Store, masked_url, open_store
+from gateway.outbox.wakeups import Wakeups
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
 from gateway.resilience.failures import Verdict
 from gateway.resilience.pipeline import ResiliencePipeline
@@ -69,7 +70,7 @@ class Gateway:
 async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> AsyncIterator[Gateway]:
     """Open the store and the upstream connection pool; close both on exit."""
     clock = clock or SystemClock()
-    store = await open_store(config.store_url, config.outbox)
+    store = await open_store(config.store_url, config.outbox, config.store)
     upstream_config = config.upstream
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=upstream_config.pool_size, ttl_dns_cache=60),
@@ -78,6 +79,8 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         skip_auto_headers=("User-Agent",),
     )
     probe: HealthProbe | None = None
+    resync: Periodic | None = None
+    wakeups: Wakeups | None = None
     dispatcher: Dispatcher | None = None
     follower: IssuanceFollower | None = None
     sampler: OutboxSampler | None = None
@@ -116,22 +119,10 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         health = UpstreamHealth(clock)
         probe = _health_probe(config, pipeline, breakers, health, clock)
         owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        # A single-node store: whatever a previous process left `delivering` may have been
-        # sent, so it becomes `unknown` and is reconciled before anything is resent.
-        # Outbox schedules (back-off, leases, ages) run on a clock that steps cannot move.
-        steady = SteadyClock(clock)
-        reclaimed = await store.reclaim(now=steady.wall(), everything=True)
-        if reclaimed:
-            log.warning(
-                "submissions left in flight by a previous run will be reconciled", count=reclaimed
-            )
-        shift = await store.rebase(now=steady.wall())
-        if shift:
-            log.warning(
-                "the clock is behind the outbox's last writes (it stepped back while the gateway "
-                "was down); waiting submissions rescheduled by as much",
-                seconds=round(shift, 1),
-            )
+        # Outbox schedules (back-off, leases, ages) run on a clock that steps cannot move: the
+        # host's on the embedded store, the database's when replicas share one.
+        steady, resync = await _outbox_clock(store, clock)
+        await _recover(store, steady)
         dispatcher = Dispatcher.from_config(
             config,
             store=store,
@@ -140,6 +131,9 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             clock=steady,
             owner=f"{owner}:dispatcher",
         )
+        # Work for the dispatchers: this one at once, every replica's through the store.
+        wakeups = Wakeups(store, dispatcher.wake)
+        store.on_announcement(dispatcher.wake)
         follower = IssuanceFollower.from_config(
             config, store=store, pipeline=pipeline, bucket=dispatcher.bucket, clock=steady
         )
@@ -151,19 +145,19 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             owner=owner,
             lease_seconds=config.outbox.lease,
             backoff=Backoff.from_config(config.outbox.backoff),
-            wake_dispatcher=dispatcher.wake,
+            wake_dispatcher=wakeups.wake,
         )
 
         def wake_on_recovery(_name: str, _old: CircuitState, new: CircuitState, _why: str) -> None:
             # Start draining the moment the circuit lets traffic through, not at the next poll.
             if new in (CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.FORCED_CLOSED):
-                dispatcher.wake()
+                wakeups.wake()
 
         breakers.add_listener(wake_on_recovery)
         oncall = OnCall(
             store=store,
             clock=steady,
-            wake_dispatcher=dispatcher.wake,
+            wake_dispatcher=wakeups.wake,
             protected_pointers={
                 op.name: tuple(p for p in (op.business_key, op.ordering_key) if p is not None)
                 for op in config.operations
@@ -180,6 +174,8 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         )
         if probe is not None:
             probe.start()
+        if resync is not None:
+            resync.start()
         dispatcher.start()
         follower.start()
         sampler = OutboxSampler(metrics, store, steady, interval=2.0)
@@ -226,8 +222,66 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             await dispatcher.stop()
         if probe is not None:
             await probe.stop()
+        if resync is not None:
+            await resync.stop()
+        if wakeups is not None:
+            await wakeups.close()
         await session.close()
         await store.close()
+
+
+async def _outbox_clock(store: Store, clock: Clock) -> tuple[Clock, Periodic | None]:
+    """The clock the outbox schedules by, and what keeps it in step (None: nothing needs to).
+
+    The embedded store: the host's wall clock at start, then monotonic time (`SteadyClock`).
+    A store replicas share: the database's clock (`DatabaseClock`), read again every minute,
+    so leases taken on one host expire on another at the same moment.
+    """
+    if store.single_node:
+        return SteadyClock(clock), None
+    shared = await DatabaseClock.anchored(clock, store.database_time)
+    log.info(
+        "scheduling by the database's clock",
+        host_minus_database=round(clock.wall() - shared.wall(), 3),
+    )
+
+    async def resync() -> None:
+        correction = await shared.resync()
+        if abs(correction) > 0.5:
+            log.warning("the database's clock moved against this host's", seconds=correction)
+
+    periodic = Periodic(
+        "database-clock",
+        resync,
+        interval=60.0,
+        clock=clock,
+        failure="cannot read the database's clock; scheduling by the last reading",
+    )
+    return shared, periodic
+
+
+async def _recover(store: Store, clock: Clock) -> None:
+    """Take up what a previous run left: in-flight rows, a clock that stepped back.
+
+    What was left `delivering` may have been sent: it becomes `unknown` and is reconciled
+    before anything is resent. The embedded store has one process, so every such row is a
+    previous run's; replicas sharing a store leave live replicas' leases alone and take only
+    expired ones (the dispatcher's sweep takes the rest as they expire).
+    """
+    reclaimed = await store.reclaim(now=clock.wall(), everything=store.single_node)
+    if reclaimed:
+        log.warning(
+            "submissions left in flight by a stopped gateway will be reconciled", count=reclaimed
+        )
+    if not store.single_node:
+        return  # one replica's clock behind the others' is not a step to undo
+    shift = await store.rebase(now=clock.wall())
+    if shift:
+        log.warning(
+            "the clock is behind the outbox's last writes (it stepped back while the gateway "
+            "was down); waiting submissions rescheduled by as much",
+            seconds=round(shift, 1),
+        )
 
 
 def _health_probe(
@@ -307,6 +361,7 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
                 "gateway listening",
                 listen=config.listen,
                 upstream=config.upstream.url,
+                store=masked_url(config.store_url),
                 version=__version__,
             )
             await stop.wait()

@@ -67,6 +67,42 @@ class SteadyClock:
         await self._base.sleep(seconds)
 
 
+class DatabaseClock(SteadyClock):
+    """Wall time as a shared database tells it: the database's clock, read at start and again
+    by `resync()`, plus `base`'s monotonic time since the last reading.
+
+    For replicas sharing a store: their leases, schedules and ages are compared across hosts,
+    so they run on the one clock all of them see (the database's), whatever each host's
+    clock says. Between readings it runs like `SteadyClock`; a reading corrects it by the
+    drift since the last one (milliseconds), never by a host's clock step.
+    """
+
+    def __init__(self, base: Clock, read: Callable[[], Awaitable[float | None]]) -> None:
+        super().__init__(base)
+        self._read = read
+
+    @classmethod
+    async def anchored(
+        cls, base: Clock, read: Callable[[], Awaitable[float | None]]
+    ) -> DatabaseClock:
+        """A clock set from the database now (raises what `read` raises)."""
+        clock = cls(base, read)
+        await clock.resync()
+        return clock
+
+    async def resync(self) -> float:
+        """Read the database's clock again; returns the correction in seconds."""
+        before = self._base.monotonic()
+        reading = await self._read()
+        after = self._base.monotonic()
+        if reading is None:
+            return 0.0
+        # The reading was taken somewhere within the round trip: assume its middle.
+        offset = reading - (before + after) / 2
+        correction, self._offset = offset - self._offset, offset
+        return correction
+
+
 def iso_utc(wall: float) -> str:
     """Unix seconds as ISO 8601 UTC with milliseconds: `2026-11-27T10:00:00.250Z`.
 

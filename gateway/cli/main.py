@@ -64,6 +64,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.outbox.store.urls import masked_url
+
     path = _config_path(args.path)
     config = _load(path)
     if config is None:
@@ -78,7 +80,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     if isinstance(auth, NuonuoHmacAuthConfig):
         print(f"  tokens     {auth.token_endpoint(config.upstream.url)}")
     print(f"  listen     {config.listen}   admin {config.admin.listen}")
-    print(f"  store      {config.store_url}")
+    print(f"  store      {masked_url(config.store_url)}")
     print(f"  tenants    {', '.join(t.id for t in config.tenants)}")
     print(
         f"  operations {len(config.operations)} ({summary}); unmatched requests: {config.unmatched}"

@@ -129,9 +129,17 @@ class Intake:
             exchange.upstream_status = verdict.response.status
         change = self._record_for(outcome)
         try:
-            await self._store.transition(
+            stored = await self._store.transition(
                 submission.id, submission.fence, change, now=self._clock.wall()
             )
+            if stored is None:
+                # Its lease ran out mid-send and a sweep (this replica's or another's) took it
+                # over: it is `unknown` now and will be reconciled, whatever we answer here.
+                log.warning(
+                    "lost the lease while forwarding; the result is not recorded and the "
+                    "submission will be reconciled",
+                    submission=submission.id,
+                )
         except StoreError as exc:
             # The row is on disk as `delivering`; when its lease runs out it becomes `unknown`
             # and is reconciled, so the answer below stays true (and is never a false 503).

@@ -170,6 +170,16 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
+        self.store_up = Gauge(
+            "gateway_store_up",
+            "1 while the store answered the last sample (every 2 s), 0 while it does not.",
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors",
+            "Samples of the outbox that the store failed (it was unreachable or refused).",
+            registry=r,
+        )
         self.outbox_depth = Gauge(
             "gateway_outbox_submissions",
             "Submissions in the outbox by state (sampled).",
@@ -288,6 +298,12 @@ class GatewayCollector(Collector):
             ("dead", stats.dead, "Submissions that ran out of attempts or age."),
             ("requeued", stats.requeued, "Delivery attempts put back for later."),
             ("parked", stats.parked, "Unknown submissions left for on-call."),
+            (
+                "fenced_writes",
+                stats.fence_lost,
+                "Delivery results not recorded: another sweep took the submission over after "
+                "its lease expired.",
+            ),
         ):
             counter = CounterMetricFamily(f"gateway_outbox_{name}", help_text)
             counter.add_metric([], float(value))
@@ -447,8 +463,11 @@ class OutboxSampler:
         try:
             counts = await self._store.counts()
         except StoreError as exc:
+            self._metrics.store_up.set(0)
+            self._metrics.store_errors.inc()
             log.warning("cannot count the outbox for metrics", error=str(exc))
             return
+        self._metrics.store_up.set(1)
         for state, count in counts.by_state.items():
             self._metrics.outbox_depth.labels(state.value).set(count)
         for operation in self._metrics.followed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 from collections import Counter
@@ -48,6 +49,7 @@ class MemoryTokenStore:
     def __init__(self) -> None:
         self.tokens: dict[str, StoredToken] = {}
         self.saves: Counter[str] = Counter()
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def load_token(self, key: str) -> StoredToken | None:
         return self.tokens.get(key)
@@ -55,6 +57,10 @@ class MemoryTokenStore:
     async def save_token(self, key: str, token: StoredToken) -> None:
         self.saves[key] += 1
         self.tokens[key] = token
+
+    def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        # Every user of this store object stands for a replica sharing one database.
+        return self._locks.setdefault(name, asyncio.Lock())
 
 
 class FakeAuth:

@@ -12,6 +12,7 @@ dropped when its test ends; `drop_leftovers()` removes those of runs that were k
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -101,7 +102,7 @@ async def drop_leftovers() -> int:
             for r in await connection.fetch(
                 "SELECT datname FROM pg_database WHERE datname LIKE 'gwtest\\_%'"
             )
-            if not str(r["datname"]).startswith(f"gwtest_{RUN}_")
+            if not _run_alive(str(r["datname"]))
         ]
         for name in names:
             await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -110,15 +111,24 @@ async def drop_leftovers() -> int:
     return len(names)
 
 
+def _run_alive(name: str) -> bool:
+    """Whether the test run that made database `name` (`gwtest_<pid><4 hex>_…`) still runs."""
+    run = name.removeprefix("gwtest_").partition("_")[0]
+    pid = run[:-4]
+    return run == RUN or (pid.isdigit() and Path(f"/proc/{pid}").exists())
+
+
 def _answers(url: str) -> bool:
     async def probe() -> None:
         connection = await asyncpg.connect(url, timeout=3)
         await connection.close()
 
-    try:
-        asyncio.run(probe())
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
+    # On a thread of its own: callers may be inside an event loop already.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
+        try:
+            thread.submit(asyncio.run, probe()).result()
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
     return True
 
 

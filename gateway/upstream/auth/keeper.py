@@ -11,11 +11,17 @@ keeper keeps sits in the token store under its `store_key`:
     {store_key}:grant         what the grant keeps (a merchant's refresh token, the code spent)
 
 the last two as token-shaped rows whose value is their JSON: the store needs nothing new.
+
+Replicas sharing a store share the token: a refresh runs under the store's lock on
+`store_key` (`TokenStore.exclusive`), and first reads what is stored. A token another replica
+renewed meanwhile is taken up instead of asking the platform again, and the record of token
+calls read there counts every replica's calls against the caps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import Any
 
@@ -147,7 +153,7 @@ class TokenKeeper:
             await self._save_record()
         if self._grant.release():
             await self._save_grant()
-        await self._single_flight_refresh()
+        await self._single_flight_refresh(force=True)
         return self.status()
 
     async def usable_token(self) -> StoredToken:
@@ -195,10 +201,10 @@ class TokenKeeper:
         if hold is not None:
             raise hold.error(self._clock.wall())
 
-    def _start_refresh(self) -> asyncio.Task[StoredToken]:
+    def _start_refresh(self, *, force: bool = False) -> asyncio.Task[StoredToken]:
         if self._refresh is None:
             name = "token-refresh" if self.tenant is None else f"token-refresh:{self.tenant}"
-            task = asyncio.create_task(self._fetch_and_store(), name=name)
+            task = asyncio.create_task(self._shared_refresh(force=force), name=name)
             self._refresh = task
             task.add_done_callback(self._refresh_done)
         return self._refresh
@@ -208,9 +214,45 @@ class TokenKeeper:
         if not task.cancelled():
             task.exception()  # logged where it happened; retrieved so nobody else must
 
-    async def _single_flight_refresh(self) -> StoredToken:
+    async def _single_flight_refresh(self, *, force: bool = False) -> StoredToken:
         # Shielded: one caller giving up must not cancel the refresh everyone else awaits.
-        return await asyncio.shield(self._start_refresh())
+        return await asyncio.shield(self._start_refresh(force=force))
+
+    async def _shared_refresh(self, *, force: bool) -> StoredToken:
+        """One refresh across every process on the store: under its lock, take up a token
+        another one renewed meanwhile (unless an operator `force`s a new one), else ask."""
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                await held.enter_async_context(self._store.exclusive(self._store_key))
+            except StoreError as exc:
+                # The store is down: refreshing alone beats serving no reads at all; the
+                # caps of this process still hold.
+                self._log.warning(
+                    "cannot take the store's token lock; refreshing without it", error=str(exc)
+                )
+            if not force and (renewed := await self._renewed_elsewhere()) is not None:
+                return renewed
+            return await self._fetch_and_store()
+
+    async def _renewed_elsewhere(self) -> StoredToken | None:
+        """What the store holds now: the record of token calls is taken up (other replicas'
+        calls count too), and so is a fresh token other than ours, which is returned."""
+        try:
+            stored = await self._store.load_token(self._store_key)
+            record = await self._store.load_token(self._record_key)
+        except StoreError:
+            return None
+        if record is not None:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self._guard.restore(record.value)
+        current = self._token
+        if stored is None or (current is not None and stored.value == current.value):
+            return None
+        if stored.age_fraction(self._clock.wall()) >= self._refresh_at:
+            return None
+        self._token = stored
+        self._log.info("took up the upstream token another gateway renewed")
+        return stored
 
     async def _fetch_and_store(self) -> StoredToken:
         self._check()

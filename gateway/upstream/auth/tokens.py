@@ -6,6 +6,7 @@ restart reuses the token instead of spending the platform's small token quota).
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,4 +31,14 @@ class TokenStore(Protocol):
 
     async def save_token(self, key: str, token: StoredToken) -> None:
         """Durably replace the token under `key`."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold the lock `name` for the block, against every process using this store.
+
+        A token refresh runs under its key's lock: of replicas sharing a database, one asks
+        the platform while the others wait, then read the token it saved (the platform's token
+        quota is per application, not per replica). The embedded store has one process: an
+        in-process lock serves. Never held across more than one refresh.
+        """
         ...

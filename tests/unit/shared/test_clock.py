@@ -1,4 +1,5 @@
-"""The steady clock: stored schedules are immune to wall-clock steps; times as ISO 8601 text."""
+"""The steady and database clocks: stored schedules are immune to wall-clock steps; times as
+ISO 8601 text."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import datetime
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.clock import Periodic, SteadyClock, iso_utc
+from gateway.clock import DatabaseClock, Periodic, SteadyClock, iso_utc
 from tests.support.fakes import FakeClock, ManualClock
 
 
@@ -116,3 +117,35 @@ async def test_periodic_start_is_idempotent_and_stop_ends_the_task() -> None:
     periodic.start()
     assert periodic.running
     await periodic.stop()
+
+
+async def test_database_clock_runs_on_the_database_time_not_the_hosts() -> None:
+    """Anchored to the database's reading (the middle of the round trip), it then moves with
+    the host's monotonic time; a host clock step does not move it; a new reading corrects it."""
+    host = SteppingClock(wall=1_000.0)
+    readings = [5_000.0]
+
+    async def read() -> float | None:
+        host.advance(0.2)  # a round trip of 0.2 s; the database read its clock in the middle
+        return readings[0]
+
+    clock = await DatabaseClock.anchored(host, read)
+    assert 5_000.1 == pytest.approx(clock.wall())
+    host.advance(10)
+    assert 5_010.1 == pytest.approx(clock.wall())
+    host.step_wall(-3_600)  # the host's wall clock steps back an hour
+    assert 5_010.1 == pytest.approx(clock.wall())
+    readings[0] = 5_010.5
+    assert 0.3 == pytest.approx(await clock.resync())  # it read 5_010.2 at that moment
+    assert 5_010.5 + 0.1 == pytest.approx(clock.wall())
+
+
+async def test_database_clock_without_a_reading_keeps_the_hosts() -> None:
+    """A store with no clock of its own (None) leaves the host's time."""
+    host = FakeClock(wall=1_000.0)
+
+    async def read() -> float | None:
+        return None
+
+    clock = await DatabaseClock.anchored(host, read)
+    assert 1_000.0 == clock.wall()

@@ -310,12 +310,16 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     assert "not valid YAML at line" in caught.value.problems[0]
 
 
-def test_postgres_url_is_explained() -> None:
-    """A PostgreSQL store URL is refused with a reason until that store exists."""
+def test_store_urls() -> None:
+    """SQLite paths and PostgreSQL URLs are stores; anything else is refused with the forms."""
+    for url in ("postgresql://gw@db:5432/gateway", "postgres://db/gateway", "sqlite:///x.db"):
+        raw = default_raw()
+        raw["store_url"] = url
+        assert url == parse_config(raw, ENV).store_url
     raw = default_raw()
-    raw["store_url"] = "postgresql://localhost/test"
+    raw["store_url"] = "mysql://db/gateway"
     [problem] = problems(raw)
-    assert problem.startswith("store_url: PostgreSQL stores are not available")
+    assert problem.startswith("store_url: expected sqlite:///PATH or postgresql://")
 
 
 # -- a key written twice ------------------------------------------------------------------------

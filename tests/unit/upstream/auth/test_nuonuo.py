@@ -225,6 +225,57 @@ async def test_rejected_token_refreshes_once_for_many(rig: Rig) -> None:
     assert 3 == rig.endpoint.calls
 
 
+async def test_replicas_sharing_a_store_fetch_once(rig: Rig) -> None:
+    """Two gateways on one store (replicas on one database) asking at once: one token call;
+    the other takes up the token it stored."""
+    rig.endpoint.delay = 0.05
+    first, second = rig.auth(), rig.auth()
+    prepared = await asyncio.gather(
+        *(auth.prepare(request()) for auth in (first, second) for _ in range(5))
+    )
+    assert 1 == rig.endpoint.calls
+    assert {"token-1"} == {p.headers["accessToken"] for p in prepared}
+
+
+async def test_a_replica_takes_up_the_token_another_renewed(rig: Rig) -> None:
+    """Near expiry, or after a rejection, a replica reads what another already renewed instead
+    of spending another token call."""
+    rig.hold_token("old", age=0, expires_in=100)
+    rig.endpoint.expires_in = "100"
+    first, second = rig.auth(), rig.auth()
+    assert "old" == (await second.prepare(request())).headers["accessToken"]
+    await first.prepare(request())
+    rejected = await first.prepare(request())
+    await first.credentials_rejected(rejected)  # renews: token-1
+    assert 1 == rig.endpoint.calls
+    # The second still holds "old" and is told it is rejected: it takes up token-1.
+    await second.credentials_rejected(await second.prepare(request()))
+    assert "token-1" == (await second.prepare(request())).headers["accessToken"]
+    assert 1 == rig.endpoint.calls
+    # Past 90 % of token-1's life, one renewal between them, each ends up with token-2.
+    rig.clock.advance(95)
+    await first.prepare(request())
+    await second.prepare(request())
+    for auth in (first, second):
+        for _ in range(100):
+            if auth.token is not None and auth.token.value == "token-2":
+                break
+            await asyncio.sleep(0.01)
+    assert 2 == rig.endpoint.calls
+    assert {"token-2"} == {
+        (await a.prepare(request())).headers["accessToken"] for a in (first, second)
+    }
+
+
+async def test_an_operator_refresh_is_not_taken_up_from_the_store(rig: Rig) -> None:
+    """`token refresh` asks the platform even when the store holds a fresh token."""
+    rig.hold_token("kept", age=0, expires_in=86400)
+    auth = rig.auth()
+    await auth.prepare(request())
+    await auth.refresh_token()
+    assert 1 == rig.endpoint.calls
+
+
 async def test_token_refusal_is_token_unavailable(rig: Rig) -> None:
     """A refused token request raises TokenUnavailable naming the error and what to fix."""
     rig.endpoint.fail = True
