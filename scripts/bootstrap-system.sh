@@ -20,6 +20,8 @@ REQUIRED=(
     # LD_PRELOAD library that jumps a process's wall clock (the clock-jump test in
     # tests/integration/test_resilience.py).
     "libfaketime:/usr/lib/*/faketime/libfaketime.so.1"
+    # The connection pooler replicas may sit behind (tests/integration/test_pgbouncer.py).
+    "pgbouncer:pgbouncer"
 )
 
 present() {

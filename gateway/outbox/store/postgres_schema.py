@@ -3,7 +3,9 @@
 The tables are SQLite's (`gateway.outbox.store.sqlite`), in PostgreSQL types: times are the
 callers' unix seconds (DOUBLE PRECISION), `seq` numbers rows in acceptance order, JSON is kept
 as text serialised as `gateway.outbox.store.rows` does. Replicas starting at once migrate once:
-the check and the scripts run under a session advisory lock.
+the check and the scripts run in one transaction under a transaction-scoped advisory lock (which
+also holds behind PgBouncer in transaction mode, where a session lock could outlive its
+transaction on a pooled server connection).
 """
 
 from __future__ import annotations
@@ -88,11 +90,10 @@ MIGRATIONS: Sequence[str] = (
     """,
 )
 
-#: The session advisory lock migrations run under ("gateway" in ASCII).
+#: The advisory lock migrations run under ("gateway" in ASCII).
 MIGRATION_LOCK = 0x67617465776179
 
-_LOCK = "SELECT pg_advisory_lock($1)"
-_UNLOCK = "SELECT pg_advisory_unlock($1)"
+_LOCK = "SELECT pg_advisory_xact_lock($1)"
 _HAS_VERSION_TABLE = "SELECT to_regclass('schema_version') IS NOT NULL"
 _READ_VERSION = "SELECT version FROM schema_version"
 _CREATE_VERSION_TABLE = """
@@ -106,28 +107,26 @@ async def migrate(connection: Any, where: str, *, apply: bool) -> None:
     """Bring the schema of the database `connection` is on up to date (if `apply`), once even
     with replicas racing; `StoreError` if it is newer than this gateway knows, or older and not
     `apply`. Database errors pass on (the caller translates them)."""
-    await connection.execute(_LOCK, MIGRATION_LOCK)
-    try:
-        async with connection.transaction():
-            version = await _version(connection)
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"the store at {where} has schema version {version}, newer than this "
-                    f"gateway knows ({len(MIGRATIONS)}); run a newer gateway"
-                )
-            if version < len(MIGRATIONS) and not apply:
-                raise StoreError(
-                    f"the store at {where} has schema version {version}; this gateway needs "
-                    f"{len(MIGRATIONS)}: run `invoice-gateway migrate` first "
-                    "(store.migrate is manual)"
-                )
-            if version < len(MIGRATIONS) and not await connection.fetchval(_HAS_VERSION_TABLE):
-                await connection.execute(_CREATE_VERSION_TABLE)
-            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await connection.execute(script)
-                await connection.execute(_SET_VERSION, target)
-    finally:
-        await connection.execute(_UNLOCK, MIGRATION_LOCK)
+    async with connection.transaction():
+        # Whoever waited here reads the version the winner committed (READ COMMITTED).
+        await connection.execute(_LOCK, MIGRATION_LOCK)
+        version = await _version(connection)
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the store at {where} has schema version {version}, newer than this "
+                f"gateway knows ({len(MIGRATIONS)}); run a newer gateway"
+            )
+        if version < len(MIGRATIONS) and not apply:
+            raise StoreError(
+                f"the store at {where} has schema version {version}; this gateway needs "
+                f"{len(MIGRATIONS)}: run `invoice-gateway migrate` first "
+                "(store.migrate is manual)"
+            )
+        if version < len(MIGRATIONS) and not await connection.fetchval(_HAS_VERSION_TABLE):
+            await connection.execute(_CREATE_VERSION_TABLE)
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await connection.execute(script)
+            await connection.execute(_SET_VERSION, target)
 
 
 async def _version(connection: Any) -> int:
