@@ -19,7 +19,7 @@ import pytest
 from tests.integration.test_core_gateway import ISSUE, invoice
 from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
 from tests.support.postgres import scratch_database_sync
-from tests.support.processes import wait_until
+from tests.support.processes import http_json, wait_until
 
 #: Short leases and sweeps, so a dead replica's leases are taken over within seconds.
 LEASE_S = 3.0
@@ -53,17 +53,24 @@ def sim(tmp_path: Path) -> Iterator[Simulator]:
         yield simulator
 
 
-def start_replicas(tmp_path: Path, sim: Simulator, database: str, count: int) -> list[Gateway]:
+def start_replicas(
+    tmp_path: Path, sim: Simulator, database: str, count: int, **overrides: Any
+) -> list[Gateway]:
+    """`count` gateways on `database`; if one cannot start, those started are stopped."""
     replicas: list[Gateway] = []
-    for n in range(count):
-        replicas.append(
-            Gateway.start(
-                tmp_path / f"gw{n}",
-                sim.url,
-                name=f"gateway-{n}",
-                overrides={**REPLICA_OVERRIDES, "store_url": database},
+    try:
+        for n in range(count):
+            replicas.append(
+                Gateway.start(
+                    tmp_path / f"gw{n}",
+                    sim.url,
+                    name=f"gateway-{n}",
+                    overrides={**REPLICA_OVERRIDES, "store_url": database, **overrides},
+                )
             )
-        )
+    except BaseException:
+        stop_all(replicas)
+        raise
     return replicas
 
 
@@ -213,5 +220,47 @@ def test_the_same_key_at_two_replicas_at_once_is_one_submission(
             assert (1, 1) == (order["sends"], order["issued"]), order
         for body in down:
             assert 1 == ledger["orders"][body["order"]["orderNo"]]["issued"]
+    finally:
+        stop_all(replicas)
+
+
+def metric(replica: Gateway, name: str) -> float:
+    """A sample without labels from the replica's /metrics (0 if absent)."""
+    status, _, text = http_json("GET", f"{replica.admin_url}/metrics")
+    assert 200 == status
+    for line in str(text).splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_replica_whose_lease_was_taken_over_records_nothing(
+    tmp_path: Path, sim: Simulator, database: str
+) -> None:
+    """A delivery slower than its lease: a sweep takes the submission over (it may have been
+    sent), the slow holder's result is fenced out and counted, and the submission is settled by
+    lookup — issued once."""
+    outbox = {**REPLICA_OVERRIDES["outbox"], "lease": "1s", "sweep_interval": "200ms"}
+    replicas = start_replicas(tmp_path, sim, database, 2, outbox=outbox)
+    try:
+        sim.fault(kind="http_error", status=503, operations=[ISSUE])
+        body = invoice()
+        status, _, answer = replicas[0].call(ISSUE, body)
+        assert 202 == status, answer
+        sim.clear_faults()
+        sim.fault(kind="slow", delay_s=2.5, operations=[ISSUE], count=1)
+
+        def fenced() -> bool:
+            return sum(metric(r, "gateway_outbox_fenced_writes_total") for r in replicas) >= 1
+
+        wait_until(fenced, timeout=30, interval=0.2, what="a fenced-out delivery result")
+        wait_until(
+            lambda: states(database) == {"delivered": 1},
+            timeout=30,
+            interval=0.2,
+            what="the submission settled",
+        )
+        order = sim.ledger()["orders"][body["order"]["orderNo"]]
+        assert 1 == order["issued"], order
     finally:
         stop_all(replicas)
