@@ -1,7 +1,17 @@
-"""The durable outbox end to end: real gateway process, real simulator, SQLite file."""
+"""The durable outbox end to end: real gateway process, real simulator, on either store.
+
+Which tests run on both stores (`store_url`: a SQLite file, then a scratch PostgreSQL
+database): those that prove something the store does, namely admission, idempotency keys,
+ordering keys, leases reclaimed and rows reconciled, and the status it counts. The others run
+on the embedded SQLite store only, each saying why: those about the embedded store's file
+(disk full, its clock rebase after a step), and those that exercise the platform's or the
+edge's behaviour, whose store calls a test on both stores already makes (a whole test run
+stays within its time: each test on both costs another gateway run).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import random
 import sqlite3
@@ -10,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 
@@ -56,8 +67,21 @@ def sim_dedup(tmp_path: Path) -> Iterator[Simulator]:
 LOOKUP_LAG_S = 1.5
 
 
-def start_gateway(tmp_path: Path, sim: Simulator, **extra: Any) -> Gateway:
-    return Gateway.start(tmp_path / "gw", sim.url, overrides={**OVERRIDES, **extra})
+@pytest.fixture
+def gateway(tmp_path: Path, simulator: Simulator, store_url: str) -> Iterator[Gateway]:
+    """The default profile's gateway (as `tests/integration/conftest.py` starts it), on each
+    store in turn."""
+    with Gateway.start(tmp_path / "gw", simulator.url, overrides={"store_url": store_url}) as gw:
+        yield gw
+
+
+def start_gateway(
+    tmp_path: Path, sim: Simulator, store_url: str | None = None, **extra: Any
+) -> Gateway:
+    """A gateway with fast outbox and resilience settings, on `store_url` (by default a SQLite
+    file in its directory)."""
+    store = {"store_url": store_url} if store_url is not None else {}
+    return Gateway.start(tmp_path / "gw", sim.url, overrides={**OVERRIDES, **store, **extra})
 
 
 def wait_delivered(gw: Gateway, ids: list[str], timeout: float = 40.0) -> dict[str, dict[str, Any]]:
@@ -89,7 +113,11 @@ def serial_of(view: dict[str, Any]) -> str:
 def test_outage_queues_then_delivers_each_exactly_once(
     tmp_path: Path, sim_no_dedupe: Simulator
 ) -> None:
-    """Submissions during an outage get 202 ids; after recovery each is issued exactly once."""
+    """Submissions during an outage get 202 ids; after recovery each is issued exactly once.
+
+    SQLite only: a platform outage, token endpoint included (each call waits out the token
+    refresh's back-off: most of a minute). What it asks of the store, queued admissions
+    drained exactly once, the kill -9 test asks of both stores, under harsher conditions."""
     gw = start_gateway(tmp_path, sim_no_dedupe)
     try:
         sim_no_dedupe.fault(kind="http_error", status=503)
@@ -127,9 +155,11 @@ def lose_one_answer(gw: Gateway, sim: Simulator) -> tuple[dict[str, Any], dict[s
     return body, view
 
 
-def test_answer_lost_is_reconciled_not_resent(tmp_path: Path, sim: Simulator) -> None:
+def test_answer_lost_is_reconciled_not_resent(
+    tmp_path: Path, sim: Simulator, store_url: str
+) -> None:
     """The platform issues then drops the answer: one invoice; the submission learns its serial."""
-    gw = start_gateway(tmp_path, sim)
+    gw = start_gateway(tmp_path, sim, store_url)
     try:
         body, view = lose_one_answer(gw, sim)
         order = sim.ledger()["orders"][body["order"]["orderNo"]]
@@ -140,13 +170,15 @@ def test_answer_lost_is_reconciled_not_resent(tmp_path: Path, sim: Simulator) ->
         gw.process.stop()
 
 
-def test_an_invoice_the_platform_lists_late_is_not_issued_twice(tmp_path: Path) -> None:
+def test_an_invoice_the_platform_lists_late_is_not_issued_twice(
+    tmp_path: Path, store_url: str
+) -> None:
     """Answers lost after issuing, and the lookup lags issuance: the first lookups find
     nothing, yet nothing is resent before a lookup spanning the settle time finds each one."""
     with Simulator.start(
         tmp_path / "sim", "--lookup-lag", str(LOOKUP_LAG_S), dedup=False
     ) as lagging:
-        gw = start_gateway(tmp_path, lagging)
+        gw = start_gateway(tmp_path, lagging, store_url)
         try:
             gw.call(QUERY, {"orderNos": ["warm-up"]})
             lagging.fault(kind="answer_lost", operations=[ISSUE], count=5)
@@ -170,7 +202,10 @@ def test_resend_strategy_takes_the_duplicate_code_as_proof(
     tmp_path: Path, sim_dedup: Simulator
 ) -> None:
     """`reconcile.strategy: resend` against a platform that refuses a reused order number:
-    the resend's E9106 proves the first send, and the lookup records its invoice."""
+    the resend's E9106 proves the first send, and the lookup records its invoice.
+
+    SQLite only: about the platform's duplicate code; the store reconciles the row as in
+    `test_answer_lost_is_reconciled_not_resent`, which runs on both stores."""
     gw = start_gateway(tmp_path, sim_dedup, operations=resend_operations())
     try:
         body, view = lose_one_answer(gw, sim_dedup)
@@ -194,12 +229,12 @@ def resend_operations() -> list[dict[str, Any]]:
 
 
 def test_client_asking_again_after_reconciliation_gets_its_invoice_not_order_number_used(
-    tmp_path: Path, sim: Simulator
+    tmp_path: Path, sim: Simulator, store_url: str
 ) -> None:
     """Found by the chaos suite: a client that lost its answer and sends again once the
     submission was reconciled was replayed the platform's E9106 ("order number already used")
     for its own invoice. It gets the success, with the serial number the lookup found."""
-    gw = start_gateway(tmp_path, sim)
+    gw = start_gateway(tmp_path, sim, store_url)
     try:
         body, view = lose_one_answer(gw, sim)
         status, headers, again = gw.call(ISSUE, body)
@@ -215,9 +250,11 @@ def test_client_asking_again_after_reconciliation_gets_its_invoice_not_order_num
         gw.process.stop()
 
 
-def test_red_letter_waits_behind_its_original(tmp_path: Path, sim: Simulator) -> None:
+def test_red_letter_waits_behind_its_original(
+    tmp_path: Path, sim: Simulator, store_url: str
+) -> None:
     """A red-letter submitted while its original is queued is delivered after it."""
-    gw = start_gateway(tmp_path, sim)
+    gw = start_gateway(tmp_path, sim, store_url)
     try:
         sim.fault(kind="http_error", status=503, operations=[ISSUE])
         original = invoice()
@@ -283,7 +320,9 @@ def test_concurrent_same_key_gets_one_409(gateway: Gateway, simulator: Simulator
 
 
 def test_status_is_private_to_its_tenant(tmp_path: Path, sim: Simulator) -> None:
-    """Another tenant cannot see a submission: 404, as if it did not exist."""
+    """Another tenant cannot see a submission: 404, as if it did not exist.
+
+    SQLite only: the edge compares the tenant; the store reads the row by id alone."""
     gw = start_gateway(tmp_path, sim)
     try:
         sim.fault(kind="http_error", status=503)
@@ -298,15 +337,32 @@ def test_status_is_private_to_its_tenant(tmp_path: Path, sim: Simulator) -> None
         gw.process.stop()
 
 
-def store_states(db: Path) -> dict[str, int]:
-    """Submissions per state, read straight from the gateway's SQLite file."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-        rows = connection.execute("SELECT state, COUNT(*) FROM submission GROUP BY state")
-        return {state: count for state, count in rows}
+def store_states(gw: Gateway) -> dict[str, int]:
+    """Submissions per state, read straight from the gateway's store (a SQLite file read-only,
+    or the PostgreSQL database), not through the gateway."""
+    sql = "SELECT state, COUNT(*) FROM submission GROUP BY state"
+    url = gw.store_url
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(f"file:{url.removeprefix('sqlite:///')}?mode=ro", uri=True) as db:
+            rows = db.execute(sql).fetchall()
+    else:
+        rows = asyncio.run(_fetch(url, sql))
+    return {str(state): int(count) for state, count in rows}
+
+
+async def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(url)
+    try:
+        return list(await connection.fetch(sql))
+    finally:
+        await connection.close()
 
 
 def test_full_disk_gives_503_never_202(tmp_path: Path, sim: Simulator) -> None:
-    """With the disk full a submission is refused with 503; nothing is acknowledged or sent."""
+    """With the disk full a submission is refused with 503; nothing is acknowledged or sent.
+
+    SQLite only: the embedded store's file on a full filesystem (a PostgreSQL server out of
+    space is the chaos suite's)."""
     disk = tmp_path / "small-disk"
     mount_small_fs(disk)
     try:
@@ -349,10 +405,20 @@ def _submit_all(
         results[body["order"]["orderNo"]] = (status, answer)
 
 
-def test_kill_9_while_accepting_and_draining_loses_nothing(tmp_path: Path, sim: Simulator) -> None:
-    """kill -9 while accepting and while draining: every acknowledged submission issued once."""
+#: For restarts on a shared store, which takes over only expired leases: short leases, swept
+#: often (as replicas are configured in the chaos suite).
+RESTART_OUTBOX = {**FAST_OUTBOX, "lease": "3s", "sweep_interval": "500ms"}
+
+
+def test_kill_9_while_accepting_and_draining_loses_nothing(
+    tmp_path: Path, sim: Simulator, store_url: str
+) -> None:
+    """kill -9 while accepting and while draining: every acknowledged submission issued once.
+
+    On SQLite the restarted gateway reclaims every lease at start (it is the only one); on
+    PostgreSQL it takes over the killed one's once they expire."""
     rng = random.Random(4)
-    gw = start_gateway(tmp_path, sim)
+    gw = start_gateway(tmp_path, sim, store_url, outbox=RESTART_OUTBOX)
     bodies = [invoice() for _ in range(120)]
     results: dict[str, tuple[int, Any]] = {}
     try:
@@ -386,7 +452,7 @@ def test_kill_9_while_accepting_and_draining_loses_nothing(tmp_path: Path, sim: 
         }
         assert {202} == {status for status, _ in results.values()}
         wait_delivered(gw, list(acknowledged.values()), timeout=60)
-        assert {"delivered": len(bodies)} == store_states(tmp_path / "gw" / "gateway.db")
+        assert {"delivered": len(bodies)} == store_states(gw)
         ledger = sim.ledger()
         assert 0 == ledger["totals"]["doubles"]
         for order_no in acknowledged:
@@ -420,11 +486,13 @@ def test_client_disconnect_does_not_lose_the_result(gateway: Gateway, simulator:
     assert 1 == simulator.ledger()["orders"][body["order"]["orderNo"]]["issued"]
 
 
-def test_status_page_shows_the_outbox(tmp_path: Path, sim: Simulator) -> None:
+def test_status_page_shows_the_outbox(tmp_path: Path, sim: Simulator, store_url: str) -> None:
     """During an outage /status shows the circuit open and the queued submissions."""
-    gw = start_gateway(tmp_path, sim)
+    gw = start_gateway(tmp_path, sim, store_url)
     try:
-        sim.fault(kind="http_error", status=503)
+        # Issuing down, tokens not: with the token endpoint down too, each call would wait out
+        # the token refresh's back-off (seconds, twice: this test runs on both stores).
+        sim.fault(kind="http_error", status=503, operations=[ISSUE])
         for _ in range(5):
             assert 202 == gw.call(ISSUE, invoice())[0]
         status, _, facts = http_json("GET", gw.url + "/status?format=json")
@@ -444,7 +512,10 @@ def test_clock_stepped_back_across_a_restart_does_not_stall_the_outbox(
     tmp_path: Path, sim: Simulator
 ) -> None:
     """The host's clock steps back an hour while the gateway is down: what was queued before is
-    still delivered at once, not an hour late."""
+    still delivered at once, not an hour late.
+
+    SQLite only: the embedded store keeps the host's times and rebases them after a step;
+    replicas on PostgreSQL run on the database's clock, whatever the host's says."""
     env = jumped_clock(tmp_path / "clock", "+0")
     gw = Gateway.start(tmp_path / "gw", sim.url, overrides=OVERRIDES, env=env)
     try:

@@ -149,6 +149,11 @@ class Gateway:
     def __exit__(self, *_exc: object) -> None:
         self.process.stop()
 
+    @property
+    def store_url(self) -> str:
+        """The store this gateway runs on (`store_url` of its config)."""
+        return str(yaml.safe_load(self.config_path.read_text())["store_url"])
+
     def restart(self, *, kill: bool = False) -> None:
         """Stop (gracefully, or with SIGKILL) and start again on the same config and store."""
         if kill:
