@@ -11,6 +11,9 @@
 A write refused because the fence moved (someone else owns the row now) is dropped. A crash at
 any point leaves the row `delivering` until its lease expires; the sweep then marks it
 `unknown`, so the next attempt reconciles before anything is resent.
+
+While the store does not answer (PostgreSQL stopped, a full disk) the loop keeps trying every
+poll, and says so twice (`StoreOutage`): when the store first fails, and when it answers again.
 """
 
 from __future__ import annotations
@@ -50,6 +53,35 @@ log = structlog.get_logger("gateway.outbox.dispatcher")
 _ROUTINE = frozenset(
     {DeliveryOutcome.DELIVERED, DeliveryOutcome.RECONCILED, DeliveryOutcome.REQUEUED}
 )
+
+
+class StoreOutage:
+    """Whether the store answers, as one background task sees it, logged on `logger` when that
+    changes: a warning naming the error when a call first fails, a note saying how long it was
+    down when one succeeds again; nothing for the calls that fail in between, and never a
+    traceback (a store that does not answer is not a bug)."""
+
+    def __init__(self, logger: Any, clock: Clock, *, what: str) -> None:
+        """`what` says what stops meanwhile ("nothing is claimed or delivered")."""
+        self._log = logger
+        self._clock = clock
+        self._what = what
+        self._since: float | None = None
+
+    def failed(self, exc: StoreError) -> None:
+        if self._since is None:
+            self._since = self._clock.monotonic()
+            self._log.warning(
+                f"the outbox store does not answer; {self._what} until it does, trying again "
+                "meanwhile",
+                error=str(exc),
+            )
+
+    def answered(self) -> None:
+        if self._since is not None:
+            down_s = self._clock.monotonic() - self._since
+            self._since = None
+            self._log.info("the outbox store answers again", down_s=round(down_s, 1))
 
 
 @dataclass(slots=True)
@@ -132,6 +164,7 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._paused = False
+        self._outage = StoreOutage(log, clock, what="nothing is claimed or delivered")
         self.stats = DispatcherStats()
 
     @classmethod
@@ -259,6 +292,7 @@ class Dispatcher:
         now = self._clock.wall()
         reclaimed = await self._store.reclaim(now=now)
         purged = await self._store.purge(finished_before=now - self._config.retention)
+        self._outage.answered()
         if reclaimed:
             log.warning(
                 "leases expired: those submissions may have been sent and will be reconciled",
@@ -310,6 +344,7 @@ class Dispatcher:
                 lease_seconds=self._config.lease,
             )
         )
+        self._outage.answered()
         self.stats.claimed += len(claimed)
         return claimed
 
@@ -339,7 +374,7 @@ class Dispatcher:
                     await self.sweep()
                 wait = await self._round()
             except StoreError as exc:
-                log.error("the outbox store failed; trying again shortly", error=str(exc))
+                self._outage.failed(exc)
             except Exception:
                 log.exception("dispatcher round failed; trying again shortly")
             if wait > 0 and not self._stopping:

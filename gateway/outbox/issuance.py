@@ -17,6 +17,8 @@ delivered submissions up until the platform reports a final status:
             after delivery                  → given_up, no longer looked up
         a lookup that fails (busy, down)    → nothing recorded, asked again next time
         no number in the answer             → given_up at once (nothing to look up by)
+    the store does not answer               → asked again next tick; logged when that starts
+                                              and when it ends (`StoreOutage`), not each tick
 
 Lookups are reads, retried by the pipeline within the read policy; the follower never sends a
 submission again.
@@ -35,10 +37,11 @@ from multidict import CIMultiDict
 
 from gateway.clock import Clock, Periodic
 from gateway.config import GatewayConfig, IssuanceConfig, OperationConfig
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.headers import REQUEST_ID
 from gateway.jsonpointer import MISSING, JsonPointer
 from gateway.operations import Operation, OperationKind, OperationRule
+from gateway.outbox.dispatcher import StoreOutage
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import (
     Issuance,
@@ -201,9 +204,10 @@ class IssuanceFollower:
                 )
             self.routes[op.name] = IssuanceRoute.build(op, lookup, rate=bucket.rate, clock=clock)
         interval = min((r.rule.interval for r in self.routes.values()), default=POLL_CAP)
+        self._outage = StoreOutage(log, clock, what="no issuance is followed")
         self._periodic = Periodic(
             "issuance-follower",
-            self.follow_once,
+            self._tick,
             interval=min(interval, POLL_CAP),
             clock=clock,
             failure="cannot follow the issuance of accepted invoices",
@@ -239,6 +243,16 @@ class IssuanceFollower:
 
     async def stop(self) -> None:
         await self._periodic.stop()
+
+    async def _tick(self) -> None:
+        """One round in the background: `follow_once`, the store's outages logged by
+        `StoreOutage` (other failures are `Periodic`'s to log)."""
+        try:
+            await self.follow_once()
+        except StoreError as exc:
+            self._outage.failed(exc)
+        else:
+            self._outage.answered()
 
     async def follow_once(self) -> int:
         """Look up every due invoice once (within the pacing) and record what was learned;

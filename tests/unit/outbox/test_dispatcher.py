@@ -13,7 +13,7 @@ import hmac
 import inspect
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from gateway.config import (
     BreakerConfig,
@@ -31,7 +32,7 @@ from gateway.config import (
     RetryPolicyConfig,
     parse_config,
 )
-from gateway.errors import TokenUnavailable, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import StoreError, TokenUnavailable, UpstreamTimeout, UpstreamUnreachable
 from gateway.operations import OperationKind
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.store.sqlite import SqliteStore
@@ -292,6 +293,28 @@ async def until(condition: Callable[[], Any], *, within: float = 3.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("the condition was not reached in time")
         await asyncio.sleep(0.001)
+
+
+class StoreDown:
+    """The store's `calls` (method names) raise `StoreError` while `down`, as they do while
+    PostgreSQL is stopped; `refused` counts the calls refused."""
+
+    def __init__(self, store: Any, calls: Iterable[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.down = True
+        self.refused = 0
+        for name in calls:
+            monkeypatch.setattr(store, name, self._refusing(name, getattr(store, name)))
+
+    def _refusing(
+        self, name: str, call: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def refusing(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                self.refused += 1
+                raise StoreError(f"cannot {name}: connection refused")
+            return await call(*args, **kwargs)
+
+        return refusing
 
 
 def body_of(response: UpstreamResponse) -> Any:
@@ -916,6 +939,36 @@ async def test_wake_starts_a_drain_without_waiting_for_the_poll(make: Build) -> 
         return (await rig.get(queued)).state is SubmissionState.DELIVERED
 
     await until(delivered)
+    assert 1 == len(rig.upstream.requests)
+
+
+async def test_a_store_outage_is_logged_when_it_starts_and_when_it_ends(
+    make: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refusing every claim and sweep for 30 polls: one warning naming the error when
+    it starts, one note with how long it was down once it answers; no line per poll, no error,
+    no traceback. Then the loop delivers as before."""
+    clock = ManualClock()
+    rig = await make(clock=clock, dispatcher={"poll_interval": 0.1})
+    store = StoreDown(rig.store, ["claim_due", "reclaim", "purge"], monkeypatch)
+    with capture_logs() as logs:
+        rig.dispatcher.start()
+        for polls in range(1, 31):
+            await until(lambda polls=polls: store.refused >= polls)
+            clock.advance(0.1)
+        assert 30 <= store.refused
+        store.down = False
+        queued = await rig.queue()
+        clock.advance(0.1)
+
+        async def delivered() -> bool:
+            return (await rig.get(queued)).state is SubmissionState.DELIVERED
+
+        await until(delivered)
+    down, back = [entry for entry in logs if "outbox store" in entry["event"]]
+    assert ("warning", "cannot reclaim: connection refused") == (down["log_level"], down["error"])
+    assert ("info", 3.1) == (back["log_level"], back["down_s"])
+    assert [] == [e for e in logs if e["log_level"] == "error" or "exc_info" in e]
     assert 1 == len(rig.upstream.requests)
 
 

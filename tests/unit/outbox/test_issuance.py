@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.config import (
     BreakerConfig,
@@ -20,7 +21,7 @@ from gateway.config import (
     RetryPolicyConfig,
 )
 from gateway.operations import OperationKind
-from gateway.outbox.issuance import IssuanceFollower
+from gateway.outbox.issuance import POLL_CAP, IssuanceFollower
 from gateway.outbox.store.sqlite import SqliteStore
 from gateway.outbox.submissions import (
     Issuance,
@@ -35,8 +36,9 @@ from gateway.resilience.failures import FailureClassifier
 from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.resilience.ratelimit import TokenBucket
 from gateway.resilience.retry import RetryBudget, RetryPolicy
-from tests.support.fakes import FakeClock, HandlerUpstream, platform_answer
+from tests.support.fakes import FakeClock, HandlerUpstream, ManualClock, platform_answer
 from tests.support.submissions import admit, new_submission
+from tests.unit.outbox.test_dispatcher import StoreDown, until
 
 SERVICES = "/open/v1/services"
 INTERVAL = 5.0
@@ -145,8 +147,8 @@ async def make(tmp_path: Path) -> AsyncIterator[Build]:
     """Builds rigs on a fresh SQLite file each; closes them afterwards."""
     built: list[Rig] = []
 
-    async def build(*, rate: float = 1000.0, **rule: Any) -> Rig:
-        clock = FakeClock()
+    async def build(*, rate: float = 1000.0, clock: FakeClock | None = None, **rule: Any) -> Rig:
+        clock = clock or FakeClock()
         store = await SqliteStore.open(tmp_path / f"outbox-{len(built)}.db", synchronous="NORMAL")
         platform = Platform()
         upstream = HandlerUpstream(clock, platform)
@@ -190,6 +192,38 @@ async def make(tmp_path: Path) -> AsyncIterator[Build]:
     for rig in built:
         await rig.follower.stop()
         await rig.store.close()
+
+
+async def test_a_store_outage_is_logged_when_it_starts_and_when_it_ends(
+    make: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the background, the store refusing every round for ten rounds: one warning naming the
+    error when it starts, one note with how long it was down once it answers; no traceback, no
+    error per round. Then the invoice is followed as before."""
+    clock = ManualClock()
+    rig = await make(clock=clock)
+    row = await rig.delivered("ORD-1", "S-1")
+    rig.platform.set("S-1", "2", invoiceNo="1")
+    store = StoreDown(rig.store, ["issuance_due"], monkeypatch)
+    with capture_logs() as logs:
+        rig.follower.start()
+        for rounds in range(1, 11):
+            await until(lambda rounds=rounds: store.refused >= rounds)
+            clock.advance(POLL_CAP)
+        store.down = False
+
+        async def done() -> bool:
+            issuance = (await rig.get(row)).issuance
+            return issuance is not None and issuance.outcome is IssuanceOutcome.DONE
+
+        await until(done)
+    down, back = [entry for entry in logs if "outbox store" in entry["event"]]
+    assert ("warning", "cannot issuance_due: connection refused") == (
+        down["log_level"],
+        down["error"],
+    )
+    assert ("info", 10 * POLL_CAP) == (back["log_level"], back["down_s"])
+    assert [] == [e for e in logs if e["log_level"] == "error" or "exc_info" in e]
 
 
 async def test_due_invoices_are_looked_up_in_batches(make: Build) -> None:
