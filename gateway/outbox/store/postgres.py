@@ -410,7 +410,8 @@ class PostgresStore:
 
     async def _listen(self) -> None:
         """Keep a connection listening on `CHANNEL` until `close`, reconnecting with back-off;
-        one warning per outage, and a note when listening again."""
+        one warning per outage, and a note when listening again, with one call of the callback
+        in place of the announcements missed meanwhile."""
         delay = RECONNECT_FIRST_S
         outage = False
         while True:
@@ -450,6 +451,10 @@ class PostgresStore:
         await connection.add_listener(CHANNEL, self._announced)
         if recovered:
             log.info("listening for announcements again", store=self._where)
+            # What was announced while nothing listened is lost: one call, so the dispatcher
+            # looks now rather than at its next poll.
+            if self._on_announcement is not None:
+                self._on_announcement()
 
     async def _until_lost(self, connection: Any) -> None:
         """Return when `connection` closes under us; raise when it fails its periodic check."""
