@@ -56,24 +56,26 @@ _ROUTINE = frozenset(
 
 
 class StoreOutage:
-    """Whether the store answers, as one background task sees it, logged on `logger` when that
-    changes: a warning naming the error when a call first fails, a note saying how long it was
-    down when one succeeds again; nothing for the calls that fail in between, and never a
+    """Whether the store answers, as the background task `task` sees it, logged on `logger` when
+    that changes: a warning naming the error when a call first fails, a note saying how long it
+    was down when one succeeds again; nothing for the calls that fail in between, and never a
     traceback (a store that does not answer is not a bug)."""
 
-    def __init__(self, logger: Any, clock: Clock, *, what: str) -> None:
-        """`what` says what stops meanwhile ("nothing is claimed or delivered")."""
+    def __init__(self, logger: Any, clock: Clock, *, task: str, stops: str) -> None:
+        """`stops` says what stops meanwhile ("nothing is claimed or delivered")."""
         self._log = logger
         self._clock = clock
-        self._what = what
+        self._task = task
+        self._stops = stops
         self._since: float | None = None
 
     def failed(self, exc: StoreError) -> None:
         if self._since is None:
             self._since = self._clock.monotonic()
             self._log.warning(
-                f"the outbox store does not answer; {self._what} until it does, trying again "
+                f"the outbox store does not answer; {self._stops} until it does, trying again "
                 "meanwhile",
+                task=self._task,
                 error=str(exc),
             )
 
@@ -81,7 +83,9 @@ class StoreOutage:
         if self._since is not None:
             down_s = self._clock.monotonic() - self._since
             self._since = None
-            self._log.info("the outbox store answers again", down_s=round(down_s, 1))
+            self._log.info(
+                "the outbox store answers again", task=self._task, down_s=round(down_s, 1)
+            )
 
 
 @dataclass(slots=True)
@@ -164,7 +168,9 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._paused = False
-        self._outage = StoreOutage(log, clock, what="nothing is claimed or delivered")
+        self._outage = StoreOutage(
+            log, clock, task="dispatcher", stops="nothing is claimed or delivered"
+        )
         self.stats = DispatcherStats()
 
     @classmethod

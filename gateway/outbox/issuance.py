@@ -204,7 +204,9 @@ class IssuanceFollower:
                 )
             self.routes[op.name] = IssuanceRoute.build(op, lookup, rate=bucket.rate, clock=clock)
         interval = min((r.rule.interval for r in self.routes.values()), default=POLL_CAP)
-        self._outage = StoreOutage(log, clock, what="no issuance is followed")
+        self._outage = StoreOutage(
+            log, clock, task="issuance-follower", stops="no issuance is followed"
+        )
         self._periodic = Periodic(
             "issuance-follower",
             self._tick,

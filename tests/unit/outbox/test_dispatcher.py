@@ -966,8 +966,12 @@ async def test_a_store_outage_is_logged_when_it_starts_and_when_it_ends(
 
         await until(delivered)
     down, back = [entry for entry in logs if "outbox store" in entry["event"]]
-    assert ("warning", "cannot reclaim: connection refused") == (down["log_level"], down["error"])
-    assert ("info", 3.1) == (back["log_level"], back["down_s"])
+    assert ("warning", "dispatcher", "cannot reclaim: connection refused") == (
+        down["log_level"],
+        down["task"],
+        down["error"],
+    )
+    assert ("info", "dispatcher", 3.1) == (back["log_level"], back["task"], back["down_s"])
     assert [] == [e for e in logs if e["log_level"] == "error" or "exc_info" in e]
     assert 1 == len(rig.upstream.requests)
 

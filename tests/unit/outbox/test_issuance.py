@@ -218,11 +218,16 @@ async def test_a_store_outage_is_logged_when_it_starts_and_when_it_ends(
 
         await until(done)
     down, back = [entry for entry in logs if "outbox store" in entry["event"]]
-    assert ("warning", "cannot issuance_due: connection refused") == (
+    assert ("warning", "issuance-follower", "cannot issuance_due: connection refused") == (
         down["log_level"],
+        down["task"],
         down["error"],
     )
-    assert ("info", 10 * POLL_CAP) == (back["log_level"], back["down_s"])
+    assert ("info", "issuance-follower", 10 * POLL_CAP) == (
+        back["log_level"],
+        back["task"],
+        back["down_s"],
+    )
     assert [] == [e for e in logs if e["log_level"] == "error" or "exc_info" in e]
 
 
