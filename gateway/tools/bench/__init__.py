@@ -5,7 +5,8 @@ disk), drives load from wrk or a built-in asyncio generator (`generators`), and 
 with the machine and store they were measured on (`environment`) as a table or JSON (`report`);
 `cli` holds the options and `run_bench`. Each gateway run gets a fresh temporary directory
 (config, SQLite store, child logs) on a local disk (not tmpfs, where fsync costs nothing),
-removed at the end unless `--keep`.
+removed at the end unless `--keep`; a run on PostgreSQL (`--postgres`) gets a scratch database
+on the server, dropped at the end (`postgres`).
 """
 
 from gateway.tools.bench.checks import DurabilityCheck, count_submissions, open_circuit
@@ -33,15 +34,30 @@ from gateway.tools.bench.generators import (
 )
 from gateway.tools.bench.options import BenchError, BenchOptions
 from gateway.tools.bench.platform import Platform, running_platform
+from gateway.tools.bench.postgres import (
+    DEFAULT_POSTGRES_URL,
+    ScratchDatabase,
+    ServerFacts,
+    count_postgres_submissions,
+    cpu_used,
+    scratch_database,
+    server_cpu,
+    server_facts,
+)
 from gateway.tools.bench.report import Report, Row, format_table
 from gateway.tools.bench.scenarios import (
     SCENARIOS,
     Scenario,
+    StoreUnderTest,
     durable_accept_overrides,
+    postgres_accept_overrides,
+    postgres_store,
     scenario,
+    sqlite_store,
 )
 
 __all__ = [
+    "DEFAULT_POSTGRES_URL",
     "DESCRIPTION",
     "SCENARIOS",
     "WRK_MARKER",
@@ -57,13 +73,18 @@ __all__ = [
     "Report",
     "Row",
     "Scenario",
+    "ScratchDatabase",
+    "ServerFacts",
+    "StoreUnderTest",
     "WrkGenerator",
     "bench_environment",
     "body_templates",
     "choose_generator",
     "choose_store_parent",
     "configure_parser",
+    "count_postgres_submissions",
     "count_submissions",
+    "cpu_used",
     "durable_accept_overrides",
     "filesystem_type",
     "format_table",
@@ -71,10 +92,16 @@ __all__ = [
     "main",
     "open_circuit",
     "parse_wrk_output",
+    "postgres_accept_overrides",
+    "postgres_store",
     "process_cpu_seconds",
     "run_bench",
     "running_platform",
     "scenario",
+    "scratch_database",
+    "server_cpu",
+    "server_facts",
+    "sqlite_store",
     "submit_headers",
     "wrk_script",
 ]

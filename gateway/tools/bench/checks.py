@@ -112,8 +112,10 @@ class DurabilityCheck:
         return f"{self.rows} rows for {self.acknowledged} acknowledged: {verdict}"
 
 
-def count_submissions(store_path: Path) -> int:
+def count_submissions(store_path: Path | None) -> int:
     """Rows in the `submission` table of a SQLite store nobody else has open."""
+    if store_path is None:
+        raise BenchError("the gateway's store is not a SQLite file")
     if not store_path.exists():
         raise BenchError(f"the gateway left no store at {store_path}")
     try:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from gateway.outbox.store.urls import is_postgres_url
 from gateway.quantities import duration, whole_number
 from gateway.tools.bench.generators import INSTALL_WRK
 from gateway.tools.bench.options import (
@@ -18,6 +19,7 @@ from gateway.tools.bench.options import (
     BenchOptions,
     say,
 )
+from gateway.tools.bench.postgres import DEFAULT_POSTGRES_URL
 from gateway.tools.bench.report import format_table
 from gateway.tools.bench.scenarios import SCENARIOS
 from gateway.tools.children import ChildStartError, ToolError
@@ -36,6 +38,14 @@ _positive_duration = duration(0, above=True)
 
 
 _positive_int = whole_number(1)
+
+
+def _postgres_url(text: str) -> str:
+    if not is_postgres_url(text):
+        raise argparse.ArgumentTypeError(
+            f"expected postgresql://USER@HOST:PORT/DB (a maintenance database), got {text!r}"
+        )
+    return text
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +78,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="durable-accept: measure with group commit, without, or both and their ratio "
         "(default both)",
     )
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=DEFAULT_POSTGRES_URL,
+        type=_postgres_url,
+        metavar="URL",
+        help="durable-accept: also measure with the store on PostgreSQL, in a scratch database "
+        "created and dropped on the server at URL (its maintenance database; without URL: "
+        f"{DEFAULT_POSTGRES_URL})",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--store-dir",
@@ -96,6 +116,7 @@ def run_bench(args: argparse.Namespace) -> int:
         store_parent=args.store_dir,
         keep=bool(args.keep),
         builtin_generator=bool(args.builtin_generator),
+        postgres=args.postgres,
     )
     chosen = SCENARIOS.get(options.scenario)
     if chosen is None:

@@ -38,7 +38,8 @@ def filesystem_type(path: Path, mountinfo: str) -> str:
     return best_type
 
 
-def _filesystem_of(path: Path) -> str:
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding `path` on this machine ("unknown" when unreadable)."""
     try:
         mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -52,13 +53,13 @@ def choose_store_parent(explicit: Path | None) -> tuple[Path, str]:
     The system temporary directory unless it is in memory (tmpfs), then `/var/tmp`.
     """
     if explicit is not None:
-        return explicit, _filesystem_of(explicit)
+        return explicit, filesystem_of(explicit)
     default = Path(tempfile.gettempdir())
-    fstype = _filesystem_of(default)
+    fstype = filesystem_of(default)
     if fstype in MEMORY_FILESYSTEMS:
         fallback = Path("/var/tmp")  # noqa: S108 — a local disk for a real fsync, by design
-        if fallback.is_dir() and _filesystem_of(fallback) not in MEMORY_FILESYSTEMS:
-            return fallback, _filesystem_of(fallback)
+        if fallback.is_dir() and filesystem_of(fallback) not in MEMORY_FILESYSTEMS:
+            return fallback, filesystem_of(fallback)
     return default, fstype
 
 

@@ -32,6 +32,9 @@ class BenchOptions:
     keep: bool = False
     #: Use the asyncio generator even when wrk is installed.
     builtin_generator: bool = False
+    #: durable-accept: also measure on PostgreSQL, in a scratch database on the server whose
+    #: maintenance database this URL names; None measures SQLite only.
+    postgres: str | None = None
 
 
 def say(text: str) -> None:

@@ -33,7 +33,8 @@ class Platform:
     credentials: Credentials
     endpoints: Endpoints
     config: Mapping[str, Any]
-    store_path: Path
+    #: The SQLite store's file; None when the store is elsewhere (PostgreSQL).
+    store_path: Path | None
     simulator: Child
     gateway: Child
 
@@ -58,7 +59,12 @@ async def running_platform(
             wait_ready(simulator, session, f"{endpoints.control_url}/_sim/health"),
             wait_ready(gateway, session, f"{endpoints.gateway_url}/healthz"),
         )
-        store_path = Path(str(config["store_url"]).removeprefix("sqlite:///"))
+        store_url = str(config["store_url"])
+        store_path = (
+            Path(store_url.removeprefix("sqlite:///"))
+            if store_url.startswith("sqlite:///")
+            else None
+        )
         yield Platform(credentials, endpoints, config, store_path, simulator, gateway)
     finally:
         await asyncio.to_thread(stop_children, children)

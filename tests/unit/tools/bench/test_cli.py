@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.tools.bench import (
+    DEFAULT_POSTGRES_URL,
     SCENARIOS,
     BenchOptions,
     Report,
@@ -21,6 +22,7 @@ from gateway.tools.bench import (
     configure_parser,
     run_bench,
 )
+from tests.support.postgres import server_url
 from tests.support.processes import ROOT
 from tests.unit.tools.bench.samples import sample_report
 
@@ -44,6 +46,26 @@ def test_parser_defaults_and_the_registered_scenario() -> None:
     assert "durable-accept" in SCENARIOS
 
 
+OTHER_SERVER = "postgresql://bench@db.example:6432/postgres"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ((), None),
+        (("--postgres",), DEFAULT_POSTGRES_URL),
+        (("--postgres", OTHER_SERVER), OTHER_SERVER),
+        (("--postgres", "postgres://bench@db/postgres"), "postgres://bench@db/postgres"),
+    ],
+    ids=["absent", "local-server", "postgresql-url", "postgres-url"],
+)
+def test_postgres_is_off_the_local_server_or_a_url(
+    argv: tuple[str, ...], expected: str | None
+) -> None:
+    """Without --postgres SQLite only; alone it names the local server; a URL names another."""
+    assert expected == parse("--scenario", "durable-accept", *argv).postgres
+
+
 def test_duration_takes_seconds_or_a_unit() -> None:
     """--duration reads `90`, `90s` and `1.5m` alike."""
     assert [90.0] * 3 == [
@@ -59,6 +81,7 @@ def test_duration_takes_seconds_or_a_unit() -> None:
         ("--scenario", "durable-accept", "--connections", "0"),
         ("--scenario", "durable-accept", "--duration", "-1"),
         ("--scenario", "durable-accept", "--group-commit", "maybe"),
+        ("--scenario", "durable-accept", "--postgres", "sqlite:///tmp/x.db"),
         (),
     ],
 )
@@ -86,11 +109,14 @@ def test_run_bench_prints_json_and_exits_0_when_every_check_holds(
 ) -> None:
     """--json prints the report alone on stdout; the options reach the scenario."""
     code = run_bench(
-        parse("--scenario", "fake", "--json", "--duration", "3", "--group-commit", "on")
+        parse(
+            "--scenario", "fake", "--json", "--duration", "3", "--group-commit", "on", "--postgres"
+        )
     )
     assert 0 == code
     assert "durable-accept" == json.loads(capsys.readouterr().out)["scenario"]
-    assert (3.0, "on") == (fake_scenario[0].duration_s, fake_scenario[0].group_commit)
+    seen = fake_scenario[0]
+    assert (3.0, "on", DEFAULT_POSTGRES_URL) == (seen.duration_s, seen.group_commit, seen.postgres)
 
 
 def test_run_bench_exits_1_when_a_check_fails(
@@ -138,18 +164,26 @@ def test_help_from_the_subcommand_and_the_module(command: tuple[str, ...]) -> No
 
 @pytest.mark.integration
 def test_a_short_durable_accept_run_accepts_and_keeps_every_submission() -> None:
-    """2 s with the circuit open: exit 0, submissions accepted, every 202 in the store."""
+    """2 s with the circuit open on SQLite, then on PostgreSQL: exit 0, submissions accepted,
+    every 202 in the store, the ratio, and the scratch database dropped."""
     argv = ["gateway", "bench", "--scenario", "durable-accept", "--duration", "2"]
-    completed = python_m(*argv, "--connections", "8", "--group-commit", "on", "--json", timeout=60)
+    argv += ["--connections", "8", "--group-commit", "on", "--postgres", server_url(), "--json"]
+    completed = python_m(*argv, timeout=90)
     assert 0 == completed.returncode, completed.stderr + completed.stdout
     report = json.loads(completed.stdout)
     assert ("durable-accept", True, []) == (report["scenario"], report["ok"], report["problems"])
-    (run,) = report["runs"]
-    assert {"group_commit": "on", "synchronous": "FULL"} == run["settings"]
-    assert run["good"] > 0
-    assert run["good"] == run["statuses"]["202"] == run["outcomes"].get("queued")
-    assert run["durability"]["ok"] is True
-    assert run["durability"]["rows"] >= run["durability"]["acknowledged"] >= run["good"]
-    assert run["latency_ms"]["p50"] is not None
+    sqlite, postgres = report["runs"]
+    assert {"store": "sqlite", "group_commit": "on", "synchronous": "FULL"} == sqlite["settings"]
+    assert "postgresql" == postgres["settings"]["store"]
+    for run in (sqlite, postgres):
+        assert run["good"] > 0
+        assert run["good"] == run["statuses"]["202"] == run["outcomes"].get("queued")
+        assert run["durability"]["ok"] is True
+        assert run["durability"]["rows"] >= run["durability"]["acknowledged"] >= run["good"]
+        assert run["latency_ms"]["p50"] is not None
+    assert "PostgreSQL CPU" in postgres["notes"]
+    assert {"postgresql / sqlite group commit on"} == set(report["ratios"])
     assert "generator" in report["environment"]
+    assert "synchronous_commit=" in report["environment"]["postgresql"]
     assert "circuit open" in completed.stderr
+    assert "dropped the scratch database gwbench_" in completed.stderr
