@@ -33,6 +33,7 @@ from gateway.clock import Clock, Periodic
 from gateway.errors import StoreError
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.issuance import IssuanceFollower
+from gateway.outbox.outage import StoreOutage
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import IssuanceOutcome, SubmissionState
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
@@ -445,6 +446,9 @@ class OutboxSampler:
         self._metrics = metrics
         self._store = store
         self._clock = clock
+        self._outage = StoreOutage(
+            log, clock, task="outbox-sampler", stops="the outbox metrics keep their last values"
+        )
         self._periodic = Periodic(
             "outbox-sampler",
             self.sample,
@@ -465,9 +469,10 @@ class OutboxSampler:
         except StoreError as exc:
             self._metrics.store_up.set(0)
             self._metrics.store_errors.inc()
-            log.warning("cannot count the outbox for metrics", error=str(exc))
+            self._outage.failed(exc)
             return
         self._metrics.store_up.set(1)
+        self._outage.answered()
         for state, count in counts.by_state.items():
             self._metrics.outbox_depth.labels(state.value).set(count)
         for operation in self._metrics.followed:

@@ -2,7 +2,8 @@
 `OutboxStore` protocol, SQLite with group commit, PostgreSQL for replicas), the settlement
 table that turns an attempt's result into a submission's next state, the dispatcher that
 delivers what is queued (`dispatcher`: the loop; `delivery`: what one delivery sends and
-decides; `wakeups`: waking every replica's dispatcher when there is work), the reconciliation
+decides; `wakeups`: waking every replica's dispatcher when there is work; `outage`: logging a
+store that stops answering), the reconciliation
 that finds out what a lost answer did, the issuance follower that tracks each accepted invoice
 to its final status, and the on-call actions.
 

@@ -39,6 +39,7 @@ from gateway.outbox.delivery import (
     DeliveryOutcome,
     DeliveryRoute,
 )
+from gateway.outbox.outage import StoreOutage
 from gateway.outbox.reconcile import Reconciler
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import Submission, SubmissionState
@@ -53,39 +54,6 @@ log = structlog.get_logger("gateway.outbox.dispatcher")
 _ROUTINE = frozenset(
     {DeliveryOutcome.DELIVERED, DeliveryOutcome.RECONCILED, DeliveryOutcome.REQUEUED}
 )
-
-
-class StoreOutage:
-    """Whether the store answers, as the background task `task` sees it, logged on `logger` when
-    that changes: a warning naming the error when a call first fails, a note saying how long it
-    was down when one succeeds again; nothing for the calls that fail in between, and never a
-    traceback (a store that does not answer is not a bug)."""
-
-    def __init__(self, logger: Any, clock: Clock, *, task: str, stops: str) -> None:
-        """`stops` says what stops meanwhile ("nothing is claimed or delivered")."""
-        self._log = logger
-        self._clock = clock
-        self._task = task
-        self._stops = stops
-        self._since: float | None = None
-
-    def failed(self, exc: StoreError) -> None:
-        if self._since is None:
-            self._since = self._clock.monotonic()
-            self._log.warning(
-                f"the outbox store does not answer; {self._stops} until it does, trying again "
-                "meanwhile",
-                task=self._task,
-                error=str(exc),
-            )
-
-    def answered(self) -> None:
-        if self._since is not None:
-            down_s = self._clock.monotonic() - self._since
-            self._since = None
-            self._log.info(
-                "the outbox store answers again", task=self._task, down_s=round(down_s, 1)
-            )
 
 
 @dataclass(slots=True)

@@ -41,7 +41,7 @@ from gateway.errors import ConfigError, StoreError
 from gateway.headers import REQUEST_ID
 from gateway.jsonpointer import MISSING, JsonPointer
 from gateway.operations import Operation, OperationKind, OperationRule
-from gateway.outbox.dispatcher import StoreOutage
+from gateway.outbox.outage import StoreOutage
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import (
     Issuance,

@@ -285,15 +285,23 @@ class PostgresStore:
         try:
             pool = await asyncpg.create_pool(
                 url,
-                min_size=1,
+                # No floor to restore: while the database is down the pool would otherwise log a
+                # traceback every few seconds; connections are made as calls need them.
+                min_size=0,
                 max_size=settings.pool_size,
                 timeout=settings.connect_timeout,
                 command_timeout=settings.command_timeout,
                 **options,
             )
         except (*_DATABASE_ERRORS, ValueError) as exc:
+            pool, failure = None, exc
+        else:
+            failure = await _first_contact(pool, settings.connect_timeout)
+        if failure is not None:
+            if pool is not None:
+                pool.terminate()
             raise StoreError(
-                f"cannot reach the store at {where}: {_describe(exc)}; "
+                f"cannot reach the store at {where}: {_describe(failure)}; "
                 "check that PostgreSQL is up and the URL is right"
             ) from None  # the cause may quote the URL, password and all
         store = cls(pool, url, settings)
@@ -857,3 +865,14 @@ async def _close_quietly(connection: Any) -> None:
     except asyncio.CancelledError:
         connection.terminate()
         raise
+
+
+async def _first_contact(pool: Any, timeout: float) -> BaseException | None:
+    """The error of a first round trip through `pool`, or None: a pool without a floor of
+    connections connects nothing when it is made."""
+    try:
+        async with pool.acquire(timeout=timeout) as connection:
+            await connection.fetchval("SELECT 1")
+    except _DATABASE_ERRORS as exc:
+        return exc
+    return None
