@@ -867,11 +867,11 @@ async def _close_quietly(connection: Any) -> None:
         raise
 
 
-async def _first_contact(pool: Any, timeout: float) -> BaseException | None:
+async def _first_contact(pool: Any, wait_s: float) -> BaseException | None:
     """The error of a first round trip through `pool`, or None: a pool without a floor of
     connections connects nothing when it is made."""
     try:
-        async with pool.acquire(timeout=timeout) as connection:
+        async with pool.acquire(timeout=wait_s) as connection:
             await connection.fetchval("SELECT 1")
     except _DATABASE_ERRORS as exc:
         return exc
