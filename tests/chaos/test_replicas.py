@@ -54,7 +54,12 @@ def sim(tmp_path: Path) -> Iterator[Simulator]:
 
 
 def start_replicas(
-    tmp_path: Path, sim: Simulator, database: str, count: int, **overrides: Any
+    tmp_path: Path,
+    sim: Simulator,
+    database: str,
+    count: int,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
 ) -> list[Gateway]:
     """`count` gateways on `database`; if one cannot start, those started are stopped."""
     replicas: list[Gateway] = []
@@ -66,6 +71,7 @@ def start_replicas(
                     sim.url,
                     name=f"gateway-{n}",
                     overrides={**REPLICA_OVERRIDES, "store_url": database, **overrides},
+                    env=env,
                 )
             )
     except BaseException:
@@ -262,5 +268,48 @@ def test_a_replica_whose_lease_was_taken_over_records_nothing(
         )
         order = sim.ledger()["orders"][body["order"]["orderNo"]]
         assert 1 == order["issued"], order
+    finally:
+        stop_all(replicas)
+
+
+def test_work_queued_at_one_replica_wakes_the_others_without_a_poll(
+    tmp_path: Path, sim: Simulator, database: str
+) -> None:
+    """Dispatchers that poll once a minute: a submission queued at a replica whose circuit an
+    operator opened is delivered by the other replica within seconds, woken through the
+    database (`NOTIFY`), not by its poll."""
+    outbox = {
+        **REPLICA_OVERRIDES["outbox"],
+        "sweep_interval": "60s",
+        "dispatcher": {**FAST_OUTBOX["dispatcher"], "poll_interval": "60s"},
+    }
+    token = "replica-operator-token-0123456789"
+    replicas = start_replicas(
+        tmp_path, sim, database, 2, env={"GATEWAY_ADMIN_TOKEN": token}, outbox=outbox
+    )
+    try:
+        held, other = replicas
+        status, _, answer = held.admin(
+            "POST",
+            "/circuit/open",
+            {"reason": "test: only the other replica may send"},
+            token=token,
+        )
+        assert 200 == status, answer
+        body = invoice()
+        status, headers, answer = held.call(ISSUE, body)
+        assert (202, "queued") == (status, headers["X-Gateway-Outcome"]), answer
+        # A third of the poll interval: only a wake-up can explain a delivery by then.
+        wait_until(
+            lambda: states(database) == {"delivered": 1},
+            timeout=20,
+            interval=0.1,
+            what="the other replica to deliver it",
+        )
+        assert 1 == sim.ledger()["orders"][body["order"]["orderNo"]]["issued"]
+        assert (0, 1) == (
+            metric(held, "gateway_outbox_delivered_total"),
+            metric(other, "gateway_outbox_delivered_total"),
+        )
     finally:
         stop_all(replicas)

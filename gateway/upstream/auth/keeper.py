@@ -83,6 +83,9 @@ class TokenKeeper:
         self._load_lock = asyncio.Lock()
         self._refresh: asyncio.Task[StoredToken] | None = None
         self._last_forced = -math.inf
+        #: When the record of token calls this process holds was written (by it, or by the
+        #: process whose record it took up): an older one in the store is not taken up.
+        self._record_at = -math.inf
 
     @property
     def token(self) -> StoredToken | None:
@@ -104,6 +107,7 @@ class TokenKeeper:
             except StoreError as exc:
                 self._log.warning("cannot read the stored upstream token", error=str(exc))
             if record is not None:
+                self._record_at = record.obtained_at
                 try:
                     dropped = self._guard.restore(record.value)
                 except (ValueError, KeyError, TypeError) as exc:
@@ -242,7 +246,10 @@ class TokenKeeper:
             record = await self._store.load_token(self._record_key)
         except StoreError:
             return None
-        if record is not None:
+        if record is not None and record.obtained_at > self._record_at:
+            # Written since ours (by another replica): its calls and refusal count here too.
+            # Never an older one: it could bring back a hold this process just released.
+            self._record_at = record.obtained_at
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 self._guard.restore(record.value)
         current = self._token
@@ -318,6 +325,7 @@ class TokenKeeper:
 
     async def _save_record(self) -> None:
         record = StoredToken(self._guard.dump(), self._clock.wall(), QUOTA_WINDOW)
+        self._record_at = record.obtained_at
         try:
             await self._store.save_token(self._record_key, record)
         except StoreError as exc:

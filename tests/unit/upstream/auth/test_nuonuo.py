@@ -276,6 +276,31 @@ async def test_an_operator_refresh_is_not_taken_up_from_the_store(rig: Rig) -> N
     assert 1 == rig.endpoint.calls
 
 
+class SlowSavingStore(MemoryTokenStore):
+    """Saves take a few turns of the event loop, as a database's do."""
+
+    async def save_token(self, key: str, token: StoredToken) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await super().save_token(key, token)
+
+
+async def test_an_operator_release_is_not_undone_by_a_refresh_reading_the_old_record(
+    endpoint: TokenEndpoint, session: aiohttp.ClientSession
+) -> None:
+    """A request that starts a refresh while the operator's release is still being saved must
+    not take the old record (with its quota hold) back up from the store."""
+    rig = Rig(endpoint, session, store=SlowSavingStore())
+    rig.endpoint.refusal = "070306"
+    auth = rig.auth()
+    with pytest.raises(TokenUnavailable):
+        await auth.prepare(request())
+    rig.endpoint.refusal = None
+    status, prepared = await asyncio.gather(auth.refresh_token(), auth.prepare(request()))
+    assert status.hold is None
+    assert "token-2" == prepared.headers["accessToken"]
+
+
 async def test_token_refusal_is_token_unavailable(rig: Rig) -> None:
     """A refused token request raises TokenUnavailable naming the error and what to fix."""
     rig.endpoint.fail = True
