@@ -31,7 +31,7 @@ OVERRIDES: dict[str, Any] = {
 ADMIN_ENV = {"GATEWAY_ADMIN_TOKEN": OPERATOR_TOKEN}
 #: "A minute of traffic", time-scaled: every half second the dispatcher retries each queued
 #: submission, so this is hundreds of chances to ask for a token.
-TRAFFIC_S = 20.0
+TRAFFIC_S = 12.0
 MAX_ROUNDS = 1000
 PROBLEM = "urn:invoice-gateway:problem:upstream-auth-unavailable"
 
@@ -95,7 +95,7 @@ def test_tokens_come_from_their_own_host(tmp_path: Path) -> None:
 
 
 def test_quota_refused_never_storms_and_an_operator_ends_it(tmp_path: Path) -> None:
-    """The token endpoint answers 070306: one token call through twenty seconds of traffic and
+    """The token endpoint answers 070306: one token call through twelve seconds of traffic and
     hundreds of outbox retries; submissions are kept (202), reads name the cause; once the
     platform allows tokens again, `invoice-gateway token refresh` gets one and every submission
     is delivered, once."""
