@@ -60,6 +60,7 @@ class Gateway:
     dispatcher: Dispatcher
     issuance: IssuanceFollower
     oncall: OnCall
+    intake: Intake
     proxy: Proxy
     metrics: Metrics
     started_at: float
@@ -204,6 +205,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             dispatcher=dispatcher,
             issuance=follower,
             oncall=oncall,
+            intake=intake,
             proxy=proxy,
             metrics=metrics,
             started_at=started_at,

@@ -85,6 +85,9 @@ class Intake:
         self._backoff = backoff
         self.wake_dispatcher = wake_dispatcher
         self._rng = rng or random.Random()
+        #: Results of live forwards not recorded: the lease ran out while sending and a sweep
+        #: took the submission over (it is reconciled instead).
+        self.fence_lost = 0
 
     async def submit(
         self,
@@ -133,6 +136,7 @@ class Intake:
                 submission.id, submission.fence, change, now=self._clock.wall()
             )
             if stored is None:
+                self.fence_lost += 1
                 # Its lease ran out mid-send and a sweep (this replica's or another's) took it
                 # over: it is `unknown` now and will be reconciled, whatever we answer here.
                 log.warning(

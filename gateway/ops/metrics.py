@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.clock import Clock, Periodic
+from gateway.edge.intake import Intake
 from gateway.errors import StoreError
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.issuance import IssuanceFollower
@@ -61,6 +62,8 @@ class Observed(Protocol):
     def dispatcher(self) -> Dispatcher: ...
     @property
     def issuance(self) -> IssuanceFollower: ...
+    @property
+    def intake(self) -> Intake: ...
     @property
     def started_at(self) -> float: ...
 
@@ -301,9 +304,9 @@ class GatewayCollector(Collector):
             ("parked", stats.parked, "Unknown submissions left for on-call."),
             (
                 "fenced_writes",
-                stats.fence_lost,
-                "Delivery results not recorded: another sweep took the submission over after "
-                "its lease expired.",
+                stats.fence_lost + gateway.intake.fence_lost,
+                "Results not recorded (dispatcher deliveries and live forwards): a sweep took "
+                "the submission over after its lease expired.",
             ),
         ):
             counter = CounterMetricFamily(f"gateway_outbox_{name}", help_text)

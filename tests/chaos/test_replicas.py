@@ -313,3 +313,29 @@ def test_work_queued_at_one_replica_wakes_the_others_without_a_poll(
         )
     finally:
         stop_all(replicas)
+
+
+def test_a_live_forward_slower_than_its_lease_records_nothing_and_is_settled_once(
+    tmp_path: Path, sim: Simulator, database: str
+) -> None:
+    """The client's own request, forwarded live, outlasts its lease: a sweep takes the
+    submission over; the forward's result is fenced out and counted, the client still gets
+    the platform's answer, and the submission is settled by lookup — issued once."""
+    outbox = {**REPLICA_OVERRIDES["outbox"], "lease": "1s", "sweep_interval": "200ms"}
+    slow_enough = {"upstream.timeout": "5s", "resilience.defaults.submit.deadline": "6s"}
+    replicas = start_replicas(tmp_path, sim, database, 2, outbox=outbox, **slow_enough)
+    try:
+        sim.fault(kind="slow", delay_s=2.5, operations=[ISSUE], count=1)
+        body = invoice()
+        status, _, answer = replicas[0].call(ISSUE, body)
+        assert 200 == status, answer
+        assert 1 == metric(replicas[0], "gateway_outbox_fenced_writes_total")
+        wait_until(
+            lambda: states(database) == {"delivered": 1},
+            timeout=30,
+            interval=0.2,
+            what="the submission settled",
+        )
+        assert 1 == sim.ledger()["orders"][body["order"]["orderNo"]]["issued"]
+    finally:
+        stop_all(replicas)
