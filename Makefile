@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Test worker processes: most tests wait on gateway and simulator processes, so two workers on a
+# 2-core machine roughly halve the suite's time. WORKERS=0 runs it in one process.
+WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test lint unit integration clean system
@@ -38,7 +41,7 @@ test: system lint
 	promtool check rules deploy/prometheus/rules/*.yml
 	promtool test rules deploy/prometheus/tests/*.yml
 	bash scripts/ensure-postgres.sh
-	$(VENV)/bin/pytest --cov --cov-report=term:skip-covered
+	$(VENV)/bin/pytest -n $(WORKERS) --cov --cov-report=term:skip-covered
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit

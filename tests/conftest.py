@@ -1,5 +1,7 @@
 """What every test run shares: before the first test, the PostgreSQL databases that killed runs
-left behind are dropped (tests/support/postgres.py names each run's `gwtest_<run>_…`)."""
+left behind are dropped (tests/support/postgres.py names each run's `gwtest_<run>_…`); at the
+end, the counts of every chaos drill are printed (they arrive with the tests' reports, so they
+are shown also when the tests ran in several worker processes)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     if dropped:
         _say(session, f"PostgreSQL: dropped {dropped} test database(s) left by killed runs")
+
+
+#: The report property a chaos drill's counts line travels in (tests/chaos/conftest.py).
+COUNTS_PROPERTY = "chaos-counts"
+_COUNTS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _COUNTS.extend(str(v) for name, v in report.user_properties if name == COUNTS_PROPERTY)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _COUNTS:
+        return
+    terminalreporter.section("chaos drills: counts of every run")
+    for line in _COUNTS:
+        terminalreporter.write_line(line)
 
 
 def _other_pytest_running() -> bool:

@@ -18,6 +18,10 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.drills import RUN_LINES, ChaosMode
+from tests.conftest import COUNTS_PROPERTY
+
+#: How many of `RUN_LINES` have been attached to a report already.
+_attached = 0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,9 +61,12 @@ def mode(request: pytest.FixtureRequest) -> ChaosMode:
     return ChaosMode.long() if request.config.getoption("--chaos-long") else ChaosMode.default()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not RUN_LINES:
-        return
-    terminalreporter.section("chaos drills: counts of every run")
-    for line in RUN_LINES:
-        terminalreporter.write_line(line)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """Each drill's counts line travels with its test's report (to the controller, when the
+    tests run in several worker processes), for the summary in tests/conftest.py."""
+    report: pytest.TestReport = yield
+    global _attached
+    report.user_properties.extend((COUNTS_PROPERTY, line) for line in RUN_LINES[_attached:])
+    _attached = len(RUN_LINES)
+    return report
