@@ -638,6 +638,28 @@ class OutboxConfig(_Model):
     commit_batch_cap: int = Field(default=256, ge=1, le=10_000)
 
 
+class EncryptionConfig(_Model):
+    """Encryption at rest of stored bodies and answers (docs/encryption.md).
+
+    The current key seals new writes: `key` ({env|file}), `key_file` (a path, the same as
+    `key: {file: PATH}`), else the variable `GATEWAY_ENCRYPTION_KEY`; none of them: no
+    encryption. `previous_keys` only open what older keys sealed (rotation). Each key is 32
+    random bytes, base64."""
+
+    key: SecretRef | None = None
+    previous_keys: list[SecretRef] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "key_file" in data:
+            data = dict(data)
+            if data.get("key") is not None:
+                raise ValueError("give either 'key' or 'key_file', not both")
+            data["key"] = {"file": data.pop("key_file")}
+        return data
+
+
 class StoreConfig(_Model):
     """How the gateway uses its store (`store_url`; docs/design.md#store)."""
 
@@ -656,6 +678,8 @@ class StoreConfig(_Model):
     prepared_statements: bool = True
     #: PostgreSQL: a direct address (not through a pooler) for LISTEN; default `store_url`.
     listen_url: str | None = None
+    #: Encryption at rest (docs/encryption.md).
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
 
     @field_validator("listen_url")
     @classmethod
@@ -784,6 +808,11 @@ class GatewayConfig(_Model):
                 found.append((f"upstream.auth.{field}", getattr(auth, field)))
         for i, admin_token in enumerate(self.admin.tokens):
             found.append((f"admin.tokens[{i}].token", admin_token.token))
+        encryption = self.store.encryption
+        if encryption.key is not None:
+            found.append(("store.encryption.key", encryption.key))
+        for i, previous in enumerate(encryption.previous_keys):
+            found.append((f"store.encryption.previous_keys[{i}]", previous))
         return found
 
 
