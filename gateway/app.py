@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import secrets
@@ -21,9 +22,10 @@ from gateway import __version__
 from gateway.clock import Clock, DatabaseClock, Periodic, SteadyClock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.edge.intake import STATUS_PATH, Intake
+from gateway.edge.listener import GatedTCPSite, runner_args
 from gateway.edge.proxy import Proxy
 from gateway.edge.tenants import TenantDirectory
-from gateway.operations import Classifier
+from gateway.operations import Classifier, JsonLimits
 from gateway.ops.health import Health
 from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
 from gateway.ops.status import StatusPage
@@ -171,6 +173,8 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             intake=intake,
             store=store,
             max_body_bytes=config.limits.max_body_bytes,
+            json_limits=JsonLimits(config.limits.max_json_depth, config.limits.max_json_values),
+            read_timeout=config.limits.read_timeout,
             observer=metrics,
         )
         if probe is not None:
@@ -333,6 +337,13 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run the gateway until SIGTERM/SIGINT (or `stop` is set)."""
     stop = stop or asyncio.Event()
@@ -342,13 +353,18 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
     from gateway.ops.admin import admin_app  # the admin package needs this module's `Gateway`
 
     async with open_gateway(config) as gateway:
-        runner = web.AppRunner(client_app(gateway), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            client_app(gateway),
+            access_log=None,
+            handle_signals=False,
+            **runner_args(config.limits),
+        )
         admin_runner = web.AppRunner(admin_app(gateway), access_log=None, handle_signals=False)
         await runner.setup()
         await admin_runner.setup()
         host, port = _split_listen(config.listen)
         admin_host, admin_port = _split_listen(config.admin.listen)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = GatedTCPSite(runner, host, port, max_connections=config.limits.max_connections)
         admin_site = web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True)
         try:
             # The admin listener first: once clients are served, on-call can act.
@@ -358,6 +374,12 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
                 listen=config.admin.listen,
                 tokens=len(config.admin.tokens),
             )
+            if not _loopback(admin_host):
+                log.warning(
+                    "the admin listener is reachable from other hosts; bind admin.listen to "
+                    "127.0.0.1 unless a firewall or proxy guards it",
+                    listen=config.admin.listen,
+                )
             await site.start()
             log.info(
                 "gateway listening",

@@ -691,6 +691,19 @@ class StoreConfig(_Model):
 
 class LimitsConfig(_Model):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: A JSON body the gateway parses (classification, business and ordering keys): nesting
+    #: deeper, or more values (array elements and object members), gets 400 unparsed.
+    max_json_depth: int = Field(default=64, ge=2, le=1000)
+    max_json_values: int = Field(default=100_000, ge=100, le=10_000_000)
+    #: The request line and each header line, in bytes; one header more than `max_headers`.
+    max_header_bytes: int = Field(default=8190, ge=1024, le=65536)
+    max_headers: int = Field(default=100, ge=16, le=1000)
+    #: A request's head must arrive within this of the connection opening (or of the previous
+    #: answer on a kept-alive connection: idle connections close after it too), its body within
+    #: this of the head.
+    read_timeout: Seconds = 30.0
+    #: Client connections open at once; one more is answered 503 and closed.
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
 
 
 class LogConfig(_Model):

@@ -5,6 +5,9 @@
     ├── ClientRequestError          the client's request cannot be served as sent (4xx)
     │   ├── Unauthenticated         missing or unknown X-Api-Key            401
     │   ├── BadRequest              malformed body, unsafe path, ...        400
+    │   │   ├── JsonLimitExceeded   JSON deeper / with more values than `limits.*` 400
+    │   │   └── InvalidIdempotencyKey  Idempotency-Key too long or bad characters 400
+    │   ├── RequestTimeout          body not received within `limits.read_timeout` 408
     │   ├── PayloadTooLarge         body over `limits.max_body_bytes`       413
     │   ├── OperationNotAllowed     unmatched request while unmatched=reject 404
     │   ├── NotFound                no such submission (for this tenant)    404
@@ -63,6 +66,24 @@ class BadRequest(ClientRequestError):
     status = 400
     slug = "bad-request"
     title = "Bad request"
+
+
+class JsonLimitExceeded(BadRequest):
+    """A JSON body nested deeper, or holding more values, than `limits` allow (never parsed)."""
+
+    slug = "json-limit-exceeded"
+    title = "JSON body too deeply nested or too large"
+
+
+class InvalidIdempotencyKey(BadRequest):
+    slug = "invalid-idempotency-key"
+    title = "Invalid Idempotency-Key header"
+
+
+class RequestTimeout(ClientRequestError):
+    status = 408
+    slug = "request-timeout"
+    title = "Request body not received in time"
 
 
 class PayloadTooLarge(ClientRequestError):

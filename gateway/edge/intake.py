@@ -22,14 +22,20 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from gateway.clock import Clock
 from gateway.edge.outcomes import Exchange, problem_for, relays
-from gateway.errors import BadRequest, IdempotencyKeyReused, RequestInFlight, StoreError
+from gateway.errors import (
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    RequestInFlight,
+    StoreError,
+)
 from gateway.headers import end_to_end
 from gateway.operations import Operation, RequestBody
 from gateway.outbox.settlement import (
@@ -58,7 +64,9 @@ log = structlog.get_logger("gateway.edge.intake")
 IDEMPOTENCY_KEY = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 STATUS_PATH = "/gateway/v1/submissions/{id}"
-_KEY_OK = re.compile(r"^[\x21-\x7e]{1,255}$")
+#: The longest `Idempotency-Key` accepted.
+MAX_KEY_LENGTH = 128
+_KEY_OK = re.compile(r"[\x21-\x7e]+")
 _OPEN = frozenset({CircuitState.OPEN, CircuitState.FORCED_OPEN})
 
 
@@ -247,11 +255,7 @@ class Intake:
         ordering_key = (
             _key_text(operation.ordering_key.resolve(document)) if operation.ordering_key else None
         )
-        header_key = request.headers.get(IDEMPOTENCY_KEY)
-        if header_key is not None and not _KEY_OK.match(header_key):
-            raise BadRequest(
-                f"the {IDEMPOTENCY_KEY} header must be 1 to 255 printable ASCII characters"
-            )
+        header_key = check_idempotency_key(request.headers)
         assert exchange.tenant is not None
         return NewSubmission(
             tenant=exchange.tenant,
@@ -267,6 +271,30 @@ class Intake:
             body=outgoing.body,
             request_id=exchange.request_id,
         )
+
+
+def check_idempotency_key(headers: Mapping[str, str]) -> str | None:
+    """The request's `Idempotency-Key`, if it sent one; raises `InvalidIdempotencyKey` unless it
+    is 1 to 128 printable ASCII characters without spaces (and sent once)."""
+    keys = headers.getall(IDEMPOTENCY_KEY, []) if isinstance(headers, CIMultiDictProxy) else None
+    if keys is not None and len(keys) > 1:
+        raise InvalidIdempotencyKey(
+            f"send the {IDEMPOTENCY_KEY} header once, not {len(keys)} times; nothing was sent"
+        )
+    key = headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return None
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidIdempotencyKey(
+            f"the {IDEMPOTENCY_KEY} header is {len(key)} characters; at most {MAX_KEY_LENGTH} "
+            "are accepted; nothing was sent"
+        )
+    if not _KEY_OK.fullmatch(key):
+        raise InvalidIdempotencyKey(
+            f"the {IDEMPOTENCY_KEY} header must be printable ASCII without spaces "
+            "(characters ! to ~); nothing was sent"
+        )
+    return key
 
 
 def accepted(submission: Submission, exchange: Exchange, *, replayed: bool = False) -> web.Response:

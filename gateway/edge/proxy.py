@@ -10,6 +10,7 @@ Every response carries `X-Request-Id` and `X-Gateway-Outcome`, and produces one 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 from urllib.parse import parse_qsl
@@ -17,13 +18,20 @@ from urllib.parse import parse_qsl
 import structlog
 from aiohttp import web
 
-from gateway.edge.intake import Intake
+from gateway.edge.intake import Intake, check_idempotency_key
 from gateway.edge.outcomes import OUTCOME, Exchange, respond
 from gateway.edge.problem import client_error, problem_response, store_unavailable
 from gateway.edge.tenants import API_KEY_HEADER, TenantDirectory
-from gateway.errors import BadRequest, ClientRequestError, NotFound, PayloadTooLarge, StoreError
+from gateway.errors import (
+    BadRequest,
+    ClientRequestError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    StoreError,
+)
 from gateway.headers import REQUEST_ID, add_forwarded, end_to_end, request_id
-from gateway.operations import Classifier, Operation, OperationKind, RequestBody
+from gateway.operations import Classifier, JsonLimits, Operation, OperationKind, RequestBody
 from gateway.outbox.store import OutboxStore
 from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.upstream.client import upstream_path
@@ -64,6 +72,8 @@ class Proxy:
         store: OutboxStore,
         max_body_bytes: int,
         observer: ExchangeObserver,
+        json_limits: JsonLimits | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         self._observer = observer
         self._tenants = tenants
@@ -72,6 +82,9 @@ class Proxy:
         self._intake = intake
         self._store = store
         self._max_body_bytes = max_body_bytes
+        self._json_limits = json_limits or JsonLimits()
+        #: Seconds the whole body may take to arrive (`limits.read_timeout`); None: no limit.
+        self._read_timeout = read_timeout
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         exchange = Exchange(request_id=request_id(request.headers))
@@ -143,10 +156,14 @@ class Proxy:
         # Every line logged for this request from here on names its tenant.
         structlog.contextvars.bind_contextvars(tenant=exchange.tenant)
         path, query = upstream_path(request.raw_path)
-        body = RequestBody(await self._read_body(request))
         lowered = {k.lower(): v for k, v in request.headers.items()}
+        # The head first: an unknown operation (unmatched: reject) or a bad Idempotency-Key is
+        # refused before the body is read or parsed.
+        candidates = self._classifier.candidates(request.method, path, lowered)
+        check_idempotency_key(request.headers)
+        body = RequestBody(await self._read_body(request), self._json_limits)
         exchange.operation = operation = self._classifier.classify(
-            request.method, path, lowered, body
+            request.method, path, lowered, body, candidates
         )
         if operation.kind is OperationKind.SUBMIT:
             self._validate_submission(operation, body)
@@ -189,6 +206,16 @@ class Proxy:
         return response
 
     async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                return await self._read_body_unbounded(request)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self._read_timeout:g} s "
+                "(limits.read_timeout); nothing was sent"
+            ) from None
+
+    async def _read_body_unbounded(self, request: web.Request) -> bytes:
         limit = self._max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(
