@@ -47,13 +47,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 #: The report property a chaos drill's counts line travels in (tests/chaos/conftest.py).
 COUNTS_PROPERTY = "chaos-counts"
 _COUNTS: list[str] = []
+#: The report property the admin fuzzing's case counts travel in (test_admin_fuzz.py).
+FUZZ_COUNTS_PROPERTY = "fuzz-counts"
+_FUZZ_COUNTS: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     _COUNTS.extend(str(v) for name, v in report.user_properties if name == COUNTS_PROPERTY)
+    if report.when == "call":
+        _FUZZ_COUNTS.extend(
+            str(v) for name, v in report.user_properties if name == FUZZ_COUNTS_PROPERTY
+        )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FUZZ_COUNTS:
+        terminalreporter.section("admin API fuzzing: cases sent")
+        for line in _FUZZ_COUNTS:
+            terminalreporter.write_line(line)
     if not _COUNTS:
         return
     terminalreporter.section("chaos drills: counts of every run")

@@ -214,8 +214,13 @@ def _one_time(values: list[Any], name: str) -> float:
 
 
 def _finite(seconds: float, name: str) -> float:
+    """`seconds` if it is a time a date can show (years 1 to 9999), else a 400."""
     if not math.isfinite(seconds):
         raise InvalidParameter(name, f"not a time: {seconds}")
+    try:
+        datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidParameter(name, f"not a time: {seconds} is out of range") from None
     return seconds
 
 
