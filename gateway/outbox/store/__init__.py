@@ -7,14 +7,20 @@
     postgres      several replicas on one PostgreSQL database (asyncpg): row locks, `SKIP
                   LOCKED` claims, advisory locks, `LISTEN/NOTIFY`
     urls          store URLs: which store, and how to show one without its password
+    sealing       encryption at rest: AES-256-GCM of bodies and answers (docs/encryption.md)
 
 Callers see only the protocols and the dataclasses in `gateway.outbox.submissions`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from gateway.config import OutboxConfig, StoreConfig
-from gateway.outbox.store.protocol import Admission, OutboxCounts, OutboxStore, Store
+from gateway.errors import ConfigError, StoreError
+from gateway.outbox.store.protocol import Admission, OutboxCounts, OutboxStore, Resealed, Store
+from gateway.outbox.store.sealing import Sealer
 from gateway.outbox.store.sqlite import SqliteStore
 from gateway.outbox.store.urls import is_postgres_url, masked_url
 from gateway.upstream.auth.tokens import StoredToken, TokenStore
@@ -23,12 +29,15 @@ __all__ = [
     "Admission",
     "OutboxCounts",
     "OutboxStore",
+    "Resealed",
+    "Sealer",
     "Store",
     "StoredToken",
     "TokenStore",
     "is_postgres_url",
     "masked_url",
     "open_store",
+    "sealer_of",
 ]
 
 
@@ -38,8 +47,14 @@ async def open_store(
     settings: StoreConfig | None = None,
     *,
     migrate: bool | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Store:
     """Open the store at `url` (`sqlite:///PATH` or `postgresql://…`).
+
+    Encryption at rest: the keys of `settings.encryption`, else of the variables
+    `GATEWAY_ENCRYPTION_KEY` and `GATEWAY_ENCRYPTION_PREVIOUS_KEYS` (in `environ`, default the
+    process's). `StoreError` when a key is malformed, or when the store holds values sealed
+    under a key id none of them has (every read of those would fail).
 
     `migrate`: bring an older schema up to date (default: as `settings.migrate` says, `auto`);
     when false, an older schema raises `StoreError` saying to run `invoice-gateway migrate`. A
@@ -49,15 +64,39 @@ async def open_store(
     settings = settings or StoreConfig()
     if migrate is None:
         migrate = settings.migrate == "auto"
+    sealer = sealer_of(settings, os.environ if environ is None else environ)
+    store: Store
     if is_postgres_url(url):
         from gateway.outbox.store.postgres import PostgresStore  # asyncpg only when used
 
-        return await PostgresStore.open(url, settings, migrate=migrate)
-    return await SqliteStore.open(
-        url.removeprefix("sqlite:///"),
-        synchronous=outbox.synchronous,
-        group_commit=outbox.group_commit,
-        commit_window=outbox.commit_window,
-        batch_cap=outbox.commit_batch_cap,
-        migrate=migrate,
-    )
+        store = await PostgresStore.open(url, settings, migrate=migrate, sealer=sealer)
+    else:
+        store = await SqliteStore.open(
+            url.removeprefix("sqlite:///"),
+            synchronous=outbox.synchronous,
+            group_commit=outbox.group_commit,
+            commit_window=outbox.commit_window,
+            batch_cap=outbox.commit_batch_cap,
+            migrate=migrate,
+            sealer=sealer,
+        )
+    try:
+        sealer.check_key_ids(await store.key_usage(), masked_url(url))
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+def sealer_of(settings: StoreConfig, environ: Mapping[str, str]) -> Sealer:
+    """The sealer of the keys `settings` (else `environ`) configure; `StoreError` naming a
+    malformed one."""
+    encryption = settings.encryption
+    try:
+        return Sealer.from_settings(
+            encryption.key.value() if encryption.key is not None else None,
+            [ref.value() for ref in encryption.previous_keys],
+            environ,
+        )
+    except ConfigError as exc:
+        raise StoreError("; ".join(exc.problems)) from None

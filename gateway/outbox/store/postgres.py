@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
@@ -24,7 +23,7 @@ import structlog
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
 from gateway.outbox.store.postgres_schema import migrate as migrate_schema
-from gateway.outbox.store.protocol import Admission, OutboxCounts
+from gateway.outbox.store.protocol import Admission, OutboxCounts, Resealed
 from gateway.outbox.store.rows import (
     AUDIT_COLUMNS,
     COLUMNS,
@@ -34,9 +33,13 @@ from gateway.outbox.store.rows import (
     cursor_of,
     issuance_error,
     parse_cursor,
+    resealed,
+    seal_body,
+    seal_json,
     submission,
     submission_values,
 )
+from gateway.outbox.store.sealing import Sealer
 from gateway.outbox.store.urls import masked_url
 from gateway.outbox.submissions import (
     UNRESOLVED_STATES,
@@ -202,6 +205,30 @@ _RECORD_ISSUANCE = (
     f"WHERE id = $8 AND fence = $9 AND state = 'delivered' RETURNING {COLUMNS}"
 )
 
+# -- encryption at rest -------------------------------------------------------------------
+
+#: Stored values sealed under each key id (`gateway.outbox.store.sealing` formats).
+_KEY_USAGE = """
+    SELECT encode(substring(body FROM 5 FOR 8), 'hex'), count(*) FROM submission
+        WHERE substring(body FROM 1 FOR 4) = '\\x00677731'::bytea GROUP BY 1
+    UNION ALL SELECT substr(response, 11, 16), count(*) FROM submission
+        WHERE left(response, 10) = 'gwsealed1:' GROUP BY 1
+    UNION ALL SELECT substr(result, 11, 16), count(*) FROM submission
+        WHERE left(result, 10) = 'gwsealed1:' GROUP BY 1
+    UNION ALL SELECT substr(issuance, 11, 16), count(*) FROM submission
+        WHERE left(issuance, 10) = 'gwsealed1:' GROUP BY 1
+"""
+_RESEAL_BATCH = (
+    "SELECT seq, id, body, response, result, issuance FROM submission "
+    "WHERE seq > $1 ORDER BY seq LIMIT $2"
+)
+#: Compare-and-set: a row a gateway changed since it was read is left alone.
+_RESEAL = (
+    "UPDATE submission SET body = $1, response = $2, result = $3, issuance = $4 "
+    "WHERE id = $5 AND body = $6 AND response IS NOT DISTINCT FROM $7 "
+    "AND result IS NOT DISTINCT FROM $8 AND issuance IS NOT DISTINCT FROM $9"
+)
+
 # -- reading, export, audit ---------------------------------------------------------------
 
 _COUNT_STATES = "SELECT state, count(*) FROM submission GROUP BY state"
@@ -262,7 +289,10 @@ class PostgresStore:
 
     single_node = False
 
-    def __init__(self, pool: asyncpg.Pool, url: str, settings: StoreConfig) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, url: str, settings: StoreConfig, sealer: Sealer | None = None
+    ) -> None:
+        self._sealer = sealer or Sealer()
         self._pool = pool
         self._where = masked_url(url)
         self._listen_url = settings.listen_url or url
@@ -275,7 +305,9 @@ class PostgresStore:
         self._listener: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, url: str, settings: StoreConfig, *, migrate: bool) -> PostgresStore:
+    async def open(
+        cls, url: str, settings: StoreConfig, *, migrate: bool, sealer: Sealer | None = None
+    ) -> PostgresStore:
         """Connect to the database at `url` and check (with `migrate`: bring up to date) its
         schema; `StoreError` naming the URL without its password if that cannot be done."""
         where = masked_url(url)
@@ -304,7 +336,7 @@ class PostgresStore:
                 f"cannot reach the store at {where}: {_describe(failure)}; "
                 "check that PostgreSQL is up and the URL is right"
             ) from None  # the cause may quote the URL, password and all
-        store = cls(pool, url, settings)
+        store = cls(pool, url, settings, sealer)
         try:
             async with store._connection(f"cannot prepare the store at {where}") as connection:
                 await migrate_schema(connection, where, apply=migrate)
@@ -331,6 +363,10 @@ class PostgresStore:
 
     def observe_commits(self, callback: Callable[[int, float], None]) -> None:
         self._on_commit = callback
+
+    def _open(self, row: Any) -> Submission:
+        """The submission a row of `COLUMNS` holds, opened by this store's sealer."""
+        return submission(row, self._sealer)
 
     # -- connections ----------------------------------------------------------------------
 
@@ -478,6 +514,39 @@ class PostgresStore:
         if self._on_announcement is not None:
             self._on_announcement()
 
+    # -- encryption at rest ---------------------------------------------------------------
+
+    async def key_usage(self) -> dict[str, int]:
+        async with self._connection("cannot read which keys seal the store") as connection:
+            rows = await connection.fetch(_KEY_USAGE)
+        usage: dict[str, int] = {}
+        for kid, count in rows:
+            usage[str(kid)] = usage.get(str(kid), 0) + int(count)
+        return usage
+
+    async def reseal(self, *, after: str | None, limit: int) -> Resealed:
+        start = parse_cursor(after) or 0
+        async with self._connection("cannot read submissions to re-seal") as connection:
+            found = list(await connection.fetch(_RESEAL_BATCH, start, limit))
+        # Opened and sealed before the transaction: it holds row locks only while writing.
+        updates = [
+            (new, row)
+            for row in found
+            if (new := resealed(self._sealer, tuple(row)[1:])) is not None
+        ]
+        done = 0
+        if updates:
+            async with self._write("cannot re-seal submissions") as connection:
+                for new, row in updates:
+                    done += _affected(await connection.execute(_RESEAL, *new, *tuple(row)[1:]))
+        more = len(found) == limit
+        return Resealed(
+            checked=len(found),
+            resealed=done,
+            changed=len(updates) - done,
+            cursor=cursor_of(found[-1][0]) if more and found else None,
+        )
+
     # -- tokens ---------------------------------------------------------------------------
 
     async def load_token(self, key: str) -> StoredToken | None:
@@ -523,15 +592,15 @@ class PostgresStore:
                 now=now,
             )
             # On a taken key this waits for its holder's commit, then inserts nothing.
-            stored = await connection.fetchrow(_ADMIT, *submission_values(row))
+            stored = await connection.fetchrow(_ADMIT, *submission_values(row, self._sealer))
             if stored is not None:
-                return Admission(submission(stored), created=True)
+                return Admission(self._open(stored), created=True)
             existing = await connection.fetchrow(
                 _BY_KEY, new.tenant, new.operation, new.idempotency_key
             )
         if existing is None:  # purged between the conflict and the read
             raise StoreError("the submission holding this idempotency key just went; retry")
-        return Admission(submission(existing), created=False)
+        return Admission(self._open(existing), created=False)
 
     async def transition(
         self,
@@ -542,12 +611,14 @@ class PostgresStore:
         now: float,
         audit: AuditEntry | None = None,
     ) -> Submission | None:
-        sql, params = _transition(submission_id, fence, change, now=now, audit=audit)
+        sql, params = _transition(
+            submission_id, fence, change, now=now, audit=audit, sealer=self._sealer
+        )
         async with self._write("cannot change the submission") as connection:
             row = await connection.fetchrow(sql, *params)
             if row is not None and audit is not None:
                 await connection.fetchrow(_RECORD_AUDIT, audit.at or now, *audit_values(audit))
-        return submission(row) if row is not None else None
+        return self._open(row) if row is not None else None
 
     async def claim_due(
         self, *, now: float, limit: int, owner: str, lease_seconds: float
@@ -559,7 +630,7 @@ class PostgresStore:
             if not seqs:
                 return []
             rows = await connection.fetch(_LEASE, owner, now + lease_seconds, now, seqs)
-        return [submission(row) for row in rows]
+        return [self._open(row) for row in rows]
 
     async def reclaim(self, *, now: float, everything: bool = False) -> int:
         async with self._write("cannot reclaim expired leases") as connection:
@@ -577,7 +648,7 @@ class PostgresStore:
     async def get(self, submission_id: str) -> Submission | None:
         async with self._connection("cannot read the submission") as connection:
             row = await connection.fetchrow(_BY_ID, submission_id)
-        return submission(row) if row is not None else None
+        return self._open(row) if row is not None else None
 
     async def counts(self) -> OutboxCounts:
         async with self._connection("cannot count the outbox") as connection:
@@ -606,7 +677,7 @@ class PostgresStore:
             return []
         async with self._connection("cannot read the invoices being issued") as connection:
             rows = await connection.fetch(_ISSUANCE_DUE, list(operations), now, limit)
-        return [submission(row) for row in rows]
+        return [self._open(row) for row in rows]
 
     async def record_issuance(
         self, checks: Sequence[IssuanceCheck], *, now: float
@@ -617,7 +688,7 @@ class PostgresStore:
                 issuance = check.issuance
                 row = await connection.fetchrow(
                     _RECORD_ISSUANCE,
-                    _json(issuance.to_json()),
+                    seal_json(self._sealer, check.submission_id, "issuance", issuance.to_json()),
                     issuance.outcome.value,
                     check.next_check_at,
                     issuance.outcome.failed,
@@ -628,7 +699,7 @@ class PostgresStore:
                     check.fence,
                 )
                 if row is not None:
-                    recorded.append(submission(row))
+                    recorded.append(self._open(row))
         return recorded
 
     # -- on-call --------------------------------------------------------------------------
@@ -644,7 +715,7 @@ class PostgresStore:
         more = len(found) > limit
         found = found[:limit]
         return Page(
-            items=tuple(submission(row[1:]) for row in found),
+            items=tuple(self._open(row[1:]) for row in found),
             next_cursor=cursor_of(found[-1][0]) if more and found else None,
         )
 
@@ -669,7 +740,7 @@ class PostgresStore:
             if not batch:
                 return
             for row in batch:
-                yield submission(row[1:])
+                yield self._open(row[1:])
             after = int(batch[-1][0])
 
     async def import_rows(self, rows: Sequence[Submission], *, audit: AuditEntry) -> int:
@@ -681,7 +752,9 @@ class PostgresStore:
                     "the store already holds submissions; import only into an empty store"
                 )
             if rows:
-                await connection.executemany(_INSERT, [submission_values(row) for row in rows])
+                await connection.executemany(
+                    _INSERT, [submission_values(row, self._sealer) for row in rows]
+                )
             await connection.fetchrow(_RECORD_AUDIT, audit.at or None, *audit_values(audit))
         return len(rows)
 
@@ -689,7 +762,10 @@ class PostgresStore:
         stored = 0
         async with self._write("cannot merge submissions") as connection:
             for row in rows:
-                if await connection.fetchval(_MERGE, *submission_values(row)) is not None:
+                if (
+                    await connection.fetchval(_MERGE, *submission_values(row, self._sealer))
+                    is not None
+                ):
                     stored += 1
         return stored
 
@@ -727,7 +803,13 @@ class PostgresStore:
 
 
 def _transition(
-    submission_id: str, fence: int, change: Transition, *, now: float, audit: AuditEntry | None
+    submission_id: str,
+    fence: int,
+    change: Transition,
+    *,
+    now: float,
+    audit: AuditEntry | None,
+    sealer: Sealer,
 ) -> tuple[str, list[Any]]:
     """The compare-and-set UPDATE applying `change` (see `OutboxStore.transition`)."""
     p = _Params()
@@ -750,9 +832,10 @@ def _transition(
     elif change.clear_error:
         sets += ["last_error_class = NULL", "last_error = NULL"]
     if change.response is not None:
-        sets.append(f"response = {p(_json(change.response.to_json()))}")
+        response = seal_json(sealer, submission_id, "response", change.response.to_json())
+        sets.append(f"response = {p(response)}")
     if change.result is not None:
-        sets.append(f"result = {p(_json(change.result))}")
+        sets.append(f"result = {p(seal_json(sealer, submission_id, 'result', change.result))}")
     if change.state is SubmissionState.DELIVERED:
         # Each delivery starts an issuance of its own, to be followed from now on.
         sets += [
@@ -764,7 +847,7 @@ def _transition(
     if change.restart_age:
         sets.append(f"age_from = {at}")
     if change.body is not None:
-        sets.append(f"body = {p(change.body)}")
+        sets.append(f"body = {p(seal_body(sealer, submission_id, change.body))}")
     if audit is not None:
         sets.append("fence = fence + 1")  # whoever held it before cannot write now
     sql = (
@@ -849,11 +932,6 @@ def _describe(exc: BaseException) -> str:
 def _affected(status: str) -> int:
     """How many rows a command's status (`UPDATE 3`, `DELETE 0`) says it touched."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-def _json(value: Any) -> str:
-    """JSON as the store keeps it in text columns (as `rows` does)."""
-    return json.dumps(value, ensure_ascii=False)
 
 
 async def _close_quietly(connection: Any) -> None:

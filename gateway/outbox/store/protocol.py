@@ -44,7 +44,7 @@ from gateway.outbox.submissions import (
 )
 from gateway.upstream.auth.tokens import StoredToken, TokenStore
 
-__all__ = ["Admission", "OutboxCounts", "OutboxStore", "Store"]
+__all__ = ["Admission", "OutboxCounts", "OutboxStore", "Resealed", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,20 @@ class OutboxCounts:
     #: Delivered submissions whose invoice the platform is still issuing (looked up at least
     #: once and not final), by operation; operations with none are left out.
     issuing: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Resealed:
+    """What one `Store.reseal` batch did."""
+
+    #: Rows looked at, and of those how many were re-sealed under the current key.
+    checked: int
+    resealed: int
+    #: Rows a concurrent write changed between the read and the compare-and-set: left as the
+    #: writer made them (it sealed with its own current key); a later pass looks again.
+    changed: int
+    #: Where the next batch starts; None when this batch reached the last row.
+    cursor: str | None
 
 
 class OutboxStore(Protocol):
@@ -352,6 +366,23 @@ class Store(TokenStore, OutboxStore, Protocol):
 
     async def token_rows(self) -> Sequence[tuple[str, StoredToken]]:
         """Every saved token row (key and token), for `store copy`."""
+        ...
+
+    async def key_usage(self) -> dict[str, int]:
+        """How many stored values (body, response, result, issuance) are sealed under each key
+        id (docs/encryption.md); plaintext values are not counted. Reads every row."""
+        ...
+
+    async def reseal(self, *, after: str | None, limit: int) -> Resealed:
+        """Re-seal under the current key the sealed columns of up to `limit` rows after the
+        cursor `after` (None: from the first), in acceptance order, as one transaction; a
+        row already wholly under the current key is left alone. Without a current key, sealed
+        values are stored in plaintext again. For `invoice-gateway store rotate-key`.
+
+        Isolation: compare-and-set on the old values (`UPDATE … WHERE id = $1 AND body = $2
+        AND response IS NOT DISTINCT FROM $3 …`): a row a gateway changed meanwhile is never
+        overwritten with what was read before; it is counted in `changed`. `SealingError`
+        (a `StoreError`) when a row is sealed under a key this store lacks."""
         ...
 
     async def check_writable(self) -> None:

@@ -3,6 +3,11 @@
 Pure mapping, shared by every SQL store so that a row reads back the same whichever database
 holds it: JSON as text (`ensure_ascii=False`), times as unix seconds, flags as booleans, the
 body as bytes. Also the opaque cursors (`s<seq>`) their listings hand out.
+
+The columns that carry invoice data (`body`, `response`, `result`, `issuance`) go through the
+store's `Sealer` here, and only here (docs/encryption.md): sealed on the way in, opened on the
+way out, bound to the row's id and column. Every other column stays as it is: the outbox
+queries by it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.outbox.store.sealing import Sealer
 from gateway.outbox.submissions import (
     AuditEntry,
     Issuance,
@@ -24,6 +30,7 @@ from gateway.outbox.submissions import (
 __all__ = [
     "AUDIT_COLUMNS",
     "COLUMNS",
+    "SEALED_COLUMNS",
     "admitted",
     "audit_entry",
     "audit_values",
@@ -31,9 +38,15 @@ __all__ = [
     "issuance_due_at",
     "issuance_error",
     "parse_cursor",
+    "resealed",
+    "seal_body",
+    "seal_json",
     "submission",
     "submission_values",
 ]
+
+#: The columns a `Sealer` seals.
+SEALED_COLUMNS = ("body", "response", "result", "issuance")
 
 #: The submission columns, in the order `submission_values` gives and `submission` reads them.
 COLUMNS = (
@@ -47,8 +60,41 @@ COLUMNS = (
 AUDIT_COLUMNS = "actor, role, action, submission_ids, reason, details"
 
 
-def submission_values(s: Submission) -> tuple[Any, ...]:
-    """`s` as the values of `COLUMNS`."""
+def seal_body(sealer: Sealer, submission_id: str, body: bytes) -> bytes:
+    """The body as stored for the submission `submission_id`."""
+    return sealer.seal(body, f"{submission_id}/body")
+
+
+def seal_json(sealer: Sealer, submission_id: str, column: str, value: Any) -> str:
+    """`value` as JSON text as stored in `column` of the submission `submission_id`."""
+    return sealer.seal_text(json.dumps(value, ensure_ascii=False), f"{submission_id}/{column}")
+
+
+def _open_json(sealer: Sealer, submission_id: str, column: str, stored: str | None) -> Any:
+    if not stored:
+        return None
+    return json.loads(sealer.open_text(stored, f"{submission_id}/{column}"))
+
+
+def resealed(sealer: Sealer, row: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The sealed columns of a row of `id, SEALED_COLUMNS` re-sealed under the current key,
+    in that order; None when every one is under it already."""
+    sid, body, *texts = row
+    body = bytes(body)
+    if sealer.is_current(body) and all(sealer.is_current(text) for text in texts):
+        return None
+    new_body = sealer.seal(sealer.open(body, f"{sid}/body"), f"{sid}/body")
+    new_texts = [
+        None
+        if text is None
+        else sealer.seal_text(sealer.open_text(text, f"{sid}/{column}"), f"{sid}/{column}")
+        for column, text in zip(SEALED_COLUMNS[1:], texts, strict=True)
+    ]
+    return (new_body, *new_texts)
+
+
+def submission_values(s: Submission, sealer: Sealer) -> tuple[Any, ...]:
+    """`s` as the values of `COLUMNS`, sealed by `sealer`."""
     return (
         s.id,
         s.tenant,
@@ -61,7 +107,7 @@ def submission_values(s: Submission) -> tuple[Any, ...]:
         s.path,
         json.dumps(s.query),
         json.dumps(s.headers, ensure_ascii=False),
-        s.body,
+        seal_body(sealer, s.id, s.body),
         s.request_id,
         s.state.value,
         s.acknowledged,
@@ -69,8 +115,8 @@ def submission_values(s: Submission) -> tuple[Any, ...]:
         s.maybe_sent,
         s.last_error_class,
         s.last_error,
-        json.dumps(s.response.to_json(), ensure_ascii=False) if s.response else None,
-        json.dumps(s.result, ensure_ascii=False) if s.result is not None else None,
+        seal_json(sealer, s.id, "response", s.response.to_json()) if s.response else None,
+        seal_json(sealer, s.id, "result", s.result) if s.result is not None else None,
         s.created_at,
         s.updated_at,
         s.next_attempt_at,
@@ -79,14 +125,18 @@ def submission_values(s: Submission) -> tuple[Any, ...]:
         s.fence,
         s.delivered_at,
         s.age_from,
-        json.dumps(s.issuance.to_json(), ensure_ascii=False) if s.issuance else None,
+        seal_json(sealer, s.id, "issuance", s.issuance.to_json()) if s.issuance else None,
         s.issuance.outcome.value if s.issuance else None,
         issuance_due_at(s),
     )
 
 
-def submission(row: Sequence[Any]) -> Submission:
-    """The submission a row of `COLUMNS` holds."""
+def submission(row: Sequence[Any], sealer: Sealer) -> Submission:
+    """The submission a row of `COLUMNS` holds, opened by `sealer` (`SealingError` when a
+    value is sealed under a key it lacks)."""
+    sid = row[0]
+    response = _open_json(sealer, sid, "response", row[19])
+    issuance = _open_json(sealer, sid, "issuance", row[29])
     return Submission(
         id=row[0],
         tenant=row[1],
@@ -99,7 +149,7 @@ def submission(row: Sequence[Any]) -> Submission:
         path=row[8],
         query=tuple((str(k), str(v)) for k, v in json.loads(row[9])),
         headers=tuple((str(k), str(v)) for k, v in json.loads(row[10])),
-        body=bytes(row[11]),
+        body=sealer.open(bytes(row[11]), f"{sid}/body"),
         request_id=row[12],
         state=SubmissionState(row[13]),
         acknowledged=bool(row[14]),
@@ -107,8 +157,8 @@ def submission(row: Sequence[Any]) -> Submission:
         maybe_sent=bool(row[16]),
         last_error_class=row[17],
         last_error=row[18],
-        response=StoredResponse.from_json(json.loads(row[19])) if row[19] else None,
-        result=json.loads(row[20]) if row[20] else None,
+        response=StoredResponse.from_json(response) if response is not None else None,
+        result=_open_json(sealer, sid, "result", row[20]),
         created_at=row[21],
         updated_at=row[22],
         next_attempt_at=row[23],
@@ -117,7 +167,7 @@ def submission(row: Sequence[Any]) -> Submission:
         fence=int(row[26]),
         delivered_at=row[27],
         age_from=row[28],
-        issuance=Issuance.from_json(json.loads(row[29])) if row[29] else None,
+        issuance=Issuance.from_json(issuance) if issuance is not None else None,
     )
 
 

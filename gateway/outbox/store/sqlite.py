@@ -19,8 +19,10 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import StoreError
+from gateway.outbox.store import rows as row_mapping
 from gateway.outbox.store.group_commit import CommitStats, GroupCommitter
-from gateway.outbox.store.protocol import Admission, OutboxCounts
+from gateway.outbox.store.protocol import Admission, OutboxCounts, Resealed
+from gateway.outbox.store.sealing import Sealer
 from gateway.outbox.submissions import (
     UNRESOLVED_STATES,
     AuditEntry,
@@ -28,7 +30,6 @@ from gateway.outbox.submissions import (
     IssuanceCheck,
     NewSubmission,
     Page,
-    StoredResponse,
     Submission,
     SubmissionQuery,
     SubmissionState,
@@ -146,7 +147,9 @@ class SqliteStore:
         reader: aiosqlite.Connection,
         path: Path,
         committer: GroupCommitter,
+        sealer: Sealer | None = None,
     ) -> None:
+        self._sealer = sealer or Sealer()
         self._db = writer
         self._reader = reader
         self.path = path
@@ -154,6 +157,21 @@ class SqliteStore:
         #: The tenant served last by `claim_due`: the next claim's turns start after it.
         self._turn: str | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- rows -----------------------------------------------------------------------------
+
+    def _row(self, s: Submission) -> tuple[Any, ...]:
+        return row_mapping.submission_values(s, self._sealer)
+
+    def _submission(self, row: Sequence[Any]) -> Submission:
+        return row_mapping.submission(row, self._sealer)
+
+    async def _fetch_one(
+        self, db: aiosqlite.Connection, sql: str, params: Sequence[Any]
+    ) -> Submission | None:
+        async with db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return self._submission(row) if row else None
 
     @property
     def commit_stats(self) -> CommitStats:
@@ -173,6 +191,7 @@ class SqliteStore:
         commit_window: float = 0.001,
         batch_cap: int = 256,
         migrate: bool = True,
+        sealer: Sealer | None = None,
     ) -> SqliteStore:
         path = Path(path)
         try:
@@ -201,7 +220,7 @@ class SqliteStore:
             writer, enabled=group_commit, window=commit_window, batch_cap=batch_cap
         )
         committer.start()
-        return cls(writer, reader, path, committer)
+        return cls(writer, reader, path, committer, sealer)
 
     async def close(self) -> None:
         await self._committer.close()
@@ -230,6 +249,54 @@ class SqliteStore:
     def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
         # One process per file: a lock of this process is everyone's.
         return self._locks.setdefault(name, asyncio.Lock())
+
+    # -- encryption at rest ---------------------------------------------------------------
+
+    async def key_usage(self) -> dict[str, int]:
+        try:
+            async with self._reader.execute(_KEY_USAGE) as cursor:
+                rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot read which keys seal the store") from exc
+        usage: dict[str, int] = {}
+        for kid, count in rows:
+            usage[str(kid).lower()] = usage.get(str(kid).lower(), 0) + int(count)
+        return usage
+
+    async def reseal(self, *, after: str | None, limit: int) -> Resealed:
+        start = _parse_cursor(after) or 0
+
+        async def write(db: aiosqlite.Connection) -> Resealed:
+            async with db.execute(
+                "SELECT seq, id, body, response, result, issuance FROM submission "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (start, limit),
+            ) as cursor:
+                found = list(await cursor.fetchall())
+            done = changed = 0
+            for row in found:
+                new = row_mapping.resealed(self._sealer, row[1:])
+                if new is None:
+                    continue
+                cursor = await db.execute(
+                    "UPDATE submission SET body = ?, response = ?, result = ?, issuance = ? "
+                    "WHERE id = ? AND body = ? AND response IS ? AND result IS ? "
+                    "AND issuance IS ?",
+                    (*new, *row[1:]),
+                )
+                if cursor.rowcount:
+                    done += 1
+                else:
+                    changed += 1
+            more = len(found) == limit
+            return Resealed(
+                checked=len(found),
+                resealed=done,
+                changed=changed,
+                cursor=f"s{found[-1][0]}" if more and found else None,
+            )
+
+        return await self._committer.submit(write)
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -278,7 +345,7 @@ class SqliteStore:
     ) -> Admission:
         async def write(db: aiosqlite.Connection) -> Admission:
             if new.idempotency_key is not None:
-                existing = await _fetch_one(
+                existing = await self._fetch_one(
                     db,
                     f"SELECT {_COLUMNS} FROM submission "
                     "WHERE tenant = ? AND operation = ? AND idempotency_key = ?",
@@ -319,7 +386,7 @@ class SqliteStore:
             )
             await db.execute(
                 f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
-                _row(submission),
+                self._row(submission),
             )
             return Admission(submission, created=True)
 
@@ -367,10 +434,14 @@ class SqliteStore:
                 params["error"] = change.error
             if change.response is not None:
                 sets.append("response = :response")
-                params["response"] = json.dumps(change.response.to_json(), ensure_ascii=False)
+                params["response"] = row_mapping.seal_json(
+                    self._sealer, submission_id, "response", change.response.to_json()
+                )
             if change.result is not None:
                 sets.append("result = :result")
-                params["result"] = json.dumps(change.result, ensure_ascii=False)
+                params["result"] = row_mapping.seal_json(
+                    self._sealer, submission_id, "result", change.result
+                )
             if change.state is SubmissionState.DELIVERED:
                 # Each delivery starts an issuance of its own, to be followed from now on.
                 sets += [
@@ -383,7 +454,7 @@ class SqliteStore:
                 sets.append("age_from = :now")
             if change.body is not None:
                 sets.append("body = :body")
-                params["body"] = change.body
+                params["body"] = row_mapping.seal_body(self._sealer, submission_id, change.body)
             if audit is not None:
                 sets.append("fence = fence + 1")  # whoever held it before cannot write now
             cursor = await db.execute(
@@ -394,7 +465,7 @@ class SqliteStore:
                 return None
             if audit is not None:
                 await _insert_audit(db, audit, now)
-            return await _fetch_one(
+            return await self._fetch_one(
                 db, f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,)
             )
 
@@ -416,7 +487,7 @@ class SqliteStore:
             async with db.execute(
                 f"SELECT {_COLUMNS} FROM submission WHERE seq IN ({marks}) ORDER BY seq", seqs
             ) as cursor:
-                return [_submission(row) for row in await cursor.fetchall()]
+                return [self._submission(row) for row in await cursor.fetchall()]
 
         return await self._committer.submit(write)
 
@@ -457,7 +528,7 @@ class SqliteStore:
 
     async def get(self, submission_id: str) -> Submission | None:
         try:
-            return await _fetch_one(
+            return await self._fetch_one(
                 self._reader, f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,)
             )
         except sqlite3.Error as exc:
@@ -517,7 +588,7 @@ class SqliteStore:
                 "ORDER BY issuance_due_at, seq LIMIT ?",
                 (*operations, now, limit),
             ) as cursor:
-                return [_submission(row) for row in await cursor.fetchall()]
+                return [self._submission(row) for row in await cursor.fetchall()]
         except sqlite3.Error as exc:
             raise _translate(exc, "cannot read the invoices being issued") from exc
 
@@ -539,7 +610,9 @@ class SqliteStore:
                     "last_error = CASE WHEN :failed THEN :error ELSE last_error END "
                     "WHERE id = :id AND fence = :fence AND state = 'delivered'",
                     {
-                        "issuance": json.dumps(issuance.to_json(), ensure_ascii=False),
+                        "issuance": row_mapping.seal_json(
+                            self._sealer, check.submission_id, "issuance", issuance.to_json()
+                        ),
                         "outcome": issuance.outcome.value,
                         "due": check.next_check_at,
                         "failed": int(failed),
@@ -551,7 +624,7 @@ class SqliteStore:
                     },
                 )
                 if cursor.rowcount:
-                    row = await _fetch_one(
+                    row = await self._fetch_one(
                         db,
                         f"SELECT {_COLUMNS} FROM submission WHERE id = ?",
                         (check.submission_id,),
@@ -580,7 +653,7 @@ class SqliteStore:
             raise _translate(exc, "cannot list submissions") from exc
         more = len(found) > limit
         found = found[:limit]
-        items = tuple(_submission(row[1:]) for row in found)
+        items = tuple(self._submission(row[1:]) for row in found)
         return Page(items=items, next_cursor=f"s{found[-1][0]}" if more and found else None)
 
     async def count(self, query: SubmissionQuery) -> int:
@@ -610,7 +683,7 @@ class SqliteStore:
             if not batch:
                 return
             for row in batch:
-                yield _submission(row[1:])
+                yield self._submission(row[1:])
             after = int(batch[-1][0])
 
     async def import_rows(self, rows: Sequence[Submission], *, audit: AuditEntry) -> int:
@@ -622,7 +695,7 @@ class SqliteStore:
                     )
             await db.executemany(
                 f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
-                [_row(submission) for submission in rows],
+                [self._row(submission) for submission in rows],
             )
             await _insert_audit(db, audit, time.time())
             return len(rows)
@@ -640,7 +713,7 @@ class SqliteStore:
                         continue
                 await db.execute(
                     f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
-                    _row(submission),
+                    self._row(submission),
                 )
                 stored += 1
             return stored
@@ -684,6 +757,19 @@ class SqliteStore:
         more = len(found) > limit
         found = found[:limit]
         return found, (f"s{found[-1].seq}" if more and found else None)
+
+
+#: Stored values sealed under each key id (`gateway.outbox.store.sealing` formats).
+_KEY_USAGE = """
+    SELECT lower(hex(substr(body, 5, 8))), count(*) FROM submission
+        WHERE substr(body, 1, 4) = x'00677731' GROUP BY 1
+    UNION ALL SELECT substr(response, 11, 16), count(*) FROM submission
+        WHERE substr(response, 1, 10) = 'gwsealed1:' GROUP BY 1
+    UNION ALL SELECT substr(result, 11, 16), count(*) FROM submission
+        WHERE substr(result, 1, 10) = 'gwsealed1:' GROUP BY 1
+    UNION ALL SELECT substr(issuance, 11, 16), count(*) FROM submission
+        WHERE substr(issuance, 1, 10) = 'gwsealed1:' GROUP BY 1
+"""
 
 
 def _where(query: SubmissionQuery) -> tuple[str, list[Any]]:
@@ -852,83 +938,3 @@ async def _migrate(db: aiosqlite.Connection, path: Path, *, apply: bool) -> None
     except BaseException:
         await db.execute("ROLLBACK")
         raise
-
-
-def _row(s: Submission) -> tuple[Any, ...]:
-    return (
-        s.id,
-        s.tenant,
-        s.operation,
-        s.idempotency_key,
-        s.fingerprint,
-        s.business_key,
-        s.ordering_key,
-        s.method,
-        s.path,
-        json.dumps(s.query),
-        json.dumps(s.headers, ensure_ascii=False),
-        s.body,
-        s.request_id,
-        s.state.value,
-        int(s.acknowledged),
-        s.attempts,
-        int(s.maybe_sent),
-        s.last_error_class,
-        s.last_error,
-        json.dumps(s.response.to_json(), ensure_ascii=False) if s.response else None,
-        json.dumps(s.result, ensure_ascii=False) if s.result is not None else None,
-        s.created_at,
-        s.updated_at,
-        s.next_attempt_at,
-        s.lease_owner,
-        s.lease_expires_at,
-        s.fence,
-        s.delivered_at,
-        s.age_from,
-        json.dumps(s.issuance.to_json(), ensure_ascii=False) if s.issuance else None,
-        s.issuance.outcome.value if s.issuance else None,
-        _issuance_due_at(s),
-    )
-
-
-def _submission(row: Sequence[Any]) -> Submission:
-    return Submission(
-        id=row[0],
-        tenant=row[1],
-        operation=row[2],
-        idempotency_key=row[3],
-        fingerprint=row[4],
-        business_key=row[5],
-        ordering_key=row[6],
-        method=row[7],
-        path=row[8],
-        query=tuple((str(k), str(v)) for k, v in json.loads(row[9])),
-        headers=tuple((str(k), str(v)) for k, v in json.loads(row[10])),
-        body=bytes(row[11]),
-        request_id=row[12],
-        state=SubmissionState(row[13]),
-        acknowledged=bool(row[14]),
-        attempts=int(row[15]),
-        maybe_sent=bool(row[16]),
-        last_error_class=row[17],
-        last_error=row[18],
-        response=StoredResponse.from_json(json.loads(row[19])) if row[19] else None,
-        result=json.loads(row[20]) if row[20] else None,
-        created_at=row[21],
-        updated_at=row[22],
-        next_attempt_at=row[23],
-        lease_owner=row[24],
-        lease_expires_at=row[25],
-        fence=int(row[26]),
-        delivered_at=row[27],
-        age_from=row[28],
-        issuance=Issuance.from_json(json.loads(row[29])) if row[29] else None,
-    )
-
-
-async def _fetch_one(
-    db: aiosqlite.Connection, sql: str, params: Sequence[Any]
-) -> Submission | None:
-    async with db.execute(sql, params) as cursor:
-        row = await cursor.fetchone()
-    return _submission(row) if row else None
