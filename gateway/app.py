@@ -17,11 +17,13 @@ import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client import Counter
 
 from gateway import __version__
 from gateway.clock import Clock, DatabaseClock, Periodic, SteadyClock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.edge.intake import STATUS_PATH, Intake
+from gateway.edge.limits import TenantLimiter
 from gateway.edge.listener import GatedTCPSite, runner_args
 from gateway.edge.proxy import Proxy
 from gateway.edge.tenants import TenantDirectory
@@ -88,6 +90,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
     follower: IssuanceFollower | None = None
     sampler: OutboxSampler | None = None
     status_page: StatusPage | None = None
+    tenants: TenantDirectory | None = None
     try:
         auth = build_auth(
             upstream_config.auth,
@@ -166,8 +169,23 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
                 for op in config.operations
             },
         )
+        # Managed tenant keys live in the store: read now, then every few seconds.
+        tenants = TenantDirectory(config.tenants, keys=store, clock=clock)
+        await tenants.refresh()
+        limited = Counter(
+            "gateway_tenant_limited_total",
+            "Requests refused because their tenant was over one of its limits.",
+            ["tenant", "limit"],
+            registry=metrics.registry,
+        )
         proxy = Proxy(
-            tenants=TenantDirectory(config.tenants),
+            tenants=tenants,
+            limits=TenantLimiter(
+                config.tenants,
+                config.limits.tenant,
+                clock,
+                lambda tenant, limit: limited.labels(tenant, limit).inc(),
+            ),
             classifier=Classifier.from_config(config.operations, unmatched=config.unmatched),
             pipeline=pipeline,
             intake=intake,
@@ -177,6 +195,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             read_timeout=config.limits.read_timeout,
             observer=metrics,
         )
+        tenants.start()
         if probe is not None:
             probe.start()
         if resync is not None:
@@ -228,6 +247,8 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             await dispatcher.stop()
         if probe is not None:
             await probe.stop()
+        if tenants is not None:
+            await tenants.stop()
         if resync is not None:
             await resync.stop()
         if wakeups is not None:

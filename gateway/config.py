@@ -7,7 +7,6 @@ Secrets are never literal in the file: `{env: NAME}` or `{file: PATH}`.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import re
 from collections.abc import Hashable, Mapping
@@ -28,6 +27,7 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 from gateway.jsonpointer import JsonPointer
+from gateway.keyhash import parse_key_hash
 from gateway.quantities import parse_duration
 
 #: Environment variables that override the file, and the key each one sets.
@@ -150,28 +150,48 @@ class TenantUpstreamConfig(_Model):
         return value
 
 
+class TenantLimitsConfig(_Model):
+    """Limits on one tenant's requests; over them it gets `429` with `Retry-After`."""
+
+    #: Requests per second on average (token bucket); unset: no rate limit.
+    rate: float | None = Field(default=None, gt=0)
+    #: Requests at once above the average rate (the bucket's size); default: `rate`, at least 1.
+    burst: int | None = Field(default=None, ge=1)
+    #: Requests of this tenant being served at once; unset: no limit.
+    concurrency: int | None = Field(default=None, ge=1, le=100_000)
+
+
 class TenantConfig(_Model):
-    """A client of the gateway, identified by the API key it sends in `X-Api-Key`."""
+    """A client of the gateway, identified by the API key it sends in `X-Api-Key`.
+
+    At most one key here: `api_key` (a secret reference, hashed at start), `api_key_hash` (a
+    salted hash, `scrypt$…` or `pbkdf2-sha256$…`) or the legacy unsalted `api_key_sha256`.
+    Keys managed with `invoice-gateway tenant` live in the store and are valid as well."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     api_key: SecretRef | None = None
+    api_key_hash: str | None = None
+    #: Legacy: an unsalted SHA-256 of the key; prefer `api_key_hash`.
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    #: This tenant's limits; unset: `limits.tenant`.
+    limits: TenantLimitsConfig | None = None
     #: The tenant's own identity at the platform (a merchant of a service-provider application);
     #: unset, its calls use `upstream.auth` (the gateway's own application).
     upstream: TenantUpstreamConfig | None = None
 
+    @field_validator("api_key_hash")
+    @classmethod
+    def _key_hash(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_key_hash(value)
+        return value
+
     @model_validator(mode="after")
     def _one_key(self) -> TenantConfig:
-        if (self.api_key is None) == (self.api_key_sha256 is None):
-            raise ValueError("give exactly one of 'api_key' or 'api_key_sha256'")
+        given = [self.api_key, self.api_key_hash, self.api_key_sha256]
+        if sum(key is not None for key in given) > 1:
+            raise ValueError("give at most one of 'api_key', 'api_key_hash' or 'api_key_sha256'")
         return self
-
-    def key_digest(self) -> str:
-        """SHA-256 of the tenant's key; the gateway keeps only this."""
-        if self.api_key_sha256 is not None:
-            return self.api_key_sha256
-        assert self.api_key is not None
-        return hashlib.sha256(self.api_key.value().encode()).hexdigest()
 
 
 class TokenCallsConfig(_Model):
@@ -704,6 +724,8 @@ class LimitsConfig(_Model):
     read_timeout: Seconds = 30.0
     #: Client connections open at once; one more is answered 503 and closed.
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    #: Every tenant's limits unless it has `tenants[].limits` of its own.
+    tenant: TenantLimitsConfig | None = None
 
 
 class LogConfig(_Model):

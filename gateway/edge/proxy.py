@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from gateway.edge.intake import Intake, check_idempotency_key
+from gateway.edge.limits import TenantLimited, TenantLimiter
 from gateway.edge.outcomes import OUTCOME, Exchange, respond
 from gateway.edge.problem import client_error, problem_response, store_unavailable
 from gateway.edge.tenants import API_KEY_HEADER, TenantDirectory
@@ -74,9 +75,11 @@ class Proxy:
         observer: ExchangeObserver,
         json_limits: JsonLimits | None = None,
         read_timeout: float | None = None,
+        limits: TenantLimiter | None = None,
     ) -> None:
         self._observer = observer
         self._tenants = tenants
+        self._limits = limits
         self._classifier = classifier
         self._pipeline = pipeline
         self._intake = intake
@@ -99,7 +102,7 @@ class Proxy:
             response = await self._serve(request, exchange)
         except ClientRequestError as exc:
             exchange.error_class = exc.slug
-            response = client_error(exc, exchange.request_id)
+            response = client_error(exc, exchange.request_id, headers=_retry_after(exc))
         except StoreError as exc:
             exchange.error_class = "store-unavailable"
             response = store_unavailable(
@@ -152,9 +155,18 @@ class Proxy:
         return response
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
-        exchange.tenant = self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
+        exchange.tenant = await self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
         # Every line logged for this request from here on names its tenant.
         structlog.contextvars.bind_contextvars(tenant=exchange.tenant)
+        if self._limits is None:
+            return await self._forward(request, exchange)
+        release = self._limits.acquire(exchange.tenant)
+        try:
+            return await self._forward(request, exchange)
+        finally:
+            release()
+
+    async def _forward(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         path, query = upstream_path(request.raw_path)
         lowered = {k.lower(): v for k, v in request.headers.items()}
         # The head first: an unknown operation (unmatched: reject) or a bad Idempotency-Key is
@@ -188,8 +200,9 @@ class Proxy:
     async def submission_status(self, request: web.Request) -> web.Response:
         """`GET /gateway/v1/submissions/{id}`: a tenant sees only its own submissions."""
         exchange = Exchange(request_id=request_id(request.headers))
+        tenant: str | None = None
         try:
-            tenant = self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
+            tenant = await self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
             submission = await self._store.get(request.match_info["id"])
             if submission is None or submission.tenant != tenant:
                 raise NotFound(
@@ -203,6 +216,15 @@ class Proxy:
         except ClientRequestError as exc:
             response = client_error(exc, exchange.request_id)
         response.headers[REQUEST_ID] = exchange.request_id
+        access_log.info(
+            "request",
+            request_id=exchange.request_id,
+            tenant=tenant,
+            operation="submission-status",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+        )
         return response
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -242,3 +264,9 @@ class Proxy:
                     f"{operation.name} needs a business key at {operation.business_key.text} "
                     "(a non-empty string or number); nothing was sent"
                 )
+
+
+def _retry_after(exc: ClientRequestError) -> dict[str, str] | None:
+    if isinstance(exc, TenantLimited):
+        return {"Retry-After": str(exc.retry_after)}
+    return None

@@ -36,6 +36,7 @@ SHARED = {
     "gateway.errors",
     "gateway.headers",
     "gateway.jsonpointer",
+    "gateway.keyhash",
     "gateway.operations",
     "gateway.quantities",
 }
