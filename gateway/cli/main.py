@@ -115,6 +115,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.oncall import configure_circuit, configure_outbox, configure_token
     from gateway.cli.store import configure_migrate, configure_store
+    from gateway.cli.tenant import configure_tenant
     from gateway.tools.bench import DESCRIPTION as BENCH_DESCRIPTION
     from gateway.tools.bench import configure_parser as configure_bench
     from gateway.tools.demo import configure_parser as configure_demo
@@ -197,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     configure_token(
         commands.add_parser(
             "token", help="the platform access token: status, refresh (after a quota refusal)"
+        )
+    )
+    configure_tenant(
+        commands.add_parser(
+            "tenant", help="managed tenant API keys: add, rotate-key, revoke, list, hash-key"
         )
     )
     configure_migrate(commands.add_parser("migrate", help="bring the store's schema up to date"))
