@@ -1,5 +1,6 @@
-"""`invoice-gateway migrate` and `invoice-gateway store copy`: the store itself, not through a
-running gateway (docs/postgresql.md).
+"""`invoice-gateway migrate`, `invoice-gateway store copy` and `invoice-gateway store
+rotate-key`: the store itself, not through a running gateway (docs/postgresql.md,
+docs/encryption.md).
 
 Both open stores directly by URL. The work of a copy is `gateway.outbox.store.copy`; this
 module parses, opens, shows progress (on stderr, as the on-call commands do) and prints.
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -24,8 +26,10 @@ from gateway.cli.oncall.client import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from gateway.cli.oncall.render import Output
 from gateway.config import CONFIG_PATH_ENV, OutboxConfig, StoreConfig, load_config
 from gateway.errors import ConfigError, GatewayError, StoreError
-from gateway.outbox.store import Store, is_postgres_url, masked_url, open_store
+from gateway.outbox.store import Store, is_postgres_url, masked_url, open_store, sealer_of
 from gateway.outbox.store.copy import DEFAULT_BATCH, CopyReport, copy_store
+from gateway.outbox.store.sealing import SealingError
+from gateway.outbox.submissions import SubmissionQuery
 from gateway.quantities import whole_number
 
 __all__ = ["configure_migrate", "configure_store"]
@@ -82,9 +86,28 @@ def configure_migrate(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_migrate)
 
 
+ROTATE_DESCRIPTION: Final = """\
+Re-encrypt under the current key every stored body and answer that is under another
+key, or in plaintext (docs/encryption.md): in batches, each one transaction that
+never overwrites a row a gateway changed meanwhile. Gateways may keep running:
+restart them first with the new key as current and the old one among the previous
+keys (store.encryption.previous_keys or $GATEWAY_ENCRYPTION_PREVIOUS_KEYS), then
+run this; once it reports nothing left under the old key, the old key can go.
+Interrupted, it is finished by running it again. With no current key configured,
+it decrypts everything (turning encryption off).
+
+The store and its keys: as for `migrate` (--store-url, else the configuration's
+store_url; keys from the configuration, else $GATEWAY_ENCRYPTION_KEY)."""
+#: Passes over the store at most: rows a gateway re-wrote under an old key during one
+#: pass are taken up by the next.
+ROTATE_PASSES: Final = 3
+#: Tries of one batch that fails (a lost connection, a deadlock with a gateway's write).
+BATCH_TRIES: Final = 3
+
+
 def configure_store(parser: argparse.ArgumentParser) -> None:
-    """The `store` group (`store copy`) on `parser`."""
-    _describe(parser, "Work on stores directly, with no gateway running on them.")
+    """The `store` group (`store copy`, `store rotate-key`) on `parser`."""
+    _describe(parser, "Work on stores directly, not through a running gateway.")
     commands = parser.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
     copy = commands.add_parser(
         "copy",
@@ -106,6 +129,24 @@ def configure_store(parser: argparse.ArgumentParser) -> None:
     )
     copy.add_argument("--json", action="store_true", help="the summary as one JSON line")
     copy.set_defaults(handler=cmd_copy)
+    rotate = commands.add_parser(
+        "rotate-key",
+        help="re-encrypt stored bodies and answers under the current key (gateways may run)",
+    )
+    _describe(rotate, ROTATE_DESCRIPTION)
+    rotate.add_argument("--config", metavar="PATH", help="configuration file (YAML)")
+    rotate.add_argument(
+        "--store-url", type=_store_url, metavar="URL", help="the store (default: the config's)"
+    )
+    rotate.add_argument(
+        "--batch",
+        type=whole_number(1, 10_000),
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"rows per transaction (default {DEFAULT_BATCH})",
+    )
+    rotate.add_argument("--json", action="store_true", help="the summary as one JSON line")
+    rotate.set_defaults(handler=cmd_rotate_key)
 
 
 def _describe(parser: argparse.ArgumentParser, description: str) -> None:
@@ -249,6 +290,122 @@ def _copy_view(summary: dict[str, Any], report: CopyReport) -> RenderableType:
     else:
         lines.append(Text("  verified     NO: see below", style="bold red"))
     return Group(*lines)
+
+
+# -- store rotate-key -------------------------------------------------------------------------
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    out = Output(json_mode=args.json)
+    try:
+        url, outbox, settings = _migrate_target(args)
+        current = sealer_of(settings, os.environ).current_id
+    except (ValueError, StoreError) as exc:
+        out.error(str(exc))
+        return EXIT_USAGE
+
+    async def rotate() -> dict[str, Any]:
+        store = await open_store(url, outbox, settings, migrate=False)
+        try:
+            return await _rotate(store, current, args.batch)
+        finally:
+            await store.close()
+
+    try:
+        summary = {"store": masked_url(url), **asyncio.run(rotate())}
+    except KeyboardInterrupt:
+        out.error("interrupted: run the same command again to re-encrypt the rest")
+        return EXIT_FAILURE
+    except GatewayError as exc:
+        out.error(_without_password(str(exc), url))
+        return EXIT_FAILURE
+    out.show(summary, lambda _: _rotate_view(summary))
+    if summary["left"]:
+        left = ", ".join(f"{kid} {n}" for kid, n in summary["left"].items())
+        out.error(
+            f"values are still under other keys ({left}): a gateway still seals with an old "
+            "current key? Restart it with the new key, then run this again"
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _rotate(store: Store, current: str | None, batch: int) -> dict[str, Any]:
+    """Re-seal every row, pass after pass while a gateway's writes left some behind."""
+    before = await store.key_usage()
+    total = await store.count(SubmissionQuery())
+    checked = resealed = changed = 0
+    for number in range(1, ROTATE_PASSES + 1):
+        cursor: str | None = None
+        seen = changed_now = 0
+        while True:
+            done = await _reseal_batch(store, cursor, batch)
+            seen += done.checked
+            resealed += done.resealed
+            changed_now += done.changed
+            _progress(
+                f"pass {number}: {seen}/{max(total, seen)} rows checked, "
+                f"{resealed} re-encrypted under {current or 'no key (plaintext)'}"
+            )
+            if done.cursor is None:
+                break
+            cursor = done.cursor
+        checked += seen
+        changed += changed_now
+        usage = await store.key_usage()
+        if not changed_now and not _left(usage, current):
+            break
+    after = await store.key_usage()
+    return {
+        "current_key": current,
+        "rows": total,
+        "checked": checked,
+        "resealed": resealed,
+        "changed_meanwhile": changed,
+        "before": before,
+        "after": after,
+        "left": _left(after, current),
+    }
+
+
+async def _reseal_batch(store: Store, cursor: str | None, batch: int) -> Any:
+    for attempt in range(1, BATCH_TRIES + 1):
+        try:
+            return await store.reseal(after=cursor, limit=batch)
+        except SealingError:
+            raise
+        except StoreError as exc:
+            if attempt == BATCH_TRIES:
+                raise
+            _progress(f"batch failed ({exc}); trying again")
+            await asyncio.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _left(usage: dict[str, int], current: str | None) -> dict[str, int]:
+    return {kid: n for kid, n in sorted(usage.items()) if kid != current}
+
+
+def _progress(message: str) -> None:
+    sys.stderr.write(f"invoice-gateway store rotate-key: {message}\n")
+    sys.stderr.flush()
+
+
+def _rotate_view(summary: dict[str, Any]) -> RenderableType:
+    def usage(counts: dict[str, int]) -> str:
+        return ", ".join(f"{kid} {n}" for kid, n in counts.items()) or "none (plaintext)"
+
+    current = summary["current_key"] or "none: values are stored in plaintext"
+    return Group(
+        Text(f"re-encrypted {summary['store']}", style="bold"),
+        Text(f"  current key  {current}"),
+        Text(
+            f"  rows         {summary['rows']}: {summary['resealed']} re-encrypted, "
+            f"{summary['changed_meanwhile']} changed by a gateway meanwhile"
+        ),
+        Text(f"  before       values by key id: {usage(summary['before'])}"),
+        Text(f"  after        values by key id: {usage(summary['after'])}"),
+    )
 
 
 # -- shared -----------------------------------------------------------------------------------

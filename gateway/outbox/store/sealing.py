@@ -211,10 +211,10 @@ class Sealer:
         if not unknown:
             return
         if not self._keys:
-            hint = f"set {KEY_ENV} (or store.encryption.key) to the key they were sealed with"
+            hint = f"Set {KEY_ENV} (or store.encryption.key) to the key they were sealed with"
         else:
             hint = (
-                "configure that key as the current key or in store.encryption.previous_keys "
+                "Configure that key as the current key or in store.encryption.previous_keys "
                 f"(or {PREVIOUS_KEYS_ENV})"
             )
         configured = ", ".join(sorted(self._keys)) or "none"
