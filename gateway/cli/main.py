@@ -207,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configure_migrate(commands.add_parser("migrate", help="bring the store's schema up to date"))
     configure_store(
-        commands.add_parser("store", help="the store itself: copy (e.g. SQLite to PostgreSQL)")
+        commands.add_parser(
+            "store",
+            help="the store itself: copy (e.g. SQLite to PostgreSQL), rotate-key (encryption)",
+        )
     )
     return parser
 
