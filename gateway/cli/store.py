@@ -63,6 +63,11 @@ command cannot tell whether a gateway is running.
 An interrupted copy is finished by running the same command again: what the target
 holds already is left alone and counted as already there.
 
+Encrypted stores (docs/encryption.md): both stores are opened with the keys in
+$GATEWAY_ENCRYPTION_KEY and $GATEWAY_ENCRYPTION_PREVIOUS_KEYS; rows are decrypted
+with the source's keys and written encrypted under the current key (in plaintext
+if none is set).
+
 URLs: sqlite:///PATH (the embedded store's file) or postgresql://USER@HOST:PORT/DB
 (a password in the URL is never shown)."""
 

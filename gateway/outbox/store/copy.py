@@ -8,6 +8,10 @@ that was interrupted is finished by running it again.
 
 The copy ends with `verify`: every source submission must be in the target, in the same state.
 The source must not change while it runs: stop the gateway (every replica) first.
+
+Encrypted stores (docs/encryption.md): rows travel as `Submission`s, opened by the source's
+sealer and sealed again by the target's, so the target holds them under its own current key
+(or in plaintext, if it has none), whatever keys the source used.
 """
 
 from __future__ import annotations
