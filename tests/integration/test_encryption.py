@@ -22,11 +22,15 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.outbox.store import open_store
 from gateway.outbox.store.sealing import KEY_ENV, PREVIOUS_KEYS_ENV, key_id, new_key
+from gateway.outbox.submissions import SubmissionQuery
 from tests.integration.test_core_gateway import ISSUE, invoice
 from tests.integration.test_outbox import OVERRIDES, serial_of, wait_delivered
 from tests.support.harness import Gateway, Simulator
+from tests.support.postgres import scratch_database_sync, server_url
 from tests.support.processes import ROOT, base_env, gateway_command
+from tests.support.submissions import NOW, admit, new_submission
 
 SUBMISSIONS = 6
 
@@ -178,3 +182,58 @@ def _with_key_file(config_text: str, path: Path) -> str:
     config: dict[str, Any] = yaml.safe_load(config_text)
     config.setdefault("store", {})["encryption"] = {"key_file": str(path)}
     return yaml.safe_dump(config, allow_unicode=True)
+
+
+def test_store_copy_moves_encrypted_rows_under_the_current_key(tmp_path: Path) -> None:
+    """`store copy` of an encrypted SQLite store into PostgreSQL, given the source's old key
+    as previous and a new current key: the target holds the rows, readable, under the new key
+    only, with no buyer data in its bytes."""
+    old, new = new_key(), new_key()
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    bodies = [secret_invoice() for _ in range(3)]
+    asyncio.run(_fill(source, bodies, {KEY_ENV: old}))
+    server_url()
+    with scratch_database_sync("encrypted_copy") as target:
+        copied = run(
+            "store",
+            "copy",
+            "--from",
+            source,
+            "--to",
+            target,
+            "--json",
+            env={KEY_ENV: new, PREVIOUS_KEYS_ENV: old},
+        )
+        assert 0 == copied.returncode, copied.stderr
+        raw = stored_bytes(target)
+        for body in bodies:
+            for field in ("buyerTaxNum", "buyerPhone"):
+                assert body["order"][field].encode() not in raw
+        usage, read = asyncio.run(_read(target, {KEY_ENV: new}))
+        assert set(usage) == {kid(new)}
+        assert [json.loads(b) for b in read] == bodies
+
+
+def secret_invoice() -> dict[str, Any]:
+    body = invoice()
+    body["order"]["buyerPhone"] = phone()
+    return body
+
+
+async def _fill(url: str, bodies: list[dict[str, Any]], environ: dict[str, str]) -> None:
+    store = await open_store(url, environ=environ)
+    try:
+        for n, body in enumerate(bodies):
+            raw = json.dumps(body, ensure_ascii=False).encode()
+            await admit(store, new_submission(f"K-{n}", body=raw), queue=True, now=NOW + n)
+    finally:
+        await store.close()
+
+
+async def _read(url: str, environ: dict[str, str]) -> tuple[dict[str, int], list[bytes]]:
+    store = await open_store(url, environ=environ)
+    try:
+        rows = [row.body async for row in store.stream(SubmissionQuery())]
+        return await store.key_usage(), rows
+    finally:
+        await store.close()
