@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.support.harness import Gateway, Simulator
+from tests.support.postgres import scratch_database_sync, server_url
 from tests.support.processes import (
     OTHER_TENANT_KEY,
     ROOT,
@@ -215,3 +216,27 @@ def test_one_tenant_over_its_limit_while_another_is_served(gw: Gateway) -> None:
     assert 200 == status
     text = metrics if isinstance(metrics, str) else ""
     assert 'gateway_tenant_limited_total{limit="rate",tenant="acme"}' in text
+
+
+def test_managed_keys_reach_every_replica(tmp_path: Path, sim: Simulator) -> None:
+    """Two replicas on one PostgreSQL store: a key added with the CLI works on both at once; a
+    revocation is refused by both within seconds (each re-reads the key rows every 5 s)."""
+    server_url()  # outside any event loop, before `scratch_database_sync` runs one
+    with scratch_database_sync("tenants") as url:
+        overrides = {**OVERRIDES, "store_url": url}
+        with (
+            Gateway.start(tmp_path / "a", sim.url, overrides=overrides, env=ENV) as one,
+            Gateway.start(tmp_path / "b", sim.url, overrides=overrides, env=ENV) as two,
+        ):
+            key = new_key(one, "add", "beta")["api_key"]
+            for replica in (one, two):
+                wait_until(lambda r=replica: read(r, key)[0] == 200, timeout=5, what="the key")
+            # Both replicas have verified (and cached) the key: the revocation must still win.
+            assert 0 == tenant_cli(two, "revoke", "beta").returncode
+            for replica in (one, two):
+                wait_until(
+                    lambda r=replica: read(r, key)[0] == 401,
+                    timeout=10,
+                    interval=0.25,
+                    what="the revocation to reach the replica",
+                )
