@@ -45,14 +45,9 @@ ENV = {"IT_TENANT_OPERATOR": OPERATOR_TOKEN}
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Simulator]:
-    with Simulator.start(tmp_path / "sim") as simulator:
-        yield simulator
-
-
-@pytest.fixture
-def gw(tmp_path: Path, sim: Simulator) -> Iterator[Gateway]:
-    with Gateway.start(tmp_path / "gw", sim.url, overrides=OVERRIDES, env=ENV) as gateway:
+def gw(tmp_path: Path, simulator: Simulator) -> Iterator[Gateway]:
+    """A gateway whose tenants are demo, acme (rate-limited) and beta (managed keys only)."""
+    with Gateway.start(tmp_path / "gw", simulator.url, overrides=OVERRIDES, env=ENV) as gateway:
         yield gateway
 
 
@@ -218,15 +213,15 @@ def test_one_tenant_over_its_limit_while_another_is_served(gw: Gateway) -> None:
     assert 'gateway_tenant_limited_total{limit="rate",tenant="acme"}' in text
 
 
-def test_managed_keys_reach_every_replica(tmp_path: Path, sim: Simulator) -> None:
+def test_managed_keys_reach_every_replica(tmp_path: Path, simulator: Simulator) -> None:
     """Two replicas on one PostgreSQL store: a key added with the CLI works on both at once; a
     revocation is refused by both within seconds (each re-reads the key rows every 5 s)."""
     server_url()  # outside any event loop, before `scratch_database_sync` runs one
     with scratch_database_sync("tenants") as url:
         overrides = {**OVERRIDES, "store_url": url}
         with (
-            Gateway.start(tmp_path / "a", sim.url, overrides=overrides, env=ENV) as one,
-            Gateway.start(tmp_path / "b", sim.url, overrides=overrides, env=ENV) as two,
+            Gateway.start(tmp_path / "a", simulator.url, overrides=overrides, env=ENV) as one,
+            Gateway.start(tmp_path / "b", simulator.url, overrides=overrides, env=ENV) as two,
         ):
             key = new_key(one, "add", "beta")["api_key"]
             for replica in (one, two):
