@@ -237,6 +237,11 @@ class TenantDirectory:
                 self._fast.append((bytes.fromhex(tenant.api_key_sha256), True, tenant.id))
             elif tenant.api_key_hash is not None:
                 self._slow.append((parse_key_hash(tenant.api_key_hash), tenant.id))
+            elif keys is not None:
+                log.info(
+                    "tenant has no key in the configuration: only its managed keys are valid",
+                    tenant=tenant.id,
+                )
         self._managed: dict[str, ManagedKey] = {}
         self._version = ""
         self._verified = _Bounded(cache_size)
@@ -276,6 +281,12 @@ class TenantDirectory:
             usable = {k.key_id: k for k in found if k.tenant in self._tenants}
             version = json.dumps([k.to_json(0) for k in usable.values()], sort_keys=True)
             if version != self._version:
+                now = self._clock.wall()
+                log.info(
+                    "managed tenant keys read",
+                    active=sum(k.active(now) for k in usable.values()),
+                    total=len(usable),
+                )
                 self._managed = usable
                 self._version = version
                 self._refused.clear()
