@@ -1,4 +1,8 @@
-"""Errors the gateway itself produces, as `application/problem+json` (RFC 9457)."""
+"""Errors the gateway itself produces, as `application/problem+json` (RFC 9457).
+
+A problem's detail may echo what the client sent (a value, a key, a line of an import): it is
+masked like a log line (`gateway.sensitive`), so a problem never shows personal data whole.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import ClientRequestError, StoreError
+from gateway.sensitive import ECHO_MASKER
 
 PROBLEM_TYPE_BASE = "urn:invoice-gateway:problem:"
 CONTENT_TYPE = "application/problem+json"
@@ -24,16 +29,17 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    """A problem+json response; `slug` names the problem type (docs/problems.md lists them)."""
+    """A problem+json response; `slug` names the problem type (docs/problems.md lists them).
+    `detail` and `extra` are masked (sensitive fields by name, other text by shape)."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + slug,
         "title": title,
         "status": status,
-        "detail": detail,
+        "detail": ECHO_MASKER(detail),
         "request_id": request_id,
     }
     if extra:
-        body.update(extra)
+        body.update(ECHO_MASKER.document(dict(extra)))
     return web.Response(
         status=status,
         body=json.dumps(body, ensure_ascii=False).encode(),

@@ -16,7 +16,7 @@ from typing import Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from gateway.ops.masking import TextMasker
+from gateway.sensitive import TextMasker
 
 
 class MaskSensitive:

@@ -319,10 +319,15 @@ class OnCall:
         job.cancel()
         return job
 
-    async def export(self, query: SubmissionQuery) -> AsyncIterator[bytes]:
-        """JSON Lines, one submission per line, every field (a backup a business can keep)."""
+    async def export(
+        self,
+        query: SubmissionQuery,
+        view: Callable[[Submission], dict[str, Any]] = Submission.to_record,
+    ) -> AsyncIterator[bytes]:
+        """JSON Lines, one submission per line as `view` shows it; by default every field (a
+        backup a business can keep)."""
         async for submission in self._store.stream(query):
-            yield json.dumps(submission.to_record(), ensure_ascii=False).encode() + b"\n"
+            yield json.dumps(view(submission), ensure_ascii=False).encode() + b"\n"
 
     async def import_lines(self, lines: list[bytes], actor: Actor) -> int:
         """Load an export into an empty store. Every line must be a valid record."""
@@ -331,7 +336,13 @@ class OnCall:
             if not line.strip():
                 continue
             try:
-                rows.append(Submission.from_record(json.loads(line)))
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("masked") is True:
+                    raise BadRequest(
+                        f"line {number} is from a masked export, which cannot be restored: "
+                        "export with unmasked=1 and a reason (CLI: --unmasked --reason)"
+                    )
+                rows.append(Submission.from_record(record))
             except (ValueError, UnicodeDecodeError) as exc:
                 raise BadRequest(f"line {number} is not a submission record: {exc}") from None
         audit = AuditEntry(

@@ -281,12 +281,13 @@ def test_export_import_round_trips(tmp_path: Path, gw: Gateway, sim: Simulator) 
     [(dead_id, _)] = make_dead(gw, sim, 1)
     cli_json(gw, "outbox", "discard", dead_id, "--reason", "keep it out of the backup test")
     backup = tmp_path / "backup.jsonl"
-    exported = cli_json(gw, "outbox", "export", "-o", str(backup))
+    unmasked = ("--unmasked", "--reason", "backup test")
+    exported = cli_json(gw, "outbox", "export", *unmasked, "-o", str(backup))
     assert {"exported": 4, "file": str(backup)} == exported
     fresh = start_gateway(tmp_path / "fresh", sim.url, name="fresh")
     try:
         assert {"imported": 4} == cli_json(fresh, "outbox", "import", str(backup))
-        again = cli(fresh, "outbox", "export")
+        again = cli(fresh, "outbox", "export", *unmasked)
         assert 0 == again.returncode, again.stderr
         before = sorted(backup.read_text().splitlines())
         after = sorted(again.stdout.splitlines())

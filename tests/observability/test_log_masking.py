@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.ops.masking import mask_value
+from gateway.sensitive import mask_value
 from gateway.tools.simulator.tax_numbers import make_tax_number
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.integration.test_outbox import OVERRIDES, wait_delivered

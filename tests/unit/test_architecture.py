@@ -39,6 +39,7 @@ SHARED = {
     "gateway.keyhash",
     "gateway.operations",
     "gateway.quantities",
+    "gateway.sensitive",
 }
 #: Modules that may import `gateway.tools`: the tools themselves and the command line.
 MAY_IMPORT_TOOLS = ("gateway.tools", "gateway.cli", "gateway.__main__")

@@ -468,12 +468,18 @@ def cmd_job(ctx: Context) -> int:
 
 
 def cmd_export(ctx: Context) -> int:
-    """Submissions matching the filters as JSON Lines, every field: a backup to keep."""
+    """Submissions matching the filters as JSON Lines: masked, or (--unmasked, with a reason,
+    audited) every field, a backup to keep."""
     out = ctx.out
     filters = list(filters_of(ctx.args).items())
+    query = filters
+    if ctx.args.unmasked:
+        if not ctx.args.reason:
+            raise UsageError("--unmasked needs --reason (why; recorded in the audit log)")
+        query = [*filters, ("unmasked", "1"), ("reason", ctx.args.reason)]
     target: str | None = ctx.args.output if ctx.args.output not in (None, "-") else None
     if target is None:
-        count = _copy_export(ctx, filters, sys.stdout.buffer, total=None, show=False)
+        count = _copy_export(ctx, query, sys.stdout.buffer, total=None, show=False)
         out.note(f"exported {count} submissions")
         return EXIT_OK
     path = Path(target)
@@ -481,7 +487,7 @@ def cmd_export(ctx: Context) -> int:
     total = ctx.client.count(filters)
     try:
         with partial.open("wb") as sink:
-            count = _copy_export(ctx, filters, sink, total=total, show=True)
+            count = _copy_export(ctx, query, sink, total=total, show=True)
         os.replace(partial, path)
     except OSError as exc:
         partial.unlink(missing_ok=True)
@@ -734,12 +740,20 @@ def configure_outbox(parser: argparse.ArgumentParser) -> None:
         commands,
         "export",
         cmd_export,
-        "write matching submissions as JSON Lines (a backup)",
-        description="Write every submission matching the filters, with every field, as JSON "
-        "Lines: to FILE (a progress bar on stderr; FILE appears only when complete) or stdout.",
+        "write matching submissions as JSON Lines (--unmasked: a backup)",
+        description="Write every submission matching the filters as JSON Lines: to FILE (a "
+        "progress bar on stderr; FILE appears only when complete) or stdout. Personal data is "
+        "masked unless --unmasked is given with --reason (audited): only an unmasked export, "
+        "every field whole, is a backup `outbox import` restores.",
     )
     _add_filters(export)
     export.add_argument("-o", "--output", metavar="FILE", help="write here (default stdout)")
+    export.add_argument(
+        "--unmasked",
+        action="store_true",
+        help="every field whole, personal data included (needs --reason; audited)",
+    )
+    _reason_option(export, required=False, what="required with --unmasked")
 
     load = _command(
         commands,

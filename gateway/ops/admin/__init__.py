@@ -12,6 +12,6 @@ its own, behind bearer tokens with roles.
 
 from gateway.ops.admin.auth import AdminTokens, Role
 from gateway.ops.admin.routes import PREFIX, admin_app, openapi_document
-from gateway.ops.masking import mask
+from gateway.sensitive import mask
 
 __all__ = ["PREFIX", "AdminTokens", "Role", "admin_app", "mask", "openapi_document"]

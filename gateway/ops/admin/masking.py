@@ -1,8 +1,8 @@
 """Masking for `viewer` tokens: personal and banking data hidden in admin answers.
 
-Which fields are sensitive and how a value is masked is shared with the logs
-(`gateway.ops.masking`); what is particular to the admin API lives here: payload edits in the audit
-log, and credential headers, which nobody sees whatever the role.
+Which fields are sensitive and how a value is masked is defined once, in `gateway.sensitive`
+(shared with the logs, exports and problem details); what is particular to the admin API lives
+here: payload edits in the audit log, and credential headers, which nobody sees whatever the role.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.jsonpointer import JsonPointer
-from gateway.ops.masking import is_sensitive, mask, mask_value
+from gateway.sensitive import is_sensitive_pointer, mask, mask_value
 
 #: Header values never shown, whatever the role.
 SECRET_HEADERS = frozenset(
@@ -24,19 +23,11 @@ def mask_edit(details: dict[str, Any]) -> dict[str, Any]:
     sensitive field (the values themselves carry no key to recognise them by)."""
     pointer = details.get("pointer")
     masked = mask(details)
-    if isinstance(pointer, str) and _points_at_sensitive(pointer):
+    if isinstance(pointer, str) and is_sensitive_pointer(pointer):
         for side in ("before", "after"):
             if side in masked:
                 masked[side] = mask_value(masked[side])
     return dict(masked)
-
-
-def _points_at_sensitive(pointer: str) -> bool:
-    try:
-        tokens: Iterable[str] = JsonPointer(pointer).text.split("/")[1:]
-    except ValueError:
-        return False
-    return any(is_sensitive(token) for token in tokens)
 
 
 def visible_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from gateway.ops.admin.masking import mask_edit, visible_headers
-from gateway.ops.masking import mask
 from gateway.outbox.submissions import AuditEntry, Submission
+from gateway.sensitive import mask
 
 
 def summary(submission: Submission, *, reveal: bool) -> dict[str, Any]:
@@ -46,6 +46,14 @@ def detail(submission: Submission, *, reveal: bool) -> dict[str, Any]:
         masked.pop("payload_b64", None)
         masked["payload"] = f"({len(submission.body)} bytes, not JSON: shown to operators only)"
     return masked
+
+
+def export_view(submission: Submission) -> dict[str, Any]:
+    """A line of a masked export: the submission as a viewer sees it, marked `masked` (an import
+    refuses it: it is not a backup)."""
+    view = detail(submission, reveal=False)
+    view["masked"] = True
+    return view
 
 
 def audit_entry(entry: AuditEntry, *, reveal: bool) -> dict[str, Any]:

@@ -519,6 +519,24 @@ def test_export_to_a_file(fake: FakeAdmin, tmp_path: Path, capsys: Any) -> None:
     assert [target] == list(tmp_path.iterdir())
 
 
+def test_export_unmasked_sends_the_reason(fake: FakeAdmin, tmp_path: Path) -> None:
+    """`export --unmasked --reason TEXT` asks the gateway for every field, with the reason it
+    audits; without --unmasked nothing of the kind is asked (the gateway masks)."""
+    target = tmp_path / "backup.jsonl"
+    argv = ["outbox", "export", "--unmasked", "--reason", "backup", "-o", str(target)]
+    assert 0 == run(fake, *argv)
+    assert 0 == run(fake, "outbox", "export", "-o", str(tmp_path / "masked.jsonl"))
+    asked = [query for query, _ in fake.asked("GET", "/admin/v1/export")]
+    assert [{"unmasked": "1", "reason": "backup"}, {}] == asked
+
+
+def test_export_unmasked_without_a_reason_is_refused(fake: FakeAdmin, capsys: Any) -> None:
+    """--unmasked without --reason is a usage error; nothing is asked."""
+    assert 0 != run(fake, "outbox", "export", "--unmasked")
+    assert "--reason" in capsys.readouterr().err
+    assert [] == fake.asked("GET", "/admin/v1/export")
+
+
 def test_export_cut_off_leaves_no_file(fake: FakeAdmin, tmp_path: Path, capsys: Any) -> None:
     """A transfer that breaks off is exit 1, and no file that looks like a whole backup."""
     fake.export_cut_after = 3

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.app import Gateway
-from gateway.ops.admin.masking import is_sensitive, mask, mask_edit, mask_value, visible_headers
+from gateway.ops.admin.masking import mask_edit, visible_headers
+from gateway.sensitive import is_sensitive, mask, mask_value
 from tests.unit.ops.admin.conftest import OPERATOR, TAX_NUM, VIEWER, AdminClient, seed
 
 

@@ -1,8 +1,9 @@
-"""Export (JSON Lines, streamed) and import into an empty store: a lossless round trip; and the
-audit log, listed and exported."""
+"""Export (JSON Lines, streamed; masked unless asked for unmasked, with a reason, audited) and
+import into an empty store: a lossless round trip; and the audit log, listed and exported."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,7 +78,12 @@ async def varied(gateway: Gateway) -> list[Submission]:
     return [*rows, moved]
 
 
-async def export(client: AdminClient, **params: str) -> tuple[dict[str, str], bytes]:
+async def export(
+    client: AdminClient, *, masked: bool = False, **params: str
+) -> tuple[dict[str, str], bytes]:
+    """An export; unmasked (a backup) unless `masked`."""
+    if not masked:
+        params = {"unmasked": "1", "reason": "backup before the upgrade", **params}
     response = await client.get("/admin/v1/export", params=params, headers=OPERATOR)
     assert 200 == response.status, await response.text()
     return dict(response.headers), await response.read()
@@ -129,7 +135,58 @@ async def test_export_then_import_round_trips_losslessly(
     _, again = await export(target_client)
     assert body == again
     entries, _ = await target.store.audit_log(limit=5, cursor=None)
-    assert [("alice", "import", {"rows": 4})] == [(e.actor, e.action, e.details) for e in entries]
+    assert [
+        ("alice", "export-unmasked", {"filter": {}}),
+        ("alice", "import", {"rows": 4}),
+    ] == [(e.actor, e.action, e.details) for e in entries]
+
+
+async def test_export_is_masked_unless_asked_for_unmasked(
+    client: AdminClient, gateway: Gateway
+) -> None:
+    """By default each line is the submission as a viewer sees it: tax number masked, no body
+    in base64, marked masked; nothing is audited."""
+    rows = await varied(gateway)
+    _, body = await export(client, masked=True)
+    assert TAX_NUM.encode() not in body
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert [r.id for r in rows] == [line["submission_id"] for line in lines]
+    assert all(line["masked"] is True and "body" not in line for line in lines)
+    order = lines[0]["payload"]["order"]
+    assert TAX_NUM[:4] + "*" * 10 + TAX_NUM[-4:] == order["buyerTaxNum"]
+    entries, _ = await gateway.store.audit_log(limit=5, cursor=None)
+    assert "export-unmasked" not in [e.action for e in entries]
+
+
+async def test_unmasked_export_needs_a_reason_and_is_audited(
+    client: AdminClient, gateway: Gateway
+) -> None:
+    """unmasked=1 without a reason is a 400; with one, every field whole, and an audit entry
+    naming the operator, the reason and the filter."""
+    await varied(gateway)
+    response = await client.get("/admin/v1/export?unmasked=1", headers=OPERATOR)
+    assert ("reason", 400) == ((await problem(response))["parameter"], response.status)
+    response = await client.get("/admin/v1/export?unmasked=maybe", headers=OPERATOR)
+    assert ("unmasked", 400) == ((await problem(response))["parameter"], response.status)
+    _, body = await export(client, state="dead")
+    (record,) = [json.loads(line) for line in body.splitlines()]
+    assert TAX_NUM.encode() in base64.b64decode(record["body"])
+    entries, _ = await gateway.store.audit_log(limit=5, cursor=None)
+    audited = [(e.actor, e.reason, e.details) for e in entries if e.action == "export-unmasked"]
+    assert [("alice", "backup before the upgrade", {"filter": {"state": ["dead"]}})] == audited
+
+
+async def test_a_masked_export_cannot_be_imported(
+    client: AdminClient, gateway: Gateway, empty: tuple[Gateway, AdminClient]
+) -> None:
+    """A masked export is no backup: the import refuses it (400), saying how to take one."""
+    await varied(gateway)
+    _, body = await export(client, masked=True)
+    target, target_client = empty
+    response = await target_client.post("/admin/v1/import", data=body, headers=NDJSON)
+    assert 400 == response.status
+    assert "masked export" in (await problem(response))["detail"]
+    assert 0 == await target.oncall.count(SubmissionQuery())
 
 
 async def test_import_into_a_store_with_submissions_is_409(
@@ -256,7 +313,7 @@ async def test_an_export_cut_off_by_the_store_is_visibly_broken(
     never a short file that looks complete."""
     rows = await varied(gateway)
 
-    async def failing(_query: SubmissionQuery) -> AsyncIterator[bytes]:
+    async def failing(_query: SubmissionQuery, **_view: Any) -> AsyncIterator[bytes]:
         yield json.dumps(rows[0].to_record()).encode() + b"\n" + b" " * (70 * 1024) + b"\n"
         raise StoreError("disk I/O error")
 
@@ -272,7 +329,7 @@ async def test_a_store_failure_before_the_first_line_is_503(
 ) -> None:
     """Nothing sent yet: the export answers a plain 503 problem."""
 
-    async def failing(_query: SubmissionQuery) -> AsyncIterator[bytes]:
+    async def failing(_query: SubmissionQuery, **_view: Any) -> AsyncIterator[bytes]:
         raise StoreError("disk I/O error")
         yield b""  # pragma: no cover — makes this an async generator
 

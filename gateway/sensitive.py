@@ -1,8 +1,18 @@
-"""Masking of personal and banking data, shared by the admin API (for viewers) and the logs.
+"""Sensitive fields: the one definition of what personal and banking data is, and how it is masked.
 
-A field is sensitive by its *name*, wherever it sits in a document: `buyerTaxNum`, `buyer_phone`,
-`email`, `salerAddress`, `bankAccount`, `idCardNo`, `userTax`, … A sensitive value keeps its
-first and last four characters (enough to tell two apart, too little to use):
+Every place that shows request content uses this module (SECURITY.md, "What is masked"):
+
+- the logs (`gateway.ops.logs.MaskSensitive`), always;
+- the admin API's answers to `viewer` tokens (`gateway.ops.admin.views`), and exports, which are
+  masked unless an operator asks for them unmasked with a reason (audited);
+- problem details (`gateway.edge.problem`), whose messages may echo what a client sent.
+
+A field is sensitive by its *name*, wherever it sits in a document: `INVOICE_FIELDS` lists the
+invoice body's, and `is_sensitive` recognises each of them (and the same names anywhere else: a
+platform answer, an audit entry, a log line's key) by the endings in `SENSITIVE_SUFFIXES`:
+`buyerTaxNum`, `buyer_phone`, `email`, `salerAddress`, `bankAccount`, `idCardNo`, `userTax`, …
+A sensitive value keeps its first and last four characters (enough to tell two apart, too little
+to use):
 
     91110108MA01ABCD2X  →  9111**********CD2X
 
@@ -17,6 +27,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
+
+from gateway.jsonpointer import JsonPointer
+
+#: The invoice body's fields (JSON pointers) that hold personal or banking data. Each is masked
+#: by its name (`is_sensitive`), so the same field is masked also where it appears outside the
+#: body; tests/unit/test_sensitive.py keeps the two in step.
+INVOICE_FIELDS = (
+    "/order/buyerTaxNum",
+    "/order/buyerPhone",
+    "/order/buyerTel",
+    "/order/buyerAddress",
+    "/order/buyerAccount",
+    "/order/buyerEmail",
+    "/order/email",
+    "/order/salerTaxNum",
+    "/order/salerTel",
+    "/order/salerAddress",
+    "/order/salerAccount",
+)
 
 #: Endings of normalised key names (lower case, without `_` and `-`) that hold personal data.
 SENSITIVE_SUFFIXES = (
@@ -69,6 +98,15 @@ def is_sensitive(key: str) -> bool:
     """Whether a field with this name holds personal or banking data."""
     name = _NOT_KEY_CHARS.sub("", key).lower()
     return name.endswith(SENSITIVE_SUFFIXES)
+
+
+def is_sensitive_pointer(pointer: str) -> bool:
+    """Whether a JSON pointer into a document names a sensitive field, or something inside one."""
+    try:
+        tokens = JsonPointer(pointer).text.split("/")[1:]
+    except ValueError:
+        return False
+    return any(is_sensitive(token) for token in tokens)
 
 
 def mask_value(value: Any) -> Any:
@@ -138,3 +176,7 @@ class TextMasker:
 
 def _masked_match(match: re.Match[str]) -> str:
     return str(mask_value(match.group(0)))
+
+
+#: Masks free text by shape alone: for messages that may echo what a client sent.
+ECHO_MASKER = TextMasker()
