@@ -79,7 +79,7 @@ def _schema() -> Any:
 
 def _operator_only(operation: Any) -> bool:
     """Whether the document says only operators may call this operation."""
-    return "403" in operation.definition.raw.get("responses", {})
+    return bool("operator" == operation.definition.raw.get("x-required-role"))
 
 
 def _operations() -> list[Any]:
