@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -70,7 +70,8 @@ class _Refusal(asyncio.Protocol):
         self._closer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport, though not an `asyncio.Transport` subclass on uvloop.
+        transport = cast(asyncio.Transport, transport)
         transport.write(self._answer)
         if transport.can_write_eof():
             transport.write_eof()
