@@ -19,11 +19,10 @@ import time
 from typing import Any, Final
 
 from gateway.config import CONFIG_PATH_ENV, GatewayConfig, load_config
-from gateway.edge.tenants import ManagedKey, managed_keys, new_managed_key
+from gateway.edge.tenants import KeyChangeRefused, issue_key, managed_keys, revoke_keys
 from gateway.errors import ConfigError, GatewayError
 from gateway.keyhash import PBKDF2, SCRYPT, hash_key
 from gateway.outbox.store import Store, open_store
-from gateway.outbox.submissions import AuditEntry
 from gateway.quantities import parse_duration
 
 __all__ = ["configure_tenant"]
@@ -144,70 +143,43 @@ async def _run(config: GatewayConfig, args: argparse.Namespace) -> dict[str, Any
         await store.close()
 
 
-async def _of_tenant(store: Store, tenant: str) -> list[ManagedKey]:
-    return [k for k in await managed_keys(store) if k.tenant == tenant]
-
-
 async def _add(store: Store, args: argparse.Namespace, _known: set[str]) -> dict[str, Any]:
-    now = time.time()
-    active = [k for k in await _of_tenant(store, args.tenant) if k.active(now)]
-    if active:
-        raise UsageError(
-            f"tenant {args.tenant!r} has managed keys already "
-            f"({', '.join(k.key_id for k in active)}); use `tenant rotate-key {args.tenant}`"
-        )
-    return await _issue(store, args, now, action="tenant.key.add", details={})
+    return await _issue(store, args, rotate=False)
 
 
 async def _rotate(store: Store, args: argparse.Namespace, _known: set[str]) -> dict[str, Any]:
-    now = time.time()
-    actor = _os_user()
-    previous = [k for k in await _of_tenant(store, args.tenant) if k.active(now)]
-    ends = None if args.overlap is None else now + args.overlap
-    if ends is not None:
-        for old in previous:
-            if old.expires_at is None or old.expires_at > ends:
-                await store.save_token(
-                    old.row_key, ManagedKey(**{**_fields(old), "expires_at": ends}).to_token()
-                )
-    details = {"previous_key_ids": [k.key_id for k in previous], "previous_expire_at": ends}
-    return await _issue(store, args, now, action="tenant.key.rotate", details=details, actor=actor)
+    return await _issue(store, args, rotate=True)
 
 
-async def _issue(
-    store: Store,
-    args: argparse.Namespace,
-    now: float,
-    *,
-    action: str,
-    details: dict[str, Any],
-    actor: str | None = None,
-) -> dict[str, Any]:
-    actor = actor or _os_user()
-    expires_at = None if args.expires is None else now + args.expires
-    key, record = new_managed_key(args.tenant, now=now, actor=actor, expires_at=expires_at)
-    await store.save_token(record.row_key, record.to_token())
-    await _audit(store, actor, action, args.tenant, {"key_id": record.key_id, **details})
-    return {"tenant": args.tenant, "key_id": record.key_id, "api_key": key, **details}
+async def _issue(store: Store, args: argparse.Namespace, *, rotate: bool) -> dict[str, Any]:
+    try:
+        issued = await issue_key(
+            store,
+            args.tenant,
+            actor=_os_user(),
+            role="operator",
+            now=time.time(),
+            rotate=rotate,
+            overlap=getattr(args, "overlap", None),
+            expires=args.expires,
+        )
+    except KeyChangeRefused as exc:
+        raise UsageError(str(exc)) from None
+    return issued.to_json()
 
 
 async def _revoke(store: Store, args: argparse.Namespace, _known: set[str]) -> dict[str, Any]:
-    now = time.time()
-    actor = _os_user()
-    keys = [k for k in await _of_tenant(store, args.tenant) if k.revoked_at is None]
-    if args.key_id is not None:
-        keys = [k for k in keys if k.key_id == args.key_id]
-        if not keys:
-            raise UsageError(
-                f"tenant {args.tenant!r} has no unrevoked managed key {args.key_id!r} "
-                "(see `tenant list`)"
-            )
-    if not keys:
-        raise UsageError(f"tenant {args.tenant!r} has no unrevoked managed keys")
-    for key in keys:
-        await store.save_token(key.row_key, key.revoked(now, actor).to_token())
-    revoked = [k.key_id for k in keys]
-    await _audit(store, actor, "tenant.key.revoke", args.tenant, {"key_ids": revoked})
+    try:
+        revoked = await revoke_keys(
+            store,
+            args.tenant,
+            actor=_os_user(),
+            role="operator",
+            now=time.time(),
+            key_id=args.key_id,
+        )
+    except KeyChangeRefused as exc:
+        raise UsageError(f"{exc} (see `tenant list`)") from None
     return {"tenant": args.tenant, "revoked_key_ids": revoked}
 
 
@@ -219,20 +191,6 @@ async def _list(store: Store, args: argparse.Namespace, known: set[str]) -> dict
         if k.tenant in known and (args.tenant is None or k.tenant == args.tenant)
     ]
     return {"keys": keys}
-
-
-async def _audit(
-    store: Store, actor: str, action: str, tenant: str, details: dict[str, Any]
-) -> None:
-    await store.record_audit(
-        AuditEntry(
-            actor=actor, role="operator", action=action, details={"tenant": tenant, **details}
-        )
-    )
-
-
-def _fields(key: ManagedKey) -> dict[str, Any]:
-    return {name: getattr(key, name) for name in key.__slots__}
 
 
 def _print(command: str, result: dict[str, Any]) -> None:

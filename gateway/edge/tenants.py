@@ -34,6 +34,7 @@ from gateway.clock import Clock, Periodic, SystemClock
 from gateway.config import TenantConfig
 from gateway.errors import Unauthenticated
 from gateway.keyhash import KeyHash, hash_key, parse_key_hash
+from gateway.outbox.submissions import AuditEntry
 from gateway.upstream.auth.tokens import StoredToken
 
 log = structlog.get_logger("gateway.edge.tenants")
@@ -171,6 +172,112 @@ def new_managed_key(
         created_by=actor,
     )
     return key, record
+
+
+class KeyStore(KeyRows, Protocol):
+    """What key changes need of the store: its token rows and its audit log."""
+
+    async def save_token(self, key: str, token: StoredToken) -> None: ...
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry: ...
+
+
+class KeyChangeRefused(ValueError):
+    """A key change that cannot be made as asked (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A new managed key (the only time the key itself exists) and what the change did."""
+
+    api_key: str
+    record: ManagedKey
+    previous_key_ids: tuple[str, ...]
+    previous_expire_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.record.tenant,
+            "key_id": self.record.key_id,
+            "api_key": self.api_key,
+            "expires_at": self.record.expires_at,
+            "previous_key_ids": list(self.previous_key_ids),
+            "previous_expire_at": self.previous_expire_at,
+        }
+
+
+async def issue_key(
+    store: KeyStore,
+    tenant: str,
+    *,
+    actor: str,
+    role: str,
+    now: float,
+    rotate: bool,
+    overlap: float | None = None,
+    expires: float | None = None,
+) -> IssuedKey:
+    """Make a new managed key of `tenant` and store its hash; audited. Not `rotate` (an add):
+    refused while the tenant has valid managed keys. `rotate` with `overlap`: the valid keys
+    before it expire `overlap` seconds from `now` (without: they stay valid until revoked)."""
+    previous = [k for k in await managed_keys(store) if k.tenant == tenant and k.active(now)]
+    if previous and not rotate:
+        raise KeyChangeRefused(
+            f"tenant {tenant!r} has managed keys already "
+            f"({', '.join(k.key_id for k in previous)}); rotate its key instead"
+        )
+    ends = None if overlap is None else now + overlap
+    if ends is not None:
+        for old in previous:
+            if old.expires_at is None or old.expires_at > ends:
+                await store.save_token(old.row_key, replace(old, expires_at=ends).to_token())
+    expires_at = None if expires is None else now + expires
+    key, record = new_managed_key(tenant, now=now, actor=actor, expires_at=expires_at)
+    await store.save_token(record.row_key, record.to_token())
+    issued = IssuedKey(key, record, tuple(k.key_id for k in previous), ends)
+    details: dict[str, Any] = {"tenant": tenant, "key_id": record.key_id}
+    if rotate:
+        details |= {"previous_key_ids": list(issued.previous_key_ids), "previous_expire_at": ends}
+    await store.record_audit(
+        AuditEntry(
+            actor=actor,
+            role=role,
+            action="tenant.key.rotate" if rotate else "tenant.key.add",
+            details=details,
+        )
+    )
+    return issued
+
+
+async def revoke_keys(
+    store: KeyStore,
+    tenant: str,
+    *,
+    actor: str,
+    role: str,
+    now: float,
+    key_id: str | None = None,
+) -> list[str]:
+    """Revoke `tenant`'s managed key `key_id` (None: all of them); audited. The ids revoked."""
+    keys = [k for k in await managed_keys(store) if k.tenant == tenant and k.revoked_at is None]
+    if key_id is not None:
+        keys = [k for k in keys if k.key_id == key_id]
+        if not keys:
+            raise KeyChangeRefused(f"tenant {tenant!r} has no unrevoked managed key {key_id!r}")
+    if not keys:
+        raise KeyChangeRefused(f"tenant {tenant!r} has no unrevoked managed keys")
+    for key in keys:
+        await store.save_token(key.row_key, key.revoked(now, actor).to_token())
+    revoked = [k.key_id for k in keys]
+    await store.record_audit(
+        AuditEntry(
+            actor=actor,
+            role=role,
+            action="tenant.key.revoke",
+            details={"tenant": tenant, "key_ids": revoked},
+        )
+    )
+    return revoked
 
 
 async def managed_keys(rows: KeyRows) -> list[ManagedKey]:
