@@ -47,8 +47,10 @@ audit: $(STAMP)
 ifdef SKIP_AUDIT
 	@echo "WARNING: SKIP_AUDIT is set: $(LOCK) was NOT checked for known vulnerabilities" >&2
 else
-	$(VENV)/bin/pip-audit --require-hashes --disable-pip --progress-spinner off --strict \
-		--requirement $(LOCK) $(AUDIT_IGNORES)
+	@$(VENV)/bin/pip-audit --require-hashes --disable-pip --progress-spinner off --strict \
+		--requirement $(LOCK) $(AUDIT_IGNORES) || { echo "make audit FAILED: a known \
+	vulnerability (named above), or packages the vulnerability service could not check (no \
+	answer from it). SECURITY.md, Supply chain: accepting an advisory, running offline" >&2; exit 1; }
 endif
 
 demo: $(STAMP)
