@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from gateway.config import parse_config
 from gateway.edge.listener import GatedTCPSite
@@ -313,3 +314,32 @@ def test_limits_have_documented_defaults() -> None:
         limits.max_connections,
     )
     assert config.admin.listen.startswith("127.0.0.1:")
+
+
+async def test_idempotency_key_sent_twice_is_400(
+    upstream: FakeUpstream, client: GatewayClient, tmp_path: Path
+) -> None:
+    headers = CIMultiDict(
+        [
+            ("method", ISSUE),
+            ("X-Api-Key", TENANT_KEY),
+            ("Idempotency-Key", "first"),
+            ("Idempotency-Key", "second"),
+        ]
+    )
+    response = await client.post(SERVICES, json=issue_body(), headers=headers)
+    problem = await response.json(content_type=None)
+    assert 400 == response.status
+    assert PROBLEM + "invalid-idempotency-key" == problem["type"]
+    assert [] == upstream.seen
+    assert 0 == stored_submissions(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("::", False)],
+)
+def test_admin_listener_loopback_check(host: str, loopback: bool) -> None:
+    from gateway.app import _loopback
+
+    assert loopback == _loopback(host)
