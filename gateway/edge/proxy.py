@@ -169,10 +169,11 @@ class Proxy:
     async def _forward(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         path, query = upstream_path(request.raw_path)
         lowered = {k.lower(): v for k, v in request.headers.items()}
-        # The head first: an unknown operation (unmatched: reject) or a bad Idempotency-Key is
-        # refused before the body is read or parsed.
+        # The head first: an unknown operation (unmatched: reject), or a bad Idempotency-Key on
+        # what may be a submission, is refused before the body is read or parsed.
         candidates = self._classifier.candidates(request.method, path, lowered)
-        check_idempotency_key(request.headers)
+        if any(rule.operation.kind is OperationKind.SUBMIT for rule in candidates):
+            check_idempotency_key(request.headers)
         body = RequestBody(await self._read_body(request), self._json_limits)
         exchange.operation = operation = self._classifier.classify(
             request.method, path, lowered, body, candidates

@@ -24,6 +24,7 @@ from gateway.operations import JsonLimits, RequestBody, check_json_limits
 from tests.unit.edge.test_proxy import (
     ISSUE,
     PROBLEM_JSON,
+    QUERY,
     SERVICES,
     TENANT_KEY,
     FakeUpstream,
@@ -343,3 +344,14 @@ def test_admin_listener_loopback_check(host: str, loopback: bool) -> None:
     from gateway.app import _loopback
 
     assert loopback == _loopback(host)
+
+
+async def test_idempotency_key_rule_is_for_submissions(
+    upstream: FakeUpstream, client: GatewayClient
+) -> None:
+    """A read carrying a key the submit path would refuse is forwarded as before."""
+    response, _ = await post_operation(
+        client, QUERY, json={"serialNos": ["1"]}, headers={"Idempotency-Key": "a b"}
+    )
+    assert 200 == response.status
+    assert 1 == len(upstream.seen)
