@@ -235,3 +235,23 @@ def test_managed_keys_reach_every_replica(tmp_path: Path, simulator: Simulator) 
                     interval=0.25,
                     what="the revocation to reach the replica",
                 )
+
+
+def test_admin_api_issues_and_revokes_keys(gw: Gateway) -> None:
+    """An operator's admin token makes and revokes managed keys; the audit names the token."""
+    status, _, issued = gw.admin("POST", "/tenants/beta/keys", {}, token=OPERATOR_TOKEN)
+    assert 201 == status, issued
+    key = issued["api_key"]
+    wait_until(lambda: read(gw, key)[0] == 200, timeout=5, what="the key from the admin API")
+    status, _, listed = gw.admin("GET", "/tenants/keys?tenant=beta", token=OPERATOR_TOKEN)
+    assert [issued["key_id"]] == [k["key_id"] for k in listed["keys"] if k["state"] == "active"]
+    assert key not in json.dumps(listed)
+    assert 404 == gw.admin("POST", "/tenants/ghost/keys", {}, token=OPERATOR_TOKEN)[0]
+
+    path = f"/tenants/beta/keys/{issued['key_id']}/revoke"
+    status, _, revoked = gw.admin("POST", path, token=OPERATOR_TOKEN)
+    assert 200 == status, revoked
+    wait_until(lambda: read(gw, key)[0] == 401, timeout=10, interval=0.25, what="the revocation")
+    _, _, audit = gw.admin("GET", "/audit?limit=10", token=OPERATOR_TOKEN)
+    actors = {e["actor"] for e in audit["items"] if e["action"].startswith("tenant.key.")}
+    assert {"oncall-it"} == actors

@@ -20,12 +20,13 @@ from gateway.ops.admin.control import ControlRoutes
 from gateway.ops.admin.jobs import JobRoutes
 from gateway.ops.admin.middleware import ROUTE_ROLES, Handler, guard
 from gateway.ops.admin.submissions import SubmissionRoutes
+from gateway.ops.admin.tenants import TenantKeyRoutes
 from gateway.ops.admin.token import TokenRoutes
 from gateway.ops.admin.transfer import TransferRoutes
 from gateway.ops.metrics import Metrics, metrics_handler
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.oncall import OnCall
-from gateway.outbox.store import OutboxStore
+from gateway.outbox.store import Store
 from gateway.resilience.breaker import BreakerRegistry
 from gateway.resilience.probe import UpstreamHealth
 from gateway.upstream.auth import UpstreamAuth
@@ -37,7 +38,7 @@ class Administered(Protocol):
     @property
     def config(self) -> GatewayConfig: ...
     @property
-    def store(self) -> OutboxStore: ...
+    def store(self) -> Store: ...
     @property
     def oncall(self) -> OnCall: ...
     @property
@@ -101,6 +102,7 @@ def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
     transfer = TransferRoutes(gateway.oncall)
     audit = AuditRoutes(gateway.store)
     token = TokenRoutes(gateway.oncall, gateway.auth)
+    tenant_keys = TenantKeyRoutes(gateway.store, [t.id for t in gateway.config.tenants])
     v, o = Role.VIEWER, Role.OPERATOR
     return [
         AdminRoute("GET", "/submissions", v, submissions.list),
@@ -123,6 +125,9 @@ def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
         AdminRoute("POST", "/circuit/reset", o, control.reset),
         AdminRoute("GET", "/token", v, token.show),
         AdminRoute("POST", "/token/refresh", o, token.refresh),
+        AdminRoute("GET", "/tenants/keys", v, tenant_keys.list),
+        AdminRoute("POST", "/tenants/{tenant}/keys", o, tenant_keys.issue),
+        AdminRoute("POST", "/tenants/{tenant}/keys/{key_id}/revoke", o, tenant_keys.revoke),
         # A backup holds every payload whole, so it is not for viewers (they see them masked).
         AdminRoute("GET", "/export", o, transfer.export),
         AdminRoute("POST", "/import", o, transfer.import_),

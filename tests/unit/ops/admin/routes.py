@@ -19,7 +19,11 @@ ROUTES: list[tuple[str, str, str]] = sorted(
 
 def concrete(path: str) -> str:
     """A request path for a route template."""
-    return path.replace("{id}", "sub_0000000000000000")
+    return (
+        path.replace("{id}", "sub_0000000000000000")
+        .replace("{tenant}", "demo")
+        .replace("{key_id}", "000000000000")
+    )
 
 
 def route_id(route: tuple[str, str, str]) -> str:
