@@ -133,7 +133,11 @@ def test_every_route_refuses_missing_wrong_and_underprivileged_tokens(gw: Gatewa
     ]
     assert len(routes) >= 20
     for method, template, role in routes:
-        path = template.replace("{id}", "sub_doesnotexist")
+        path = (
+            template.replace("{id}", "sub_doesnotexist")
+            .replace("{tenant}", "demo")
+            .replace("{key_id}", "000000000000")
+        )
         for token in (None, "wrong-token", OPERATOR_TOKEN + "x"):
             status, headers, problem = gw.admin(method, path, token=token)
             assert 401 == status, (method, path, token)
