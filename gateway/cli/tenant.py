@@ -34,9 +34,9 @@ EXIT_USAGE: Final = 2
 
 DESCRIPTION: Final = """\
 Managed tenant API keys: made here, printed once, kept in the store only as a salted
-scrypt hash. Every replica sharing the store accepts a new key at once (an unknown key
-makes it read the store again, at most once a second) and refuses a revoked one within
-about five seconds. A tenant must be in the configuration (tenants[]) to get keys; a key
+scrypt hash. Every replica sharing the store accepts a new key within a second (an
+unknown key makes it read the store again, at most once a second) and refuses a revoked
+one within about five seconds. A tenant must be in the configuration (tenants[]) to get keys; a key
 in the configuration (api_key, api_key_hash, api_key_sha256) stays valid beside them.
 
 The store: the configuration's store_url (--config, $GATEWAY_CONFIG or
