@@ -102,7 +102,8 @@ Interrupted, it is finished by running it again. With no current key configured,
 it decrypts everything (turning encryption off).
 
 The store and its keys: as for `migrate` (--store-url, else the configuration's
-store_url; keys from the configuration, else $GATEWAY_ENCRYPTION_KEY)."""
+store_url; keys from the configuration, else $GATEWAY_ENCRYPTION_KEY). Exit status 1
+also when values are still under other keys at the end."""
 #: Passes over the store at most: rows a gateway re-wrote under an old key during one
 #: pass are taken up by the next.
 ROTATE_PASSES: Final = 3
@@ -125,14 +126,7 @@ def configure_store(parser: argparse.ArgumentParser) -> None:
     copy.add_argument(
         "--to", dest="target", required=True, type=_store_url, metavar="URL", help="target"
     )
-    copy.add_argument(
-        "--batch",
-        type=whole_number(1, 10_000),
-        default=DEFAULT_BATCH,
-        metavar="N",
-        help=f"submissions per transaction (default {DEFAULT_BATCH})",
-    )
-    copy.add_argument("--json", action="store_true", help="the summary as one JSON line")
+    _batch_and_json(copy, "submissions")
     copy.set_defaults(handler=cmd_copy)
     rotate = commands.add_parser(
         "rotate-key",
@@ -143,15 +137,19 @@ def configure_store(parser: argparse.ArgumentParser) -> None:
     rotate.add_argument(
         "--store-url", type=_store_url, metavar="URL", help="the store (default: the config's)"
     )
-    rotate.add_argument(
+    _batch_and_json(rotate, "rows")
+    rotate.set_defaults(handler=cmd_rotate_key)
+
+
+def _batch_and_json(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
         "--batch",
         type=whole_number(1, 10_000),
         default=DEFAULT_BATCH,
         metavar="N",
-        help=f"rows per transaction (default {DEFAULT_BATCH})",
+        help=f"{what} per transaction (default {DEFAULT_BATCH})",
     )
-    rotate.add_argument("--json", action="store_true", help="the summary as one JSON line")
-    rotate.set_defaults(handler=cmd_rotate_key)
+    parser.add_argument("--json", action="store_true", help="the summary as one JSON line")
 
 
 def _describe(parser: argparse.ArgumentParser, description: str) -> None:

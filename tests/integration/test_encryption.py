@@ -27,9 +27,9 @@ from gateway.outbox.store.sealing import KEY_ENV, PREVIOUS_KEYS_ENV, key_id, new
 from gateway.outbox.submissions import SubmissionQuery
 from tests.integration.test_core_gateway import ISSUE, invoice
 from tests.integration.test_outbox import OVERRIDES, serial_of, wait_delivered
+from tests.integration.test_store_copy import run_cli
 from tests.support.harness import Gateway, Simulator
 from tests.support.postgres import scratch_database_sync, server_url
-from tests.support.processes import ROOT, base_env, gateway_command
 from tests.support.submissions import NOW, admit, new_submission
 
 SUBMISSIONS = 6
@@ -52,15 +52,8 @@ def start(tmp_path: Path, sim: Simulator, store_url: str, env: dict[str, str]) -
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        gateway_command(*args),
-        env={**base_env(), **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """The command line with `env` (and no other `GATEWAY_*` variable)."""
+    return run_cli(*args, env=env)
 
 
 def stored_bytes(store_url: str) -> bytes:
