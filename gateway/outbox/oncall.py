@@ -305,7 +305,7 @@ class OnCall:
             action="replay",
             submission_ids=(submission.id,),
             reason=job.reason,
-            details={"job_id": job.id},
+            details={"job_id": job.id, "tenant": submission.tenant},
         )
         updated = await self._store.transition(
             submission.id, submission.fence, change, now=self._clock.wall(), audit=audit
@@ -421,7 +421,12 @@ class OnCall:
             action=action,
             submission_ids=(submission.id,),
             reason=reason,
-            details={"from": submission.state.value, "to": change.state.value, **(details or {})},
+            details={
+                "tenant": submission.tenant,
+                "from": submission.state.value,
+                "to": change.state.value,
+                **(details or {}),
+            },
         )
         updated = await self._store.transition(
             submission.id, submission.fence, change, now=self._clock.wall(), audit=audit
@@ -430,7 +435,13 @@ class OnCall:
             raise ActionNotAllowed(
                 f"submission {submission.id} changed while you acted on it; look again and retry"
             )
-        log.info("on-call action", action=action, submission=submission.id, actor=actor.name)
+        log.info(
+            "on-call action",
+            action=action,
+            submission=submission.id,
+            tenant=submission.tenant,
+            actor=actor.name,
+        )
         return updated
 
 

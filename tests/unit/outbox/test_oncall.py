@@ -98,6 +98,14 @@ async def test_replay_makes_a_dead_submission_due_with_a_fresh_start(rig: Rig) -
     assert 1 == rig.wakes
 
 
+async def test_an_audit_entry_names_the_tenant_of_the_submission(rig: Rig) -> None:
+    """Whose invoice an operator acted on is in the audit log, not only its id."""
+    dead = await rig.submission(S.DEAD)
+    await rig.oncall.replay(dead.id, OPERATOR, "platform fixed")
+    [entry], _ = await rig.store.audit_log(limit=10, cursor=None)
+    assert dead.tenant == (entry.details or {})["tenant"]
+
+
 async def test_replay_of_an_unknown_submission_stays_a_reconciliation(rig: Rig) -> None:
     """An unknown submission is made due but stays unknown: reconciled, never resent blindly."""
     unknown = await rig.submission(S.UNKNOWN)
