@@ -7,7 +7,6 @@ connection (WAL lets it read while a write is in progress).
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,7 +25,6 @@ from gateway.outbox.store.sealing import Sealer
 from gateway.outbox.submissions import (
     UNRESOLVED_STATES,
     AuditEntry,
-    Issuance,
     IssuanceCheck,
     NewSubmission,
     Page,
@@ -264,7 +262,7 @@ class SqliteStore:
         return usage
 
     async def reseal(self, *, after: str | None, limit: int) -> Resealed:
-        start = _parse_cursor(after) or 0
+        start = row_mapping.parse_cursor(after) or 0
 
         async def write(db: aiosqlite.Connection) -> Resealed:
             async with db.execute(
@@ -618,7 +616,7 @@ class SqliteStore:
                         "failed": int(failed),
                         "now": now,
                         "error_class": f"issuance_{issuance.outcome.value}",
-                        "error": _issuance_error(issuance),
+                        "error": row_mapping.issuance_error(issuance),
                         "id": check.submission_id,
                         "fence": check.fence,
                     },
@@ -639,7 +637,7 @@ class SqliteStore:
 
     async def query(self, query: SubmissionQuery, *, limit: int, cursor: str | None) -> Page:
         where, params = _where(query)
-        before = _parse_cursor(cursor)
+        before = row_mapping.parse_cursor(cursor)
         if before is not None:
             where += " AND seq < ?"
             params.append(before)
@@ -728,7 +726,7 @@ class SqliteStore:
                     "INSERT INTO audit_log (seq, at, actor, role, action, submission_ids, "
                     "reason, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (seq) DO NOTHING",
-                    (entry.seq, *_audit_values(entry, entry.at or time.time())),
+                    (entry.seq, entry.at or time.time(), *row_mapping.audit_values(entry)),
                 )
                 stored += cursor.rowcount
             return stored
@@ -744,14 +742,14 @@ class SqliteStore:
     async def audit_log(
         self, *, limit: int, cursor: str | None
     ) -> tuple[list[AuditEntry], str | None]:
-        before = _parse_cursor(cursor)
+        before = row_mapping.parse_cursor(cursor)
         try:
             async with self._reader.execute(
                 "SELECT seq, at, actor, role, action, submission_ids, reason, details "
                 "FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                 (before if before is not None else 2**62, limit + 1),
             ) as rows:
-                found = [_audit(row) for row in await rows.fetchall()]
+                found = [row_mapping.audit_entry(row) for row in await rows.fetchall()]
         except sqlite3.Error as exc:
             raise _translate(exc, "cannot read the audit log") from exc
         more = len(found) > limit
@@ -798,64 +796,14 @@ def _where(query: SubmissionQuery) -> tuple[str, list[Any]]:
     return (" AND ".join(clauses) or "1"), params
 
 
-def _issuance_error(issuance: Issuance) -> str:
-    what = "signing" if issuance.outcome.value == "signing_failed" else "issuance"
-    return (
-        f"the platform accepted it, then its {what} failed (status {issuance.status}): "
-        f"{issuance.fail_cause or 'no cause given'}"
-    )
-
-
-def _issuance_due_at(s: Submission) -> float | None:
-    """Whether (and from when) a row as given is followed: delivered, issuance not final."""
-    if s.state is not SubmissionState.DELIVERED:
-        return None
-    if s.issuance is not None and s.issuance.outcome.final:
-        return None
-    return s.delivered_at or s.updated_at
-
-
-def _parse_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    if not cursor.startswith("s") or not cursor[1:].isdigit():
-        raise ValueError(f"not a cursor from this API: {cursor!r}")
-    return int(cursor[1:])
-
-
-def _audit_values(entry: AuditEntry, at: float) -> tuple[Any, ...]:
-    return (
-        at,
-        entry.actor,
-        entry.role,
-        entry.action,
-        json.dumps(list(entry.submission_ids)),
-        entry.reason,
-        json.dumps(entry.details or {}, ensure_ascii=False),
-    )
-
-
 async def _insert_audit(db: aiosqlite.Connection, entry: AuditEntry, now: float) -> AuditEntry:
     at = entry.at or now
     cursor = await db.execute(
         "INSERT INTO audit_log (at, actor, role, action, submission_ids, reason, details) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        _audit_values(entry, at),
+        (at, *row_mapping.audit_values(entry)),
     )
     return replace(entry, at=at, seq=int(cursor.lastrowid or 0))
-
-
-def _audit(row: Sequence[Any]) -> AuditEntry:
-    return AuditEntry(
-        seq=int(row[0]),
-        at=float(row[1]),
-        actor=row[2],
-        role=row[3],
-        action=row[4],
-        submission_ids=tuple(json.loads(row[5])),
-        reason=row[6],
-        details=json.loads(row[7]) if row[7] else None,
-    )
 
 
 async def _due_heads(
