@@ -1,8 +1,9 @@
 """The client listener's request path: what integrators talk to.
 
 Owns the proxy (classify → authenticate the tenant → idempotency → resilience pipeline →
-respond or enqueue), tenants and their API keys, the intake of submissions into the outbox,
-and the responses the gateway makes itself (outcomes and problem+json). It may import
+respond or enqueue), tenants and their API keys (`tenants`) and per-tenant limits (`limits`),
+the listener's connection gate and input limits (`listener`), the intake of submissions into
+the outbox, and the responses the gateway makes itself (outcomes and problem+json). It may import
 `gateway.outbox`, `gateway.resilience`, `gateway.upstream` and the shared root modules; what it
 reports to metrics goes through the `ExchangeObserver` protocol, never `gateway.ops` itself.
 """

@@ -8,6 +8,8 @@
                   LOCKED` claims, advisory locks, `LISTEN/NOTIFY`
     urls          store URLs: which store, and how to show one without its password
     sealing       encryption at rest: AES-256-GCM of bodies and answers (docs/encryption.md)
+    rows          rows as both stores write and read them (sealed columns, audit rows, cursors)
+    copy          `invoice-gateway store copy`: everything from one store into another
 
 Callers see only the protocols and the dataclasses in `gateway.outbox.submissions`.
 """
