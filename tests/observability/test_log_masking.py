@@ -18,7 +18,7 @@ from gateway.tools.simulator.tax_numbers import make_tax_number
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.integration.test_outbox import OVERRIDES, wait_delivered
 from tests.support.harness import Gateway, Simulator
-from tests.support.processes import TENANT_KEY, USER_TAX, http_json
+from tests.support.processes import TENANT_KEY, USER_TAX, http_json, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,15 @@ def test_no_personal_data_in_the_log_and_deliveries_carry_the_request_id(
         [lost_submission] = [sid for sid, rid in client.queued.items() if rid == lost]
         [view] = wait_delivered(gateway, [lost_submission]).values()
         assert view["result"]["reconciled"] is True
+
+        # The dispatcher logs a delivery just after recording it: stopping the gateway the
+        # moment the status API says "delivered" could cut that line off. Wait for it.
+        def every_delivery_logged() -> bool:
+            _, lines = read_log(gateway.process.stderr_path)
+            logged = {line.get("submission_id") for line in lines}
+            return set(client.queued) <= logged
+
+        wait_until(every_delivery_logged, timeout=10, interval=0.1, what="the delivery log lines")
     finally:
         gateway.process.stop()
 
