@@ -32,7 +32,6 @@ from gateway.outbox.submissions import (
     SubmissionQuery,
     SubmissionState,
     Transition,
-    new_submission_id,
 )
 from gateway.upstream.auth.tokens import StoredToken
 
@@ -359,28 +358,13 @@ class SqliteStore:
                     (new.tenant, new.ordering_key),
                 ) as cursor:
                     blocked = await cursor.fetchone() is not None
-            queued = queue or blocked
-            submission = Submission.of(
+            submission = row_mapping.admitted(
                 new,
-                id=new_submission_id(now),
-                state=SubmissionState.QUEUED if queued else SubmissionState.DELIVERING,
-                acknowledged=queued,
-                attempts=0,
-                maybe_sent=False,
-                last_error_class="ordering" if blocked and not queue else None,
-                last_error=(
-                    "waiting behind an earlier submission with the same ordering key"
-                    if blocked and not queue
-                    else None
-                ),
-                response=None,
-                result=None,
-                created_at=now,
-                updated_at=now,
-                next_attempt_at=now if queued else None,
-                lease_owner=None if queued else owner,
-                lease_expires_at=None if queued else now + lease_seconds,
-                fence=0,
+                queue=queue,
+                blocked=blocked,
+                owner=owner,
+                lease_seconds=lease_seconds,
+                now=now,
             )
             await db.execute(
                 f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
