@@ -107,12 +107,14 @@ def test_no_personal_data_in_the_log_and_deliveries_carry_the_request_id(
 
         # The dispatcher logs a delivery just after recording it: stopping the gateway the
         # moment the status API says "delivered" could cut that line off. Wait for it.
-        def every_delivery_logged() -> bool:
+        def unlogged() -> set[str]:
             _, lines = read_log(gateway.process.stderr_path)
-            logged = {line.get("submission_id") for line in lines}
-            return set(client.queued) <= logged
+            return set(client.queued) - {line.get("submission_id") for line in lines}
 
-        wait_until(every_delivery_logged, timeout=10, interval=0.1, what="the delivery log lines")
+        try:
+            wait_until(lambda: not unlogged(), timeout=10, interval=0.1, what="delivery lines")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: no log line names {sorted(unlogged())}") from None
     finally:
         gateway.process.stop()
 

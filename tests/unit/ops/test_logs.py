@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -89,12 +91,14 @@ def test_personal_data_inside_text_is_masked_by_shape() -> None:
         "detail": "call 13812345678 or 010-62345678, mail zhang.san@example.com.cn",
         "path": "/open/v1/company/110108123456789/profile",
         "notes": ["account 6222020200112233445", ("tuple", "91110108MA01ABCD2X")],
+        "remark": "联系电话13912345678",
     }
     assert {
         "event": "buyer 9111**********CD2X rejected",
         "detail": "call 13*******78 or 010-****5678, mail zhan****************m.cn",
         "path": "/open/v1/company/1101*******6789/profile",
         "notes": ["account 6222***********3445", ["tuple", "9111**********CD2X"]],
+        "remark": "联系电话13*******78",
     } == masked(event)
 
 
@@ -218,3 +222,21 @@ async def test_request_id_reaches_the_dispatcher_lines(
     assert {request_id} == {line["request_id"] for line in deliveries}
     assert any(line["event"].startswith("requeued") for line in deliveries)
     assert BUYER_TAX not in json.dumps(logged)
+
+
+
+@given(millis=st.integers(0, 2**48 - 1), random=st.binary(min_size=16, max_size=16))
+@example(millis=0x01A24D361615, random=bytes.fromhex("cd13100037700ddc54ed00000000aaaa"))
+@settings(max_examples=2000, deadline=None)
+def test_no_gateway_id_is_ever_masked(millis: int, random: bytes) -> None:
+    """Submission ids and request ids are lower-case hex: a run of digits inside one can look
+    like a phone number (`…cd13100037700dd…`), yet masking it would leave on-call unable to find
+    the submission in the log."""
+    submission_id = f"sub_{millis:012x}{random[:10].hex()}"
+    request_id = random.hex()
+    event = {
+        "event": f"delivered {submission_id}",
+        "submission_id": submission_id,
+        "request_id": request_id,
+    }
+    assert event == masked(event)
