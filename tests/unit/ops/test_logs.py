@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import structlog
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway.app import client_app, open_gateway
 from gateway.config import parse_config
@@ -222,7 +222,6 @@ async def test_request_id_reaches_the_dispatcher_lines(
     assert {request_id} == {line["request_id"] for line in deliveries}
     assert any(line["event"].startswith("requeued") for line in deliveries)
     assert BUYER_TAX not in json.dumps(logged)
-
 
 
 @given(millis=st.integers(0, 2**48 - 1), random=st.binary(min_size=16, max_size=16))
