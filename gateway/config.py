@@ -37,6 +37,8 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "GATEWAY_STORE_URL": ("store_url",),
     "GATEWAY_UPSTREAM_URL": ("upstream", "url"),
     "GATEWAY_TOKEN_URL": ("upstream", "auth", "token_url"),
+    # For benches and containers: quieter (or louder) without editing the file.
+    "GATEWAY_LOG_LEVEL": ("log", "level"),
 }
 ADMIN_TOKEN_ENV = "GATEWAY_ADMIN_TOKEN"  # noqa: S105 — the name of a variable, not a secret
 CONFIG_PATH_ENV = "GATEWAY_CONFIG"

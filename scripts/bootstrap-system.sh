@@ -17,6 +17,8 @@ REQUIRED=(
     "chromium:chromium"
     # The load generator of `invoice-gateway bench` (tests/unit/tools/bench/ runs it once).
     "wrk:wrk"
+    # The fast upstream and the reference reverse proxy of the bench's pass-through scenario.
+    "nginx:nginx"
     # LD_PRELOAD library that jumps a process's wall clock (the clock-jump test in
     # tests/integration/test_resilience.py).
     "libfaketime:/usr/lib/*/faketime/libfaketime.so.1"

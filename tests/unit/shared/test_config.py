@@ -233,8 +233,10 @@ def test_env_overrides_apply() -> None:
         "GATEWAY_UPSTREAM_URL": "http://127.0.0.1:1234/base/",
         "GATEWAY_TOKEN_URL": "http://127.0.0.1:1235/accessToken",
         "GATEWAY_ADMIN_TOKEN": "admintoken",
+        "GATEWAY_LOG_LEVEL": "warning",
     }
     config = parse_config(default_raw(), environ)
+    assert "warning" == config.log.level
     assert isinstance(config.upstream.auth, NuonuoHmacAuthConfig)
     assert "http://127.0.0.1:1235/accessToken" == config.upstream.auth.token_url
     assert "127.0.0.1:9999" == config.listen
@@ -244,6 +246,12 @@ def test_env_overrides_apply() -> None:
     assert [("env", "operator", "admintoken")] == [
         (t.name, t.role, t.token.value()) for t in config.admin.tokens
     ]
+
+
+def test_a_bad_log_level_from_the_environment_names_the_variable_s_key() -> None:
+    """GATEWAY_LOG_LEVEL=loud is refused like the same value in the file, naming `log.level`."""
+    [problem] = problems(default_raw(), {**ENV, "GATEWAY_LOG_LEVEL": "loud"})
+    assert problem.startswith("log.level:"), problem
 
 
 def test_durations_accept_units() -> None:
