@@ -1,12 +1,14 @@
 """`invoice-gateway bench`: the project's own benchmark, run by hand and never a timed test. A
-scenario (`scenarios`, registered with `@scenario`) starts the simulator and a gateway as child
-processes (`platform`), proves what it depends on (`checks`: the circuit open, every 202 on
-disk), drives load from wrk or a built-in asyncio generator (`generators`), and reports figures
-with the machine and store they were measured on (`environment`) as a table or JSON (`report`);
-`cli` holds the options and `run_bench`. Each gateway run gets a fresh temporary directory
-(config, SQLite store, child logs) on a local disk (not tmpfs, where fsync costs nothing),
-removed at the end unless `--keep`; a run on PostgreSQL (`--postgres`) gets a scratch database
-on the server, dropped at the end (`postgres`).
+scenario (registered with `@scenario` from `scenarios`, which holds `durable-accept`;
+`passthrough` holds `pass-through`) starts what it measures as child processes — the simulator
+and a gateway (`platform`), or nginx as a fast platform and a reference proxy (`nginx`,
+`reference_proxy`) —, proves what it depends on (`checks`: the circuit open, every 202 on disk),
+drives load from wrk or a built-in asyncio generator (`generators`), and reports figures, ratios
+and the performance targets met or not, with the machine and store they were measured on
+(`environment`), as a table or JSON (`report`); `cli` holds the options and `run_bench`. Each
+run gets a fresh temporary directory (config, SQLite store, child logs) on a local disk (not
+tmpfs, where fsync costs nothing), removed at the end unless `--keep`; a run on PostgreSQL
+(`--postgres`) gets a scratch database on the server, dropped at the end (`postgres`).
 """
 
 from gateway.tools.bench.checks import DurabilityCheck, count_submissions, open_circuit
@@ -33,6 +35,7 @@ from gateway.tools.bench.generators import (
     wrk_script,
 )
 from gateway.tools.bench.options import BenchError, BenchOptions
+from gateway.tools.bench.passthrough import pass_through
 from gateway.tools.bench.platform import Platform, running_platform
 from gateway.tools.bench.postgres import (
     DEFAULT_POSTGRES_URL,
@@ -44,7 +47,7 @@ from gateway.tools.bench.postgres import (
     server_cpu,
     server_facts,
 )
-from gateway.tools.bench.report import Report, Row, format_table
+from gateway.tools.bench.report import Report, Row, TargetCheck, format_table
 from gateway.tools.bench.scenarios import (
     SCENARIOS,
     Scenario,
@@ -76,6 +79,7 @@ __all__ = [
     "ScratchDatabase",
     "ServerFacts",
     "StoreUnderTest",
+    "TargetCheck",
     "WrkGenerator",
     "bench_environment",
     "body_templates",
@@ -92,6 +96,7 @@ __all__ = [
     "main",
     "open_circuit",
     "parse_wrk_output",
+    "pass_through",
     "postgres_accept_overrides",
     "postgres_store",
     "process_cpu_seconds",

@@ -79,6 +79,9 @@ class LoadTarget:
     #: Order numbers are `{prefix}{worker}n{counter}`: unique per request, per run.
     order_prefix: str
     path: str = SERVICES_PATH
+    #: Each connection waits this long between an answer and its next request (0: none), so
+    #: `connections` connections offer about `connections / (pace + latency)` requests a second.
+    pace_ms: int = 0
 
     @property
     def url(self) -> str:
@@ -183,6 +186,7 @@ function request()
   return wrk.format("POST", path, request_headers, body[1] .. order_no .. body[2])
 end
 
+%(pace)s
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
   local outcome = headers["%(outcome)s"] or headers[string.lower("%(outcome)s")] or ""
@@ -235,6 +239,7 @@ def wrk_script(target: LoadTarget) -> str:
         "prefix": lua_string(target.order_prefix),
         "marker": lua_string(WRK_MARKER),
         "outcome": OUTCOME_HEADER,
+        "pace": f"function delay()\n  return {target.pace_ms}\nend\n" if target.pace_ms else "",
     }
 
 
@@ -369,6 +374,8 @@ class AiohttpGenerator:
                     outcome = response.headers.get(OUTCOME_HEADER)
                     if outcome:
                         outcomes[outcome_of(response.headers)] += 1
+                if target.pace_ms:
+                    await asyncio.sleep(target.pace_ms / 1000)
 
         connector = aiohttp.TCPConnector(limit=connections, force_close=False)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -32,6 +32,19 @@ class Row:
         return self.load.rate(self.good_status)
 
 
+@dataclass(frozen=True, slots=True)
+class TargetCheck:
+    """One of the performance targets, as this run measured it: met or not, never a failure of
+    the command (a bench measures; the tests and checks decide what is broken)."""
+
+    name: str
+    #: What was measured, with its unit ("0.83x", "1.4 ms").
+    measured: str
+    #: The target, in the same terms ("≥ 1.00x", "≤ 2 ms").
+    goal: str
+    met: bool
+
+
 @dataclass
 class Report:
     scenario: str
@@ -40,6 +53,7 @@ class Report:
     environment: dict[str, str]
     rows: list[Row] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
+    targets: list[TargetCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -81,6 +95,10 @@ class Report:
                 for row in self.rows
             ],
             "ratios": {name: round(value, 3) for name, value in self.ratios.items()},
+            "targets": [
+                {"name": t.name, "measured": t.measured, "goal": t.goal, "met": t.met}
+                for t in self.targets
+            ],
             "problems": list(self.problems),
         }
 
@@ -143,6 +161,12 @@ def format_table(report: Report) -> str:
     if report.ratios:
         lines.append("")
         lines += [f"  {name}: {value:.2f}x" for name, value in report.ratios.items()]
+    if report.targets:
+        lines.append("")
+        lines += [
+            f"  target {t.name}: {t.measured} (goal {t.goal}) {'met' if t.met else 'NOT MET'}"
+            for t in report.targets
+        ]
     lines.append("")
     if report.problems:
         lines += [f"  PROBLEM: {problem}" for problem in report.problems]
