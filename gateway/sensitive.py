@@ -24,9 +24,10 @@ addresses.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from gateway.jsonpointer import JsonPointer
 
@@ -95,8 +96,10 @@ _SENSITIVE_TEXT = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_sensitive(key: str) -> bool:
-    """Whether a field with this name holds personal or banking data."""
+    """Whether a field with this name holds personal or banking data (cached: the same few
+    hundred names come back on every log line and document)."""
     name = _NOT_KEY_CHARS.sub("", key).lower()
     return name.endswith(SENSITIVE_SUFFIXES)
 
@@ -137,6 +140,12 @@ def mask(document: Any) -> Any:
     return document
 
 
+#: Values that hold no text to mask (exact types: a subclass may `str` to anything).
+_PLAIN: Final = frozenset({int, float, bool, type(None)})
+#: Texts up to this long are masked through a cache (`TextMasker`).
+_CACHED_TEXT_LENGTH: Final = 128
+
+
 class TextMasker:
     """Masks personal data inside free text: by shape (see the module docstring), and every
     occurrence of `known` values — configured secrets and the seller's own tax number, which
@@ -150,8 +159,16 @@ class TextMasker:
             {value for value in known if len(value) >= KNOWN_MIN_LENGTH}, key=len, reverse=True
         )
         self._known = re.compile("|".join(re.escape(value) for value in values)) if values else None
+        # Short texts repeat (a log line's operation, path, outcome, tenant): each is masked
+        # once. Unique ones (request ids) pass through the cache and age out of it.
+        self._short = functools.lru_cache(maxsize=4096)(self._mask)
 
     def __call__(self, text: str) -> str:
+        if len(text) <= _CACHED_TEXT_LENGTH:
+            return self._short(text)
+        return self._mask(text)
+
+    def _mask(self, text: str) -> str:
         if self._known is not None:
             text = self._known.sub(_masked_match, text)
         return _SENSITIVE_TEXT.sub(_masked_match, text)
@@ -164,10 +181,17 @@ class TextMasker:
         if value is None or isinstance(value, bool | int | float):
             return value
         if isinstance(value, dict):
-            return {
-                key: mask_value(inner) if is_sensitive(str(key)) else self.document(inner)
-                for key, inner in value.items()
-            }
+            masked: dict[Any, Any] = {}
+            for key, inner in value.items():
+                if is_sensitive(str(key)):
+                    masked[key] = mask_value(inner)
+                elif type(inner) in _PLAIN:  # a log line's fields, mostly: no call for them
+                    masked[key] = inner
+                elif type(inner) is str:
+                    masked[key] = self(inner)
+                else:
+                    masked[key] = self.document(inner)
+            return masked
         if isinstance(value, list | tuple | set | frozenset):
             return [self.document(inner) for inner in value]
         if isinstance(value, bytes | bytearray):

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterable
 from typing import Literal
 
+import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
@@ -37,6 +38,13 @@ class MaskSensitive:
         return masked
 
 
+def _json_line(event_dict: EventDict, **_: object) -> str:
+    """One log line as JSON: orjson, several times faster than `json.dumps` on the access log's
+    path. UTF-8 as it is (the lines were `\\u`-escaped ASCII before); anything it cannot
+    serialise natively is written as its `str`."""
+    return orjson.dumps(event_dict, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     level: str = "info",
@@ -50,7 +58,9 @@ def configure_logging(
     """
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer()
+        if console
+        else structlog.processors.JSONRenderer(serializer=_json_line)
     )
     masked: list[Processor] = [
         structlog.processors.StackInfoRenderer(),

@@ -1,7 +1,8 @@
 """The resilience pipeline: one operation's attempts under deadline, retry policy, budget
 and circuit breaker, ending in one `Outcome`.
 
-    for each attempt (a fresh tenacity `AsyncRetrying` per request, so nothing is shared):
+    for each attempt (tenacity's `AsyncRetrying`, fresh per request so nothing is shared, and
+    built only once a first attempt failed retryably):
         circuit breaker admits it?  ── no → circuit_open, stop (fail fast)
         sign afresh and send, time-limited by what is left of the deadline
         classify → success | FailureClass
@@ -161,6 +162,28 @@ class ResiliencePipeline:
         )
         if live:
             self.budget.record_request()
+        verdict = await self._attempt(request, run)
+        if self._retryable(verdict, run):
+            verdict = await self._retry(request, run, verdict)
+        run.outcome.verdict = verdict
+        if verdict.ok:
+            run.outcome.stopped_by = None
+        elif run.outcome.stopped_by is None:
+            run.outcome.stopped_by = "not retryable"
+        return run.outcome
+
+    async def _retry(self, request: UpstreamRequest, run: _Run, first: Verdict) -> Verdict:
+        """The attempts after a retryable `first`, under tenacity (built only when a retry may
+        follow: most requests succeed at once and never pay for it)."""
+        pending: Verdict | None = first
+
+        async def attempt() -> Verdict:
+            nonlocal pending
+            if pending is not None:
+                verdict, pending = pending, None
+                return verdict  # the first attempt's verdict: tenacity decides what follows
+            return await self._attempt(request, run)
+
         retrying = AsyncRetrying(
             sleep=self._clock.sleep,
             retry=retry_if_result(lambda verdict: self._retryable(verdict, run)),
@@ -170,13 +193,8 @@ class ResiliencePipeline:
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
             reraise=True,
         )
-        verdict: Verdict = await retrying(self._attempt, request, run)
-        run.outcome.verdict = verdict
-        if verdict.ok:
-            run.outcome.stopped_by = None
-        elif run.outcome.stopped_by is None:
-            run.outcome.stopped_by = "not retryable"
-        return run.outcome
+        verdict: Verdict = await retrying(attempt)
+        return verdict
 
     async def _attempt(self, request: UpstreamRequest, run: _Run) -> Verdict:
         run.outcome.attempts += 1
