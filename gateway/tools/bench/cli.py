@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Final
 
 from gateway.outbox.store.urls import is_postgres_url
-from gateway.quantities import duration, whole_number
+from gateway.quantities import duration, number, whole_number
 from gateway.tools.bench.generators import INSTALL_WRK
 from gateway.tools.bench.options import (
+    DEFAULT_BACKLOG,
     DEFAULT_CONNECTIONS,
     DEFAULT_DURATION_S,
+    DEFAULT_OPEN_CONNECTIONS,
+    DEFAULT_QUEUED,
+    DEFAULT_RATE,
     BenchOptions,
     say,
 )
@@ -38,6 +42,9 @@ _positive_duration = duration(0, above=True)
 
 
 _positive_int = whole_number(1)
+
+
+_positive_rate = number(0, above=True, unit="/s")
 
 
 def _postgres_url(text: str) -> str:
@@ -104,6 +111,36 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep each run's directory (config, store, logs)"
     )
+    parser.add_argument(
+        "--backlog",
+        type=_positive_int,
+        default=DEFAULT_BACKLOG,
+        metavar="N",
+        help=f"drain: submissions queued before the unthrottled run (default {DEFAULT_BACKLOG})",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive_rate,
+        default=DEFAULT_RATE,
+        metavar="PER_S",
+        help=f"drain: the throttled run's dispatcher rate, deliveries/s (default "
+        f"{DEFAULT_RATE:g}); it delivers what this rate does in --duration, at most --backlog",
+    )
+    parser.add_argument(
+        "--queued",
+        type=_positive_int,
+        default=DEFAULT_QUEUED,
+        metavar="N",
+        help=f"memory: submissions queued in the store (default {DEFAULT_QUEUED})",
+    )
+    parser.add_argument(
+        "--open-connections",
+        type=_positive_int,
+        default=DEFAULT_OPEN_CONNECTIONS,
+        metavar="N",
+        help=f"memory: idle keep-alive client connections held open (default "
+        f"{DEFAULT_OPEN_CONNECTIONS})",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -117,6 +154,10 @@ def run_bench(args: argparse.Namespace) -> int:
         keep=bool(args.keep),
         builtin_generator=bool(args.builtin_generator),
         postgres=args.postgres,
+        backlog=int(args.backlog),
+        rate=float(args.rate),
+        queued=int(args.queued),
+        open_connections=int(args.open_connections),
     )
     chosen = SCENARIOS.get(options.scenario)
     if chosen is None:

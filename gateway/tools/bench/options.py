@@ -12,6 +12,12 @@ from gateway.tools.children import ToolError
 
 DEFAULT_DURATION_S: Final = 10.0
 DEFAULT_CONNECTIONS: Final = 64
+#: drain: submissions queued before the unthrottled run; the throttled run's rate.
+DEFAULT_BACKLOG: Final = 20_000
+DEFAULT_RATE: Final = 500.0
+#: memory: submissions queued, and idle client connections held open.
+DEFAULT_QUEUED: Final = 1_000_000
+DEFAULT_OPEN_CONNECTIONS: Final = 10_000
 
 
 class BenchError(ToolError):
@@ -35,6 +41,14 @@ class BenchOptions:
     #: durable-accept: also measure on PostgreSQL, in a scratch database on the server whose
     #: maintenance database this URL names; None measures SQLite only.
     postgres: str | None = None
+    #: drain: queued submissions the unthrottled run delivers (the throttled run delivers what
+    #: `rate` does in `duration_s`, at most this many).
+    backlog: int = DEFAULT_BACKLOG
+    #: drain: the throttled run's `outbox.dispatcher.rate` (deliveries per second).
+    rate: float = DEFAULT_RATE
+    #: memory: queued submissions in the store, and idle client connections held open.
+    queued: int = DEFAULT_QUEUED
+    open_connections: int = DEFAULT_OPEN_CONNECTIONS
 
 
 def say(text: str) -> None:
