@@ -1,7 +1,8 @@
 """The embedded SQLite store: WAL, `synchronous=FULL`, `BEGIN IMMEDIATE`, group commit.
 
-Writes go through one connection and the `GroupCommitter`; reads use a second, read-only
-connection (WAL lets it read while a write is in progress).
+Writes go through one connection in a thread of its own and the `GroupCommitter`: each write is
+a plain function of that connection, and a whole batch of them crosses to the thread at once.
+Reads use a second, read-only connection (WAL lets it read while a write is in progress).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import aiosqlite
 
 from gateway.errors import StoreError
 from gateway.outbox.store import rows as row_mapping
-from gateway.outbox.store.group_commit import CommitStats, GroupCommitter
+from gateway.outbox.store.group_commit import CommitStats, GroupCommitter, WriterThread
 from gateway.outbox.store.protocol import Admission, OutboxCounts, Resealed
 from gateway.outbox.store.sealing import Sealer
 from gateway.outbox.submissions import (
@@ -140,7 +141,7 @@ class SqliteStore:
 
     def __init__(
         self,
-        writer: aiosqlite.Connection,
+        writer: WriterThread,
         reader: aiosqlite.Connection,
         path: Path,
         committer: GroupCommitter,
@@ -170,6 +171,12 @@ class SqliteStore:
             row = await cursor.fetchone()
         return self._submission(row) if row else None
 
+    def _fetch_written(self, db: sqlite3.Connection, submission_id: str) -> Submission | None:
+        """A row as a write left it (in the writer's thread, inside its transaction)."""
+        row = db.execute(f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,))
+        found = row.fetchone()
+        return self._submission(found) if found else None
+
     @property
     def commit_stats(self) -> CommitStats:
         return self._committer.stats
@@ -193,16 +200,20 @@ class SqliteStore:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = await aiosqlite.connect(path, isolation_level=None)
+            writer = await WriterThread.connect(path)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}") from exc
         reader: aiosqlite.Connection | None = None
+
+        def prepare(db: sqlite3.Connection) -> None:
+            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {synchronous}")
+            db.execute("PRAGMA foreign_keys = ON")
+            _migrate(db, path, apply=migrate)
+
         try:
-            await writer.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await writer.execute(f"PRAGMA synchronous = {synchronous}")
-            await writer.execute("PRAGMA foreign_keys = ON")
-            await _migrate(writer, path, apply=migrate)
+            await writer.run(prepare)
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             await reader.execute("PRAGMA query_only = 1")
@@ -225,9 +236,9 @@ class SqliteStore:
         await self._db.close()
 
     async def check_writable(self) -> None:
-        async def probe(db: aiosqlite.Connection) -> None:
+        def probe(db: sqlite3.Connection) -> None:
             # A real (harmless) write through the group commit: proves the disk takes writes.
-            await db.execute(
+            db.execute(
                 "INSERT INTO upstream_token (key, value, obtained_at, expires_in) "
                 "VALUES ('readyz', '', 0, 1) ON CONFLICT (key) DO UPDATE SET obtained_at = 0"
             )
@@ -263,19 +274,18 @@ class SqliteStore:
     async def reseal(self, *, after: str | None, limit: int) -> Resealed:
         start = row_mapping.parse_cursor(after) or 0
 
-        async def write(db: aiosqlite.Connection) -> Resealed:
-            async with db.execute(
+        def write(db: sqlite3.Connection) -> Resealed:
+            found = db.execute(
                 "SELECT seq, id, body, response, result, issuance FROM submission "
                 "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (start, limit),
-            ) as cursor:
-                found = list(await cursor.fetchall())
+            ).fetchall()
             done = changed = 0
             for row in found:
                 new = row_mapping.resealed(self._sealer, row[1:])
                 if new is None:
                     continue
-                cursor = await db.execute(
+                cursor = db.execute(
                     "UPDATE submission SET body = ?, response = ?, result = ?, issuance = ? "
                     "WHERE id = ? AND body = ? AND response IS ? AND result IS ? "
                     "AND issuance IS ?",
@@ -308,8 +318,8 @@ class SqliteStore:
         return StoredToken(row[0], row[1], row[2]) if row else None
 
     async def save_token(self, key: str, token: StoredToken) -> None:
-        async def write(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO upstream_token (key, value, obtained_at, expires_in) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
                 "obtained_at = excluded.obtained_at, expires_in = excluded.expires_in",
@@ -340,24 +350,25 @@ class SqliteStore:
         lease_seconds: float,
         now: float,
     ) -> Admission:
-        async def write(db: aiosqlite.Connection) -> Admission:
+        def write(db: sqlite3.Connection) -> Admission:
             if new.idempotency_key is not None:
-                existing = await self._fetch_one(
-                    db,
+                row = db.execute(
                     f"SELECT {_COLUMNS} FROM submission "
                     "WHERE tenant = ? AND operation = ? AND idempotency_key = ?",
                     (new.tenant, new.operation, new.idempotency_key),
-                )
-                if existing is not None:
-                    return Admission(existing, created=False)
+                ).fetchone()
+                if row is not None:
+                    return Admission(self._submission(row), created=False)
             blocked = False
             if new.ordering_key is not None:
-                async with db.execute(
-                    "SELECT 1 FROM submission WHERE tenant = ? AND ordering_key = ? "
-                    f"AND state IN ({_UNRESOLVED}) LIMIT 1",
-                    (new.tenant, new.ordering_key),
-                ) as cursor:
-                    blocked = await cursor.fetchone() is not None
+                blocked = (
+                    db.execute(
+                        "SELECT 1 FROM submission WHERE tenant = ? AND ordering_key = ? "
+                        f"AND state IN ({_UNRESOLVED}) LIMIT 1",
+                        (new.tenant, new.ordering_key),
+                    ).fetchone()
+                    is not None
+                )
             submission = row_mapping.admitted(
                 new,
                 queue=queue,
@@ -366,7 +377,7 @@ class SqliteStore:
                 lease_seconds=lease_seconds,
                 now=now,
             )
-            await db.execute(
+            db.execute(
                 f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                 self._row(submission),
             )
@@ -383,7 +394,7 @@ class SqliteStore:
         now: float,
         audit: AuditEntry | None = None,
     ) -> Submission | None:
-        async def write(db: aiosqlite.Connection) -> Submission | None:
+        def write(db: sqlite3.Connection) -> Submission | None:
             sets = [
                 "state = :state",
                 "attempts = :attempts"
@@ -439,43 +450,41 @@ class SqliteStore:
                 params["body"] = row_mapping.seal_body(self._sealer, submission_id, change.body)
             if audit is not None:
                 sets.append("fence = fence + 1")  # whoever held it before cannot write now
-            cursor = await db.execute(
+            cursor = db.execute(
                 f"UPDATE submission SET {', '.join(sets)} WHERE id = :id AND fence = :fence",
                 params,
             )
             if cursor.rowcount == 0:
                 return None
             if audit is not None:
-                await _insert_audit(db, audit, now)
-            return await self._fetch_one(
-                db, f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,)
-            )
+                _insert_audit(db, audit, now)
+            return self._fetch_written(db, submission_id)
 
         return await self._committer.submit(write)
 
     async def claim_due(
         self, *, now: float, limit: int, owner: str, lease_seconds: float
     ) -> Sequence[Submission]:
-        async def write(db: aiosqlite.Connection) -> list[Submission]:
-            seqs, self._turn = await _due_heads(db, now=now, limit=limit, served_last=self._turn)
+        def write(db: sqlite3.Connection) -> list[Submission]:
+            seqs, self._turn = _due_heads(db, now=now, limit=limit, served_last=self._turn)
             if not seqs:
                 return []
             marks = ", ".join("?" * len(seqs))
-            await db.execute(
+            db.execute(
                 f"UPDATE submission SET state = 'delivering', lease_owner = ?, "
                 f"lease_expires_at = ?, fence = fence + 1, updated_at = ? WHERE seq IN ({marks})",
                 (owner, now + lease_seconds, now, *seqs),
             )
-            async with db.execute(
+            found = db.execute(
                 f"SELECT {_COLUMNS} FROM submission WHERE seq IN ({marks}) ORDER BY seq", seqs
-            ) as cursor:
-                return [self._submission(row) for row in await cursor.fetchall()]
+            ).fetchall()
+            return [self._submission(row) for row in found]
 
         return await self._committer.submit(write)
 
     async def reclaim(self, *, now: float, everything: bool = False) -> int:
-        async def write(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
+        def write(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
                 "UPDATE submission SET state = 'unknown', maybe_sent = 1, acknowledged = 1, "
                 "lease_owner = NULL, lease_expires_at = NULL, fence = fence + 1, "
                 "next_attempt_at = :now, updated_at = :now, "
@@ -489,16 +498,15 @@ class SqliteStore:
         return await self._committer.submit(write)
 
     async def rebase(self, *, now: float) -> float:
-        async def write(db: aiosqlite.Connection) -> float:
-            async with db.execute(
+        def write(db: sqlite3.Connection) -> float:
+            row = db.execute(
                 f"SELECT MAX(updated_at) FROM submission WHERE state IN {_WAITING}"
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
             latest = row[0] if row is not None else None
             if latest is None or latest <= now + CLOCK_STEP_TOLERANCE_S:
                 return 0.0
             shift = float(latest) - now
-            await db.execute(
+            db.execute(
                 "UPDATE submission SET next_attempt_at = next_attempt_at - :shift, "
                 "updated_at = updated_at - :shift, age_from = age_from - :shift "
                 f"WHERE state IN {_WAITING}",
@@ -544,8 +552,8 @@ class SqliteStore:
         )
 
     async def purge(self, *, finished_before: float) -> int:
-        async def write(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
+        def write(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
                 "DELETE FROM submission "
                 "WHERE state IN ('delivered', 'failed', 'discarded', 'issue_failed') "
                 "AND updated_at < ?",
@@ -577,12 +585,12 @@ class SqliteStore:
     async def record_issuance(
         self, checks: Sequence[IssuanceCheck], *, now: float
     ) -> Sequence[Submission]:
-        async def write(db: aiosqlite.Connection) -> list[Submission]:
+        def write(db: sqlite3.Connection) -> list[Submission]:
             recorded: list[Submission] = []
             for check in checks:
                 issuance = check.issuance
                 failed = issuance.outcome.failed
-                cursor = await db.execute(
+                cursor = db.execute(
                     "UPDATE submission SET issuance = :issuance, issuance_outcome = :outcome, "
                     "issuance_due_at = :due, "
                     "state = CASE WHEN :failed THEN 'issue_failed' ELSE state END, "
@@ -606,11 +614,7 @@ class SqliteStore:
                     },
                 )
                 if cursor.rowcount:
-                    row = await self._fetch_one(
-                        db,
-                        f"SELECT {_COLUMNS} FROM submission WHERE id = ?",
-                        (check.submission_id,),
-                    )
+                    row = self._fetch_written(db, check.submission_id)
                     if row is not None:
                         recorded.append(row)
             return recorded
@@ -669,31 +673,27 @@ class SqliteStore:
             after = int(batch[-1][0])
 
     async def import_rows(self, rows: Sequence[Submission], *, audit: AuditEntry) -> int:
-        async def write(db: aiosqlite.Connection) -> int:
-            async with db.execute("SELECT 1 FROM submission LIMIT 1") as cursor:
-                if await cursor.fetchone() is not None:
-                    raise StoreError(
-                        "the store already holds submissions; import only into an empty store"
-                    )
-            await db.executemany(
+        def write(db: sqlite3.Connection) -> int:
+            if db.execute("SELECT 1 FROM submission LIMIT 1").fetchone() is not None:
+                raise StoreError(
+                    "the store already holds submissions; import only into an empty store"
+                )
+            db.executemany(
                 f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                 [self._row(submission) for submission in rows],
             )
-            await _insert_audit(db, audit, time.time())
+            _insert_audit(db, audit, time.time())
             return len(rows)
 
         return await self._committer.submit(write)
 
     async def merge_rows(self, rows: Sequence[Submission]) -> int:
-        async def write(db: aiosqlite.Connection) -> int:
+        def write(db: sqlite3.Connection) -> int:
             stored = 0
             for submission in rows:
-                async with db.execute(
-                    "SELECT 1 FROM submission WHERE id = ?", (submission.id,)
-                ) as cursor:
-                    if await cursor.fetchone() is not None:
-                        continue
-                await db.execute(
+                if db.execute("SELECT 1 FROM submission WHERE id = ?", (submission.id,)).fetchone():
+                    continue
+                db.execute(
                     f"INSERT INTO submission ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                     self._row(submission),
                 )
@@ -703,10 +703,10 @@ class SqliteStore:
         return await self._committer.submit(write)
 
     async def merge_audit(self, entries: Sequence[AuditEntry]) -> int:
-        async def write(db: aiosqlite.Connection) -> int:
+        def write(db: sqlite3.Connection) -> int:
             stored = 0
             for entry in entries:
-                cursor = await db.execute(
+                cursor = db.execute(
                     "INSERT INTO audit_log (seq, at, actor, role, action, submission_ids, "
                     "reason, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (seq) DO NOTHING",
@@ -718,8 +718,8 @@ class SqliteStore:
         return await self._committer.submit(write)
 
     async def record_audit(self, entry: AuditEntry) -> AuditEntry:
-        async def write(db: aiosqlite.Connection) -> AuditEntry:
-            return await _insert_audit(db, entry, time.time())
+        def write(db: sqlite3.Connection) -> AuditEntry:
+            return _insert_audit(db, entry, time.time())
 
         return await self._committer.submit(write)
 
@@ -780,9 +780,9 @@ def _where(query: SubmissionQuery) -> tuple[str, list[Any]]:
     return (" AND ".join(clauses) or "1"), params
 
 
-async def _insert_audit(db: aiosqlite.Connection, entry: AuditEntry, now: float) -> AuditEntry:
+def _insert_audit(db: sqlite3.Connection, entry: AuditEntry, now: float) -> AuditEntry:
     at = entry.at or now
-    cursor = await db.execute(
+    cursor = db.execute(
         "INSERT INTO audit_log (at, actor, role, action, submission_ids, reason, details) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (at, *row_mapping.audit_values(entry)),
@@ -790,8 +790,8 @@ async def _insert_audit(db: aiosqlite.Connection, entry: AuditEntry, now: float)
     return replace(entry, at=at, seq=int(cursor.lastrowid or 0))
 
 
-async def _due_heads(
-    db: aiosqlite.Connection, *, now: float, limit: int, served_last: str | None
+def _due_heads(
+    db: sqlite3.Connection, *, now: float, limit: int, served_last: str | None
 ) -> tuple[list[int], str | None]:
     """Up to `limit` due submissions, tenants taking turns, each the head of its ordering key;
     and the tenant served last.
@@ -805,10 +805,9 @@ async def _due_heads(
     for state in ("queued", "unknown"):
         after = ""
         while True:
-            async with db.execute(
+            row = db.execute(
                 "SELECT MIN(tenant) FROM submission WHERE state = ? AND tenant > ?", (state, after)
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
             if row is None or row[0] is None:
                 break
             after = row[0]
@@ -824,15 +823,15 @@ async def _due_heads(
         for state in ("queued", "unknown"):
             # In acceptance order, skipping rows whose ordering key has an earlier unresolved
             # submission; SQLite stops at `limit` matches.
-            async with db.execute(
+            found = db.execute(
                 "SELECT s.seq FROM submission s INDEXED BY submission_tenant_due "
                 "WHERE s.tenant = ? AND s.state = ? AND s.next_attempt_at <= ? "
                 "AND (s.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM submission p "
                 "WHERE p.tenant = s.tenant AND p.ordering_key = s.ordering_key "
                 f"AND p.seq < s.seq AND p.state IN ({_UNRESOLVED}))) ORDER BY s.seq LIMIT ?",
                 (tenant, state, now, limit),
-            ) as cursor:
-                heads += [int(r[0]) for r in await cursor.fetchall()]
+            ).fetchall()
+            heads += [int(r[0]) for r in found]
         if heads:
             queues.append((tenant, sorted(heads)[:limit]))
     chosen: list[tuple[str, int]] = []
@@ -843,15 +842,14 @@ async def _due_heads(
     return [seq for _, seq in chosen], (chosen[-1][0] if chosen else served_last)
 
 
-async def _migrate(db: aiosqlite.Connection, path: Path, *, apply: bool) -> None:
-    await db.execute("BEGIN IMMEDIATE")
+def _migrate(db: sqlite3.Connection, path: Path, *, apply: bool) -> None:
+    db.execute("BEGIN IMMEDIATE")
     try:
-        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with db.execute("SELECT version FROM schema_version") as cursor:
-            row = await cursor.fetchone()
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
         version = row[0] if row else 0
         if row is None:
-            await db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            db.execute("INSERT INTO schema_version (version) VALUES (0)")
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"the store at {path} has schema version {version}, newer than this gateway "
@@ -864,9 +862,9 @@ async def _migrate(db: aiosqlite.Connection, path: Path, *, apply: bool) -> None
             )
         for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in filter(str.strip, script.split(";")):
-                await db.execute(statement)
-            await db.execute("UPDATE schema_version SET version = ?", (target,))
-        await db.execute("COMMIT")
+                db.execute(statement)
+            db.execute("UPDATE schema_version SET version = ?", (target,))
+        db.execute("COMMIT")
     except BaseException:
-        await db.execute("ROLLBACK")
+        db.execute("ROLLBACK")
         raise

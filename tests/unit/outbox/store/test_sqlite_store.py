@@ -8,7 +8,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from gateway.errors import StoreError
@@ -36,8 +35,8 @@ async def test_one_bad_write_fails_alone(store: SqliteStore) -> None:
     """A write that fails inside a shared commit fails only its own caller."""
     committer = store._committer
 
-    async def bad(db: aiosqlite.Connection) -> None:
-        await db.execute("INSERT INTO no_such_table VALUES (1)")
+    def bad(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO no_such_table VALUES (1)")
 
     good = [admit(store, new_submission(f"G-{i}")) for i in range(5)]
     results = await asyncio.gather(committer.submit(bad), *good, return_exceptions=True)
@@ -62,3 +61,17 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
         connection.execute("UPDATE schema_version SET version = 999")
     with pytest.raises(StoreError, match="newer than this gateway knows"):
         await SqliteStore.open(tmp_path / "s.db")
+
+
+async def test_a_bug_in_one_write_fails_it_alone_and_writing_goes_on(store: SqliteStore) -> None:
+    """A write raising something no store error would (a bug) fails its caller with a store
+    error naming it, its savepoint rolled back; the next writes commit as before."""
+
+    def buggy(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO upstream_token VALUES ('half-done', '', 0, 1)")
+        raise TypeError("a bug in a write")
+
+    with pytest.raises(StoreError, match="a bug in a write"):
+        await store._committer.submit(buggy)
+    assert (await admit(store, new_submission("after-the-bug"))).created
+    assert await store.load_token("half-done") is None  # rolled back to its savepoint
