@@ -42,7 +42,7 @@ from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.resilience.probe import HealthProbe, UpstreamHealth
 from gateway.resilience.retry import Backoff
 from gateway.upstream.auth import UpstreamAuth, build_auth
-from gateway.upstream.client import UpstreamClient, trace_config
+from gateway.upstream.client import MarkingConnector, UpstreamClient
 from gateway.upstream.models import UpstreamRequest
 
 log = structlog.get_logger("gateway")
@@ -78,8 +78,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
     store = await open_store(config.store_url, config.outbox, config.store)
     upstream_config = config.upstream
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=upstream_config.pool_size, ttl_dns_cache=60),
-        trace_configs=[trace_config()],
+        connector=MarkingConnector(limit=upstream_config.pool_size, ttl_dns_cache=60),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
     )
