@@ -57,7 +57,8 @@ def _postgres_url(text: str) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to its subcommand parser."""
-    listing = "; ".join(f"{s.name}: {s.summary}" for s in SCENARIOS.values())
+    # argparse formats help with `%`: a summary's "±5 %" must not be taken for a placeholder.
+    listing = "; ".join(f"{s.name}: {s.summary}" for s in SCENARIOS.values()).replace("%", "%%")
     parser.add_argument(
         "--scenario",
         required=True,
