@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 import structlog
 
@@ -113,10 +113,17 @@ def iso_utc(wall: float) -> str:
     return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
+#: The share of the time a background count of the store may take (`Periodic(max_share=…)`):
+#: with a million rows queued, the samplers slow down rather than burn a core.
+SAMPLING_SHARE: Final = 0.05
+
+
 class Periodic:
     """Awaits `step()` every `interval` seconds on `clock`, in a background task named `name`,
     between `start()` and `stop()`. A step that raises is logged (`failure` says what could
-    not be done) and the next one runs on time: one bad round never ends the work."""
+    not be done) and the next one runs on time: one bad round never ends the work. With
+    `max_share`, slow steps space themselves out so that they never take more than that share
+    of the time."""
 
     def __init__(
         self,
@@ -126,12 +133,16 @@ class Periodic:
         interval: float,
         clock: Clock,
         failure: str,
+        max_share: float | None = None,
     ) -> None:
         self.name = name
         self.interval = interval
         self._step = step
         self._clock = clock
         self._failure = failure
+        #: At most this share of the time spent in steps: a step that takes long (counting a
+        #: million queued rows) stretches the wait after it. None: every `interval`, always.
+        self._max_share = max_share
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -155,8 +166,15 @@ class Periodic:
 
     async def _run(self) -> None:
         while True:
+            started = self._clock.monotonic()
             try:
                 await self._step()
             except Exception:
                 log.exception(self._failure, task=self.name)
-            await self._clock.sleep(self.interval)
+            await self._clock.sleep(self.wait_after(self._clock.monotonic() - started))
+
+    def wait_after(self, step_seconds: float) -> float:
+        """How long to wait after a step that took `step_seconds`."""
+        if self._max_share is None:
+            return self.interval
+        return max(self.interval, step_seconds * (1 / self._max_share - 1))

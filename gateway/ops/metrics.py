@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.clock import Clock, Periodic
+from gateway.clock import SAMPLING_SHARE, Clock, Periodic
 from gateway.edge.intake import Intake
 from gateway.errors import StoreError
 from gateway.outbox.dispatcher import Dispatcher
@@ -458,6 +458,7 @@ class OutboxSampler:
             interval=interval,
             clock=clock,
             failure="cannot count the outbox for metrics",
+            max_share=SAMPLING_SHARE,
         )
 
     def start(self) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.clock import Clock, Periodic
+from gateway.clock import SAMPLING_SHARE, Clock, Periodic
 from gateway.resilience.breaker import CircuitState
 
 #: How often the history is sampled, and how much of it the page shows.
@@ -163,4 +163,5 @@ def history_sampler(
         interval=history.interval,
         clock=clock,
         failure="cannot sample the gateway for /status",
+        max_share=SAMPLING_SHARE,
     )

@@ -149,3 +149,28 @@ async def test_database_clock_without_a_reading_keeps_the_hosts() -> None:
 
     clock = await DatabaseClock.anchored(host, read)
     assert 1_000.0 == clock.wall()
+
+
+async def test_a_slow_step_spaces_out_the_next_ones() -> None:
+    """With `max_share` 5 %, a step that takes 1 s (counting a million queued rows) is followed
+    by 19 s of waiting, not the 2 s interval; quick steps keep the interval."""
+    clock = ManualClock()
+    starts: list[float] = []
+
+    async def step() -> None:
+        starts.append(clock.monotonic())
+        if len(starts) == 1:
+            clock.advance(1.0)  # the step itself takes a second
+
+    periodic = Periodic(
+        "test-periodic", step, interval=2.0, clock=clock, failure="step failed", max_share=0.05
+    )
+    periodic.start()
+    await settle_tasks()
+    for _ in range(21):
+        clock.advance(1.0)
+        await settle_tasks()
+    await periodic.stop()
+    first = starts[0]
+    assert [first, first + 20.0, first + 22.0] == starts
+    assert 2.0 == periodic.wait_after(0.01)
