@@ -26,6 +26,7 @@ HOP_BY_HOP = frozenset(
 
 #: Headers the gateway computes itself rather than copying.
 _RECOMPUTED = frozenset({"host", "content-length", "content-encoding"})
+_NOT_FORWARDED = HOP_BY_HOP | _RECOMPUTED
 
 REQUEST_ID = "X-Request-Id"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -35,10 +36,13 @@ def end_to_end(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], *, drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
     """A copy without hop-by-hop headers, those named in `Connection`, and `drop`."""
-    excluded = set(HOP_BY_HOP) | _RECOMPUTED | {name.lower() for name in drop}
-    for value in headers.getall("Connection", ()):
-        excluded.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in excluded)
+    excluded = _NOT_FORWARDED.union(name.lower() for name in drop) if drop else _NOT_FORWARDED
+    named = headers.getall("Connection", ())
+    if named:
+        excluded = excluded.union(
+            token.strip().lower() for value in named for token in value.split(",") if token.strip()
+        )
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in excluded])
 
 
 def request_id(headers: Mapping[str, str]) -> str:

@@ -91,9 +91,14 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         exchange = Exchange(request_id=request_id(request.headers))
-        # Every line logged while serving this request carries its id, whoever logs it.
-        with structlog.contextvars.bound_contextvars(request_id=exchange.request_id):
+        # Every line logged while serving this request carries its id (and, once known, its
+        # tenant), whoever logs it. Bound and reset by token: structlog's `bound_contextvars`
+        # first copies every context variable, a cost on each request.
+        tokens = structlog.contextvars.bind_contextvars(request_id=exchange.request_id, tenant=None)
+        try:
             return await self._handle(request, exchange)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         started = time.perf_counter()

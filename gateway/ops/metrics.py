@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -26,6 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from gateway import __version__
@@ -90,6 +91,7 @@ class Metrics:
         """`followed`: the operations whose issuance is followed (`issuance` rule)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._operations = frozenset(operations) | {"unmatched"}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.followed = tuple(followed)
         self._codes = frozenset(business_codes)
         r = self.registry
@@ -217,13 +219,22 @@ class Metrics:
         """A bounded label value for an operation name."""
         return name if name in self._operations else "unmatched"
 
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """`metric.labels(*labels)`, kept: every label here is bounded, and the request path
+        asks for the same few children on every request."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # -- the pipeline's AttemptObserver ------------------------------------------------------
 
     def attempt(self, operation: str, verdict: Verdict, seconds: float) -> None:
         op = self.operation(operation)
         result = "success" if verdict.failure is None else verdict.failure.value
-        self.upstream_attempts.labels(op, result).inc()
-        self.upstream_duration.labels(op).observe(seconds)
+        self._child(self.upstream_attempts, op, result).inc()
+        self._child(self.upstream_duration, op).observe(seconds)
         if verdict.code is not None:
             code = verdict.code if verdict.code in self._codes else "other"
             self.business_codes.labels(op, code).inc()
@@ -250,8 +261,8 @@ class Metrics:
     ) -> None:
         self.in_flight.dec()
         op = self.operation(operation)
-        self.requests.labels(op, tenant or "-", outcome, f"{status // 100}xx").inc()
-        self.request_duration.labels(op, outcome).observe(seconds)
+        self._child(self.requests, op, tenant or "-", outcome, f"{status // 100}xx").inc()
+        self._child(self.request_duration, op, outcome).observe(seconds)
         if error_class is not None and status >= 400:
             self.request_errors.labels(op, error_class).inc()
         if outcome == "replayed":

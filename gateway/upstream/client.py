@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from gateway.upstream.auth import UpstreamAuth
 
 _SEGMENT_FORBIDDEN = re.compile(r"[\\\x00-\x1f]")
+#: Upstream URLs kept built, one per path (`UpstreamClient.url_for`).
+_CACHED_URLS = 256
 
 
 def upstream_path(raw_path: str) -> tuple[str, str]:
@@ -112,14 +114,18 @@ class UpstreamClient:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
+        self._urls: dict[str, URL] = {}
 
     @property
     def auth(self) -> UpstreamAuth:
         return self._auth
 
     def url_for(self, request: UpstreamRequest) -> URL:
-        target = self._base + request.path
-        url = URL(target, encoded=True)
+        url = self._urls.get(request.path)
+        if url is None:
+            url = URL(self._base + request.path, encoded=True)
+            if len(self._urls) < _CACHED_URLS:  # the operations' few paths, not every odd one
+                self._urls[request.path] = url
         if request.query:
             url = url.with_query(request.query)
         return url

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -79,8 +80,9 @@ class LoadTarget:
     #: Order numbers are `{prefix}{worker}n{counter}`: unique per request, per run.
     order_prefix: str
     path: str = SERVICES_PATH
-    #: Each connection waits this long between an answer and its next request (0: none), so
-    #: `connections` connections offer about `connections / (pace + latency)` requests a second.
+    #: Each connection waits this long on average (uniformly 0 to twice as long) between an
+    #: answer and its next request (0: none), so `connections` connections offer about
+    #: `connections / (pace + latency)` requests a second.
     pace_ms: int = 0
 
     @property
@@ -239,7 +241,11 @@ def wrk_script(target: LoadTarget) -> str:
         "prefix": lua_string(target.order_prefix),
         "marker": lua_string(WRK_MARKER),
         "outcome": OUTCOME_HEADER,
-        "pace": f"function delay()\n  return {target.pace_ms}\nend\n" if target.pace_ms else "",
+        # Uniform in [0, 2 × pace]: the mean pace, with connections out of step (all waiting
+        # the same would send them in bursts, and measure the bursts' queueing).
+        "pace": f"function delay()\n  return math.random(0, {2 * target.pace_ms})\nend\n"
+        if target.pace_ms
+        else "",
     }
 
 
@@ -375,7 +381,7 @@ class AiohttpGenerator:
                     if outcome:
                         outcomes[outcome_of(response.headers)] += 1
                 if target.pace_ms:
-                    await asyncio.sleep(target.pace_ms / 1000)
+                    await asyncio.sleep(random.uniform(0, 2 * target.pace_ms) / 1000)
 
         connector = aiohttp.TCPConnector(limit=connections, force_close=False)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
