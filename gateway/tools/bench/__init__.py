@@ -1,15 +1,15 @@
 """`invoice-gateway bench`: the project's own benchmark, run by hand and never a timed test. A
 scenario (registered with `@scenario` from `scenarios`, which holds `durable-accept`;
-`passthrough`, `drain` and `memory` hold the others) starts what it measures as child processes
-— the simulator and a gateway (`platform`), or nginx as a fast platform and a reference proxy
-(`nginx`, `reference_proxy`) —, proves what it depends on (`checks`: the circuit open, every 202
-on disk), drives load from wrk or a built-in asyncio generator (`generators`), and reports
-figures, ratios and the performance targets met or not, with the machine and store they were
-measured on (`environment`), as a table or JSON (`report`); `cli` holds the options and
-`run_bench`. Each run gets a fresh temporary directory (config, SQLite store, child logs) on a
-local disk (not tmpfs, where fsync costs nothing), removed at the end unless `--keep`; a run on
-PostgreSQL (`--postgres`) gets a scratch database on the server, dropped at the end
-(`postgres`).
+`passthrough`, `drain`, `memory` and `suite` (`all` of them) hold the others) starts what it
+measures as child processes — the simulator and a gateway (`platform`), or nginx as a fast
+platform and a reference proxy (`nginx`, `reference_proxy`) —, proves what it depends on
+(`checks`: the circuit open, every 202 on disk), drives load from wrk or a built-in asyncio
+generator (`generators`), and reports figures, ratios and the performance targets met or not,
+with the machine and store they were measured on (`environment`), as a table or JSON (`report`);
+`cli` holds the options and `run_bench`. Each run gets a fresh temporary directory (config,
+SQLite store, child logs) on a local disk (not tmpfs, where fsync costs nothing), removed at the
+end unless `--keep`; a run on PostgreSQL (`--postgres`) gets a scratch database on the server,
+dropped at the end (`postgres`).
 """
 
 from gateway.tools.bench.checks import DurabilityCheck, count_submissions, open_circuit
@@ -61,6 +61,7 @@ from gateway.tools.bench.scenarios import (
     scenario,
     sqlite_store,
 )
+from gateway.tools.bench.suite import combine, everything
 
 __all__ = [
     "DEFAULT_POSTGRES_URL",
@@ -88,12 +89,14 @@ __all__ = [
     "body_templates",
     "choose_generator",
     "choose_store_parent",
+    "combine",
     "configure_parser",
     "count_postgres_submissions",
     "count_submissions",
     "cpu_used",
     "drain",
     "durable_accept_overrides",
+    "everything",
     "filesystem_type",
     "format_table",
     "lua_string",
