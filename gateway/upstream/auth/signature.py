@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -27,8 +28,15 @@ def sign(
     message = signature_message(
         app_key=app_key, senid=senid, nonce=nonce, timestamp=timestamp, body=body
     )
-    digest = hmac.new(app_secret.encode(), message, hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
+    mac = _keyed(app_secret).copy()
+    mac.update(message)
+    return base64.b64encode(mac.digest()).decode()
+
+
+@functools.lru_cache(maxsize=64)
+def _keyed(app_secret: str) -> hmac.HMAC:
+    """HMAC-SHA1 with the secret's key schedule done once (each call signs a copy)."""
+    return hmac.new(app_secret.encode(), digestmod=hashlib.sha1)
 
 
 def new_senid() -> str:
