@@ -190,6 +190,8 @@ class Classifier:
     def __init__(self, rules: Sequence[OperationRule], *, reject_unmatched: bool) -> None:
         self._rules = tuple(rules)
         self._reject_unmatched = reject_unmatched
+        #: Headers some rule matches on (lower case): each must come at most once in a request.
+        self.header_names = frozenset(name for rule in self._rules for name, _ in rule.headers)
 
     @classmethod
     def from_config(cls, operations: Sequence[OperationConfig], *, unmatched: str) -> Classifier:

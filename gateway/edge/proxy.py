@@ -173,7 +173,15 @@ class Proxy:
 
     async def _forward(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         path, query = upstream_path(request.raw_path)
-        lowered = {k.lower(): v for k, v in request.headers.items()}
+        # Rules name headers in lower case; aiohttp's headers are looked up case-insensitively.
+        lowered = request.headers
+        for name in self._classifier.header_names:
+            if len(lowered.getall(name, ())) > 1:
+                # Which one would the platform act on? Classified by one (a read) and issued by
+                # the other, a submission would bypass the outbox.
+                raise BadRequest(
+                    f"the request carries the {name!r} header more than once; send it once"
+                )
         # The head first: an unknown operation (unmatched: reject), or a bad Idempotency-Key on
         # what may be a submission, is refused before the body is read or parsed.
         candidates = self._classifier.candidates(request.method, path, lowered)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from gateway.app import client_app, open_gateway
 from gateway.config import parse_config
@@ -260,6 +261,21 @@ async def test_unknown_method_rejected_when_configured(
         response, problem = await post_operation(client, "nuonuo.Unknown.op", json={})
     assert (404, PROBLEM_JSON) == (response.status, response.content_type)
     assert "urn:invoice-gateway:problem:unknown-operation" == problem["type"]
+    assert [] == upstream.seen
+
+
+@pytest.mark.parametrize("order", [(QUERY, ISSUE), (ISSUE, QUERY), (ISSUE, ISSUE)])
+async def test_a_repeated_method_header_is_refused_before_anything_is_sent(
+    upstream: FakeUpstream, client: GatewayClient, order: tuple[str, str]
+) -> None:
+    """Two `method` headers: which one would the platform act on? The gateway could classify by
+    one (a read, never kept) while the platform issued by the other, outside the outbox. Refused
+    with 400, whatever the two say; nothing is sent or stored."""
+    headers = CIMultiDict([("method", order[0]), ("method", order[1]), ("X-Api-Key", TENANT_KEY)])
+    response = await client.post(SERVICES, json=issue_body(), headers=headers)
+    problem = await response.json(content_type=None)
+    assert (400, PROBLEM_JSON) == (response.status, response.content_type)
+    assert "the 'method' header more than once" in problem["detail"]
     assert [] == upstream.seen
 
 
