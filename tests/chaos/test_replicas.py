@@ -143,13 +143,27 @@ def test_three_replicas_through_an_outage_and_a_kill_9_issue_each_exactly_once(
         )
         victim = replicas[1]
         pid = victim.process.pid
+
+        def leases_of_victim() -> int:
+            return int(
+                query(
+                    database,
+                    "SELECT count(*) AS n FROM submission WHERE state = 'delivering' "
+                    "AND lease_owner LIKE $1",
+                    f"%:{pid}:%",
+                )[0]["n"]
+            )
+
+        # Killed while it holds leases (each delivery takes 0.4 s, the kill follows the check
+        # within milliseconds), whichever replicas happened to claim the first rows.
+        wait_until(
+            lambda: leases_of_victim() >= 2,
+            timeout=30,
+            interval=0.02,
+            what="the victim to hold leases",
+        )
         victim.process.kill9()
-        held = query(
-            database,
-            "SELECT count(*) AS n FROM submission WHERE state = 'delivering' "
-            "AND lease_owner LIKE $1",
-            f"%:{pid}:%",
-        )[0]["n"]
+        held = leases_of_victim()
         assert held > 0, "the killed replica held no lease: the test proved nothing"
         sim.clear_faults()
         survivors = [replicas[0], replicas[2]]
