@@ -9,9 +9,11 @@ import os
 import secrets
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Final, NoReturn
 
 import aiohttp
 import structlog
@@ -21,7 +23,7 @@ from prometheus_client import Counter
 
 from gateway import __version__
 from gateway.clock import Clock, DatabaseClock, Periodic, SteadyClock, SystemClock
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ShutdownConfig
 from gateway.edge.intake import STATUS_PATH, Intake
 from gateway.edge.limits import TenantLimiter
 from gateway.edge.listener import GatedTCPSite, runner_args
@@ -340,10 +342,17 @@ def _health_probe(
     return HealthProbe(probe, send, breakers, health, clock)
 
 
+#: The exit status of a stop cut short (a second signal, or the grace period ran out).
+FORCED_EXIT: Final = 1
+
+#: The client listener's `Health` (`serve` marks it stopping at SIGTERM).
+HEALTH = web.AppKey("health", Health)
+
+
 def client_app(gateway: Gateway) -> web.Application:
     """The client listener: health, then everything else proxied."""
     app = web.Application(client_max_size=gateway.config.limits.max_body_bytes + 1)
-    health = Health(gateway.store)
+    health = app[HEALTH] = Health(gateway.store)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get(STATUS_PATH, gateway.proxy.submission_status)
@@ -365,18 +374,34 @@ def _loopback(host: str) -> bool:
 
 
 async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or `stop` is set)."""
+    """Run the gateway until SIGTERM/SIGINT (or `stop` is set), then stop gracefully.
+
+    Stopping: `/readyz` fails at once; requests are still served for `shutdown.drain_delay`;
+    then the listener closes, and the requests and deliveries in flight finish — all within
+    `shutdown.grace_period` of the signal. A second signal, or the grace period running out,
+    ends the process at once (`force_exit`): every acknowledged submission is on disk already,
+    and a delivery cut off is reconciled by whoever takes it up.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    grace = config.shutdown.grace_period
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            force_exit(f"a second {signum.name}")
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     from gateway.ops.admin import admin_app  # the admin package needs this module's `Gateway`
 
     async with open_gateway(config) as gateway:
+        app = client_app(gateway)
         runner = web.AppRunner(
-            client_app(gateway),
+            app,
             access_log=None,
             handle_signals=False,
+            shutdown_timeout=grace,
             **runner_args(config.limits),
         )
         admin_runner = web.AppRunner(admin_app(gateway), access_log=None, handle_signals=False)
@@ -409,7 +434,53 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
                 version=__version__,
             )
             await stop.wait()
-            log.info("gateway stopping")
-        finally:
+        except BaseException:
             await runner.cleanup()
             await admin_runner.cleanup()
+            raise
+        await _stop_gracefully(gateway, app[HEALTH], runner, admin_runner, config.shutdown)
+
+
+async def _stop_gracefully(
+    gateway: Gateway,
+    health: Health,
+    runner: web.AppRunner,
+    admin_runner: web.AppRunner,
+    shutdown: ShutdownConfig,
+) -> None:
+    """The graceful part of `serve`, from the first signal to the store's closing."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + shutdown.grace_period
+    # Whatever is still running when the grace period ends is cut off.
+    cutoff = loop.call_at(deadline, force_exit, "the grace period ran out")
+    try:
+        health.stopping = True
+        log.info(
+            "gateway stopping: /readyz fails from now on; finishing what is in flight",
+            drain_delay_s=shutdown.drain_delay,
+            grace_period_s=shutdown.grace_period,
+        )
+        if shutdown.drain_delay:
+            await asyncio.sleep(shutdown.drain_delay)
+        # The listener closes and the requests in flight finish, while deliveries in flight
+        # finish too (no new ones are claimed).
+        await asyncio.gather(
+            runner.cleanup(),
+            gateway.dispatcher.stop(grace=max(0.0, deadline - loop.time())),
+        )
+        await admin_runner.cleanup()
+    finally:
+        cutoff.cancel()
+    log.info("gateway stopped", seconds=round(loop.time() - started, 3))
+
+
+def force_exit(reason: str) -> NoReturn:
+    """End the process at once (exit status 1): nothing acknowledged is lost — each 202 was
+    given after its commit — and a delivery cut off is reconciled, as after `kill -9`."""
+    log.warning(
+        f"stopping at once ({reason}): requests still in flight get no answer; every "
+        "acknowledged submission is on disk, and deliveries cut off are reconciled"
+    )
+    sys.stderr.flush()
+    os._exit(FORCED_EXIT)

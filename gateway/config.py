@@ -56,6 +56,8 @@ def _parse_pointer(value: Any) -> Any:
 
 #: A duration in seconds; YAML may say `15`, `15s`, `250ms`, `72h`.
 Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+#: The same, where 0 (none) is allowed.
+SecondsOrNone = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
 Pointer = Annotated[JsonPointer, BeforeValidator(_parse_pointer)]
 
 
@@ -735,6 +737,26 @@ class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ShutdownConfig(_Model):
+    """What SIGTERM does (docs/operations.md): /readyz fails at once; requests are still served
+    for `drain_delay` (so a load balancer stops sending first), then the listener closes; what
+    is in flight — requests and deliveries — finishes within `grace_period` of the signal. What
+    has not finished by then, or at a second SIGTERM, is cut off: every acknowledged
+    submission is already on disk, and a delivery cut off is reconciled."""
+
+    drain_delay: SecondsOrNone = 0.0
+    grace_period: Seconds = 25.0
+
+    @model_validator(mode="after")
+    def _delay_within_grace(self) -> ShutdownConfig:
+        if self.drain_delay >= self.grace_period:
+            raise ValueError(
+                f"drain_delay ({self.drain_delay:g} s) must be shorter than grace_period "
+                f"({self.grace_period:g} s): in-flight work needs time after the listener closes"
+            )
+        return self
+
+
 class AdminTokenConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
     role: Literal["viewer", "operator"]
@@ -756,6 +778,7 @@ class GatewayConfig(_Model):
     unmatched: Literal["passthrough", "reject"] = "passthrough"
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     tenants: list[TenantConfig] = Field(min_length=1)
     upstream: UpstreamConfig

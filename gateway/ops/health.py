@@ -33,11 +33,18 @@ class Health:
         self._checked_at = -READY_CACHE_SECONDS
         self._problem: str | None = None
         self._lock = asyncio.Lock()
+        #: Set when the gateway is stopping: `/readyz` fails from then on, so load balancers
+        #: stop sending here while what is in flight finishes.
+        self.stopping = False
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})
 
     async def readyz(self, _request: web.Request) -> web.Response:
+        if self.stopping:
+            return web.json_response(
+                {"status": "stopping", "detail": "the gateway is shutting down"}, status=503
+            )
         async with self._lock:
             now = time.monotonic()
             if now - self._checked_at >= READY_CACHE_SECONDS:

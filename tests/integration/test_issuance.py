@@ -13,7 +13,7 @@ from gateway.tools.simulator import make_tax_number
 from tests.integration.test_core_gateway import ISSUE, invoice
 from tests.integration.test_oncall_cli import cli_json, cli_json_lines, start_gateway
 from tests.support.harness import Gateway, Simulator
-from tests.support.processes import http_json, wait_until
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,14 +69,7 @@ def final_view(gw: Gateway, submission_id: str) -> dict[str, Any]:
 
 
 def metric(gw: Gateway, sample: str) -> float:
-    """One sample's value from the admin listener's /metrics (`name{labels}` as exposed)."""
-    status, _, text = http_json("GET", f"{gw.admin_url}/metrics")
-    assert 200 == status
-    for line in str(text).splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == sample:
-            return float(value)
-    raise AssertionError(f"{sample} not in /metrics")
+    return gw.metric(sample)
 
 
 def test_an_invoice_that_fails_after_acceptance_shows_as_issue_failed(gw: Gateway) -> None:

@@ -16,7 +16,7 @@ from tests.integration.test_core_gateway import ISSUE, QUERY, counters, invoice
 from tests.integration.test_oncall_cli import OPERATOR_TOKEN, cli, cli_json, cli_json_lines
 from tests.integration.test_outbox import FAST_OUTBOX, FAST_RESILIENCE, wait_delivered
 from tests.support.harness import Gateway, Simulator
-from tests.support.processes import APP_SECRET, http_json
+from tests.support.processes import APP_SECRET
 
 #: The default profile's token limits (tests/support relaxes them for everyone else).
 PROFILE_TOKEN_CALLS = {"per_hour": 5, "per_day": 20, "backoff": {"base": "30s", "cap": "15m"}}
@@ -59,14 +59,7 @@ def traffic(gw: Gateway, seconds: float) -> tuple[dict[str, str], list[tuple[int
 
 
 def metric(gw: Gateway, sample: str) -> float:
-    """One sample's value from the admin listener's /metrics (`name{labels}` as exposed)."""
-    status, _, text = http_json("GET", f"{gw.admin_url}/metrics")
-    assert 200 == status
-    for line in str(text).splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == sample:
-            return float(value)
-    raise AssertionError(f"{sample} not in /metrics")
+    return gw.metric(sample)
 
 
 def issued_once(sim: Simulator, orders: list[str]) -> bool:

@@ -165,6 +165,16 @@ class Gateway:
         ).start()
         self.process.wait_ready(f"{self.url}/healthz")
 
+    def metric(self, sample: str) -> float:
+        """One sample's value from the admin listener's /metrics (`name{labels}` as exposed)."""
+        status, _, text = http_json("GET", f"{self.admin_url}/metrics")
+        assert 200 == status
+        for line in str(text).splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+        raise AssertionError(f"{sample} not in /metrics")
+
     def status(self, submission_id: str, *, api_key: str = TENANT_KEY) -> dict[str, Any]:
         """The submission's status as its tenant sees it."""
         status, _, body = http_json(

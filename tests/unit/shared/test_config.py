@@ -254,6 +254,17 @@ def test_a_bad_log_level_from_the_environment_names_the_variable_s_key() -> None
     assert problem.startswith("log.level:"), problem
 
 
+def test_shutdown_needs_time_after_the_drain_delay() -> None:
+    """A drain delay as long as the grace period would leave in-flight work no time: refused,
+    naming both settings. The defaults: no delay, 25 s of grace."""
+    raw = default_raw()
+    raw["shutdown"] = {"drain_delay": "30s", "grace_period": "30s"}
+    [problem] = problems(raw)
+    assert "drain_delay (30 s) must be shorter than grace_period (30 s)" in problem
+    config = parse_config(default_raw(), ENV)
+    assert (0.0, 25.0) == (config.shutdown.drain_delay, config.shutdown.grace_period)
+
+
 def test_durations_accept_units() -> None:
     """Durations may be plain seconds or carry a unit."""
     raw = default_raw()
