@@ -66,6 +66,8 @@ lint: $(STAMP)
 test: system lint audit
 	promtool check rules deploy/prometheus/rules/*.yml
 	promtool test rules deploy/prometheus/tests/*.yml
+	promtool check config deploy/prometheus/prometheus.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
 	bash scripts/ensure-postgres.sh
 	$(VENV)/bin/pytest -n $(WORKERS) --cov --cov-report=term:skip-covered
 

@@ -24,6 +24,9 @@ REQUIRED=(
     "libfaketime:/usr/lib/*/faketime/libfaketime.so.1"
     # The connection pooler replicas may sit behind (tests/integration/test_pgbouncer.py).
     "pgbouncer:pgbouncer"
+    # Alertmanager and amtool: the shipped alert routing is checked and tested
+    # (deploy/alertmanager, tests/observability/test_alert_delivery.py).
+    "prometheus-alertmanager:prometheus-alertmanager,amtool"
 )
 
 present() {

@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,15 +73,27 @@ class Prometheus:
     url: str
 
     @classmethod
-    def start(cls, workdir: Path, targets: list[str]) -> Prometheus:
+    def start(
+        cls,
+        workdir: Path,
+        targets: list[str],
+        *,
+        rule_files: list[Path] | None = None,
+        alertmanagers: Sequence[str] = (),
+    ) -> Prometheus:
         """The example config (deploy/prometheus/prometheus.yml) with 1 s intervals, this
-        repository's rule files and `targets`, on a fresh TSDB in `workdir`."""
+        repository's rule files (or `rule_files`), `targets` and `alertmanagers`
+        (host:port), on a fresh TSDB in `workdir`."""
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail("prometheus is missing: run `bash scripts/bootstrap-system.sh` as root")
         config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-        config["rule_files"] = [str(path) for path in RULE_FILES]
+        config["rule_files"] = [str(path) for path in (rule_files or RULE_FILES)]
+        if alertmanagers:
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]
+            }
         [job] = config["scrape_configs"]
         job["static_configs"] = [{"targets": targets}]
         workdir.mkdir(parents=True, exist_ok=True)

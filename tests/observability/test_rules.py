@@ -75,12 +75,18 @@ def github_anchor(heading: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(alerts()))
 def test_each_alert_says_what_to_do(name: str) -> None:
-    """The alert has a severity, a summary, a description with a first check, and a link to a
-    section of the runbook that exists."""
+    """The alert has a severity, a summary in English and in Chinese (with the same template
+    values), a description with a first check, and a link to a section of the runbook that
+    exists."""
     rule = alerts()[name]
     assert rule["labels"]["severity"] in ("page", "ticket")
     annotations = rule["annotations"]
     assert annotations["summary"].strip()
+    assert re.search(r"[\u4e00-\u9fff]", annotations["summary_zh"])
+    values = re.compile(r"\{\{.*?\}\}")
+    assert sorted(values.findall(annotations["summary"])) == sorted(
+        values.findall(annotations["summary_zh"])
+    )
     assert "First check" in annotations["description"]
     target, _, anchor = annotations["runbook_url"].partition("#")
     assert "docs/runbook.md" == target
