@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, NoReturn
 
 import aiohttp
@@ -23,12 +24,13 @@ from prometheus_client import Counter
 
 from gateway import __version__
 from gateway.clock import Clock, DatabaseClock, Periodic, SteadyClock, SystemClock
-from gateway.config import GatewayConfig, ShutdownConfig
+from gateway.config import GatewayConfig, ShutdownConfig, load_config
 from gateway.edge.intake import STATUS_PATH, Intake
 from gateway.edge.limits import TenantLimiter
 from gateway.edge.listener import GatedTCPSite, runner_args
 from gateway.edge.proxy import Proxy
 from gateway.edge.tenants import TenantDirectory
+from gateway.errors import ConfigError
 from gateway.operations import Classifier, JsonLimits
 from gateway.ops.health import Health
 from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
@@ -373,14 +375,20 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: GatewayConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    config_path: str | Path | None = None,
+) -> None:
     """Run the gateway until SIGTERM/SIGINT (or `stop` is set), then stop gracefully.
 
     Stopping: `/readyz` fails at once; requests are still served for `shutdown.drain_delay`;
     then the listener closes, and the requests and deliveries in flight finish — all within
     `shutdown.grace_period` of the signal. A second signal, or the grace period running out,
     ends the process at once (`force_exit`): every acknowledged submission is on disk already,
-    and a delivery cut off is reconciled by whoever takes it up.
+    and a delivery cut off is reconciled by whoever takes it up. SIGHUP reloads
+    `config_path` (`reload_config`).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -396,6 +404,22 @@ async def serve(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> 
     from gateway.ops.admin import admin_app  # the admin package needs this module's `Gateway`
 
     async with open_gateway(config) as gateway:
+        running = config
+        reloads: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            nonlocal running
+            if config_path is None:
+                log.warning("SIGHUP: no configuration file to reload (started without one)")
+                return
+            running = reload_config(gateway, running, Path(config_path))
+
+        def on_hangup() -> None:
+            task = loop.create_task(reload(), name="reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         app = client_app(gateway)
         runner = web.AppRunner(
             app,
@@ -473,6 +497,51 @@ async def _stop_gracefully(
     finally:
         cutoff.cancel()
     log.info("gateway stopped", seconds=round(loop.time() - started, 3))
+
+
+#: What a reload (SIGHUP) applies; any other change waits for a restart.
+RELOADED: Final = ("tenants", "limits.tenant")
+
+
+def reload_config(gateway: Gateway, running: GatewayConfig, path: Path) -> GatewayConfig:
+    """Read `path` again and apply what can change safely while serving — the tenants, their
+    keys and their limits; log what was applied and what waits for a restart. A file with
+    problems changes nothing (they are logged). Returns the configuration now in force."""
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        log.error(
+            "configuration not reloaded: the file has problems; the running one stays",
+            path=str(path),
+            problems=exc.problems,
+        )
+        return running
+    gateway.proxy.reconfigure_tenants(new.tenants, new.limits.tenant)
+    log.info(
+        "configuration reloaded",
+        path=str(path),
+        applied=list(RELOADED),
+        tenants=[tenant.id for tenant in new.tenants],
+    )
+    waiting = _needs_restart(running, new)
+    if waiting:
+        log.warning("configuration changes that take effect only after a restart", settings=waiting)
+    limits = running.limits.model_copy(update={"tenant": new.limits.tenant})
+    return running.model_copy(update={"tenants": new.tenants, "limits": limits})
+
+
+def _needs_restart(running: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The settings (top-level keys, `limits.*`) that differ but a reload does not apply."""
+    before, after = running.model_dump(), new.model_dump()
+    changed = [
+        key for key in after if key not in ("tenants", "limits") and before[key] != after[key]
+    ]
+    changed += [
+        f"limits.{key}"
+        for key in after["limits"]
+        if key != "tenant" and before["limits"][key] != after["limits"][key]
+    ]
+    return sorted(changed)
 
 
 def force_exit(reason: str) -> NoReturn:

@@ -46,7 +46,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import serve
     from gateway.ops.logs import configure_logging
 
-    config = _load(_config_path(args.config))
+    path = _config_path(args.config)
+    config = _load(path)
     if config is None:
         return EXIT_CONFIG
     # Every configured secret (keys, the seller's tax number) is masked wherever it would appear.
@@ -56,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sensitive_values=[ref.value() for _, ref in config.secrets()],
     )
     try:
-        run_async(serve(config))
+        run_async(serve(config, config_path=path))
     except GatewayError as exc:
         print(f"invoice-gateway: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -57,16 +57,35 @@ class TenantLimiter:
         on_limited: Callable[[str, str], None] = lambda _tenant, _limit: None,
     ) -> None:
         self._on_limited = on_limited
+        self._clock = clock
         self._limits: dict[str, _Limits] = {}
+        self.reconfigure(tenants, default)
+
+    def reconfigure(
+        self, tenants: Sequence[TenantConfig], default: TenantLimitsConfig | None
+    ) -> None:
+        """Take up the limits of a (reloaded) configuration. A tenant's requests in progress
+        keep counting against its new concurrency cap; a rate that did not change keeps its
+        bucket (and what it has used)."""
+        limits: dict[str, _Limits] = {}
         for tenant in tenants:
             config = tenant.limits or default
             if config is None or (config.rate is None and config.concurrency is None):
                 continue
+            current = self._limits.get(tenant.id)
             bucket = None
             if config.rate is not None:
                 burst = config.burst or max(1, math.ceil(config.rate))
-                bucket = TokenBucket(config.rate, burst, clock)
-            self._limits[tenant.id] = _Limits(bucket, config.concurrency)
+                kept = current.bucket if current is not None else None
+                same = kept is not None and (kept.rate, kept.burst) == (config.rate, burst)
+                bucket = kept if same else TokenBucket(config.rate, burst, self._clock)
+            if current is None:
+                limits[tenant.id] = _Limits(bucket, config.concurrency)
+            else:
+                # The same object: releases of requests admitted before the reload find it.
+                current.bucket, current.concurrency = bucket, config.concurrency
+                limits[tenant.id] = current
+        self._limits = limits
 
     def acquire(self, tenant: str) -> Callable[[], None]:
         """Admit one request of `tenant`; returns what to call once it has been served."""

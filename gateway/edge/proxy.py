@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
 
+from gateway.config import TenantConfig, TenantLimitsConfig
 from gateway.edge.intake import Intake, check_idempotency_key
 from gateway.edge.limits import TenantLimited, TenantLimiter
 from gateway.edge.outcomes import OUTCOME, Exchange, respond
@@ -88,6 +90,14 @@ class Proxy:
         self._json_limits = json_limits or JsonLimits()
         #: Seconds the whole body may take to arrive (`limits.read_timeout`); None: no limit.
         self._read_timeout = read_timeout
+
+    def reconfigure_tenants(
+        self, tenants: Sequence[TenantConfig], default_limits: TenantLimitsConfig | None
+    ) -> None:
+        """Take up the tenants, keys and limits of a reloaded configuration (SIGHUP)."""
+        self._tenants.reconfigure(tenants)
+        if self._limits is not None:
+            self._limits.reconfigure(tenants, default_limits)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         exchange = Exchange(request_id=request_id(request.headers))

@@ -334,21 +334,7 @@ class TenantDirectory:
         # Keys from secret references are kept as HMACs under this process's own random key:
         # not reversible, not comparable across processes, and the plaintext is not kept.
         self._pepper = secrets.token_bytes(32)
-        self._tenants = {t.id for t in tenants}
-        self._fast: list[tuple[bytes, bool, str]] = []  # (digest, is_legacy_sha256, tenant)
-        self._slow: list[tuple[KeyHash, str]] = []
-        for tenant in tenants:
-            if tenant.api_key is not None:
-                self._fast.append((self._tag(tenant.api_key.value()), False, tenant.id))
-            elif tenant.api_key_sha256 is not None:
-                self._fast.append((bytes.fromhex(tenant.api_key_sha256), True, tenant.id))
-            elif tenant.api_key_hash is not None:
-                self._slow.append((parse_key_hash(tenant.api_key_hash), tenant.id))
-            elif keys is not None:
-                log.info(
-                    "tenant has no key in the configuration: only its managed keys are valid",
-                    tenant=tenant.id,
-                )
+        self._configure(tenants)
         self._managed: dict[str, ManagedKey] = {}
         self._version = ""
         self._verified = _Bounded(cache_size)
@@ -367,6 +353,34 @@ class TenantDirectory:
             if keys is not None
             else None
         )
+
+    def _configure(self, tenants: Sequence[TenantConfig]) -> None:
+        """The tenants and the keys the configuration gives them."""
+        self._tenants = {t.id for t in tenants}
+        self._fast: list[tuple[bytes, bool, str]] = []  # (digest, is_legacy_sha256, tenant)
+        self._slow: list[tuple[KeyHash, str]] = []
+        for tenant in tenants:
+            if tenant.api_key is not None:
+                self._fast.append((self._tag(tenant.api_key.value()), False, tenant.id))
+            elif tenant.api_key_sha256 is not None:
+                self._fast.append((bytes.fromhex(tenant.api_key_sha256), True, tenant.id))
+            elif tenant.api_key_hash is not None:
+                self._slow.append((parse_key_hash(tenant.api_key_hash), tenant.id))
+            elif self._keys is not None:
+                log.info(
+                    "tenant has no key in the configuration: only its managed keys are valid",
+                    tenant=tenant.id,
+                )
+
+    def reconfigure(self, tenants: Sequence[TenantConfig]) -> None:
+        """Take up the tenants of a reloaded configuration: their keys count from now on, a key
+        no longer configured stops working at once (remembered checks are forgotten), and a
+        tenant no longer configured loses its managed keys."""
+        self._configure(tenants)
+        self._managed = {k: v for k, v in self._managed.items() if v.tenant in self._tenants}
+        self._verified.clear()
+        self._refused.clear()
+        self._version = ""  # the next read of managed keys filters them by the new tenants
 
     # -- lifecycle ----------------------------------------------------------------------------
 

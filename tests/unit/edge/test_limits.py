@@ -57,3 +57,28 @@ def test_no_limits_configured() -> None:
     limits = TenantLimiter([TenantConfig(id="acme")], None, FakeClock())
     for _ in range(1000):
         limits.acquire("acme")()
+
+
+def test_a_reload_keeps_requests_in_progress_counted() -> None:
+    """demo may have one request in progress; one is. Reloaded with two allowed, one more is
+    admitted, not two; its first request's release still counts after the reload. acme's rate
+    bucket is kept when its rate is unchanged (its burst already used stays used)."""
+    clock, seen = FakeClock(), []
+    limits = limiter(clock, seen)
+    release = limits.acquire("demo")
+    limits.acquire("acme")()
+    limits.acquire("acme")()
+    tenants = [
+        TenantConfig(id="acme", limits=TenantLimitsConfig(rate=1, burst=2)),
+        TenantConfig(id="demo", limits=TenantLimitsConfig(concurrency=2)),
+    ]
+    limits.reconfigure(tenants, None)
+    limits.acquire("demo")
+    with pytest.raises(TenantLimited):
+        limits.acquire("demo")
+    release()
+    limits.acquire("demo")
+    with pytest.raises(TenantLimited):
+        limits.acquire("acme")
+    for _ in range(200):  # no default any more: free is unlimited
+        limits.acquire("free")()

@@ -196,3 +196,15 @@ async def test_rows_hold_no_plaintext() -> None:
 
 def vars_of(record: ManagedKey) -> dict[str, object]:
     return {name: getattr(record, name) for name in record.__slots__}
+
+
+async def test_a_reload_takes_keys_away_and_gives_new_ones_at_once() -> None:
+    """After `reconfigure`, the old key (remembered as verified a moment ago) is refused and
+    the new tenant's key works."""
+    tenants = directory()
+    assert "acme" == await tenants.authenticate("acme-key")
+    new_digest = hashlib.sha256(b"beta-key").hexdigest()
+    tenants.reconfigure([TenantConfig(id="beta", api_key_sha256=new_digest)])
+    with pytest.raises(Unauthenticated):
+        await tenants.authenticate("acme-key")
+    assert "beta" == await tenants.authenticate("beta-key")
