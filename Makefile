@@ -13,6 +13,8 @@ WORKERS ?= 2
 .PHONY: help demo test lint unit integration clean system lock audit
 # The dev install, every package pinned with its hashes (runtime and dev extras); `make lock`.
 LOCK := requirements.lock
+# The gateway's own dependencies only, pinned the same way: what the container image installs.
+RUNTIME_LOCK := deploy/docker/requirements.lock
 
 help:
 	@echo "make demo   - run the simulator + gateway through an outage and recovery"
@@ -38,6 +40,9 @@ lock:
 	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --extra dev \
 		--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
 		$(if $(UPGRADE),--upgrade) --output-file $(LOCK) pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet \
+		--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+		$(if $(UPGRADE),--upgrade) --output-file $(RUNTIME_LOCK) pyproject.toml
 
 # Known vulnerabilities in any locked package fail the build, advisory named. Accepted ones are
 # listed, with why and until when, in .pip-audit-ignore. When the vulnerability service answers
