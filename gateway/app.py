@@ -33,6 +33,7 @@ from gateway.edge.tenants import TenantDirectory
 from gateway.errors import ConfigError
 from gateway.operations import Classifier, JsonLimits
 from gateway.ops.health import Health
+from gateway.ops.logs import set_log_level
 from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
 from gateway.ops.status import StatusPage
 from gateway.outbox.dispatcher import Dispatcher
@@ -500,13 +501,14 @@ async def _stop_gracefully(
 
 
 #: What a reload (SIGHUP) applies; any other change waits for a restart.
-RELOADED: Final = ("tenants", "limits.tenant")
+RELOADED: Final = ("tenants", "limits.tenant", "log.level")
 
 
 def reload_config(gateway: Gateway, running: GatewayConfig, path: Path) -> GatewayConfig:
     """Read `path` again and apply what can change safely while serving — the tenants, their
-    keys and their limits; log what was applied and what waits for a restart. A file with
-    problems changes nothing (they are logged). Returns the configuration now in force."""
+    keys and their limits, the log level; log what was applied and what waits for a restart.
+    A file with problems changes nothing (they are logged). Returns the configuration now in
+    force."""
     try:
         new = load_config(path)
     except ConfigError as exc:
@@ -517,30 +519,39 @@ def reload_config(gateway: Gateway, running: GatewayConfig, path: Path) -> Gatew
         )
         return running
     gateway.proxy.reconfigure_tenants(new.tenants, new.limits.tenant)
-    log.info(
+    set_log_level(new.log.level)
+    log.warning(  # whatever the new level, this line is written
         "configuration reloaded",
         path=str(path),
         applied=list(RELOADED),
         tenants=[tenant.id for tenant in new.tenants],
+        log_level=new.log.level,
     )
     waiting = _needs_restart(running, new)
     if waiting:
         log.warning("configuration changes that take effect only after a restart", settings=waiting)
     limits = running.limits.model_copy(update={"tenant": new.limits.tenant})
-    return running.model_copy(update={"tenants": new.tenants, "limits": limits})
+    logging = running.log.model_copy(update={"level": new.log.level})
+    return running.model_copy(update={"tenants": new.tenants, "limits": limits, "log": logging})
 
 
 def _needs_restart(running: GatewayConfig, new: GatewayConfig) -> list[str]:
-    """The settings (top-level keys, `limits.*`) that differ but a reload does not apply."""
+    """The settings (top-level keys, or `key.sub` where part of a key reloads) that differ but
+    a reload does not apply."""
     before, after = running.model_dump(), new.model_dump()
-    changed = [
-        key for key in after if key not in ("tenants", "limits") and before[key] != after[key]
-    ]
-    changed += [
-        f"limits.{key}"
-        for key in after["limits"]
-        if key != "tenant" and before["limits"][key] != after["limits"][key]
-    ]
+    changed: list[str] = []
+    for key, value in after.items():
+        if key in RELOADED:
+            continue
+        reloaded = {path.split(".", 1)[1] for path in RELOADED if path.startswith(f"{key}.")}
+        if reloaded:
+            changed += [
+                f"{key}.{sub}"
+                for sub in value
+                if sub not in reloaded and before[key][sub] != value[sub]
+            ]
+        elif before[key] != value:
+            changed.append(key)
     return sorted(changed)
 
 

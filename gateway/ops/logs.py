@@ -38,6 +38,37 @@ class MaskSensitive:
         return masked
 
 
+#: structlog's method names and their levels (`exception` logs at error).
+_METHOD_LEVELS: dict[str, int] = {
+    **{name.lower(): number for name, number in logging.getLevelNamesMapping().items()},
+    "exception": logging.ERROR,
+    "warn": logging.WARNING,
+    "msg": logging.INFO,
+}
+
+
+class LevelGate:
+    """structlog processor, the first one: drops an event below the level in force, which
+    `set_log_level` changes while the gateway runs (SIGHUP). structlog's own level filter is
+    fixed once a logger is first used; this one is not."""
+
+    def __init__(self) -> None:
+        self.minimum = logging.INFO
+
+    def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        if _METHOD_LEVELS.get(method, logging.INFO) < self.minimum:
+            raise structlog.DropEvent
+        return event_dict
+
+
+_GATE = LevelGate()
+
+
+def set_log_level(level: str) -> None:
+    """The level in force from now on (`debug`, `info`, `warning`, `error`)."""
+    _GATE.minimum = logging.getLevelNamesMapping()[level.upper()]
+
+
 def _json_line(event_dict: EventDict, **_: object) -> str:
     """One log line as JSON: orjson, several times faster than `json.dumps` on the access log's
     path. UTF-8 as it is (the lines were `\\u`-escaped ASCII before); anything it cannot
@@ -72,11 +103,11 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    set_log_level(level)
     structlog.configure(
-        processors=[*shared, *masked, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[_GATE, *shared, *masked, renderer],
+        # Every level reaches the gate, so that a reload can lower the level too.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )

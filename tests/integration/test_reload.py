@@ -124,3 +124,22 @@ def test_a_file_with_problems_changes_nothing(gateway: Gateway) -> None:
     after = burst(gateway)
     assert after[200] > 0  # still serving
     assert after[429] > 0  # under the old limits
+
+
+def test_sighup_changes_the_log_level(gateway: Gateway) -> None:
+    """At `info` every request has its access line; reloaded at `warning`, a burst adds none
+    (and the reload itself is still reported)."""
+    log = gateway.process.stderr_path
+
+    def access_lines() -> int:
+        return sum('"event":"request"' in line for line in log.read_text().splitlines())
+
+    burst(gateway, 5)
+    wait_until(lambda: access_lines() >= 5, timeout=5, what="the access lines")
+    edit_config(gateway, {"log": {"level": "warning"}})
+    line = hang_up(gateway, "configuration reloaded")
+    assert '"log_level":"warning"' in line
+    before = access_lines()
+    burst(gateway, 5)
+    assert before == access_lines()
+    assert "only after a restart" not in log.read_text()  # the level reloads: nothing waits
