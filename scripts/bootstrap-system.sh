@@ -27,6 +27,8 @@ REQUIRED=(
     # Alertmanager and amtool: the shipped alert routing is checked and tested
     # (deploy/alertmanager, tests/observability/test_alert_delivery.py).
     "prometheus-alertmanager:prometheus-alertmanager,amtool"
+    # `systemd-analyze verify` on deploy/invoice-gateway.service (tests/deploy/test_systemd.py).
+    "systemd:systemd-analyze"
 )
 
 present() {
