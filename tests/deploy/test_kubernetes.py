@@ -15,12 +15,19 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config import ShutdownConfig
+from gateway.config import ShutdownConfig, load_config
 from tests.support.processes import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 VERSION = "1.30.0"
 OVERLAYS = ("sqlite", "postgresql")
+#: What the configuration's secret references need to load (stand-ins).
+STUB_ENVIRONMENT = {
+    "GATEWAY_DEMO_API_KEY": "k" * 32,
+    "NUONUO_APP_KEY": "app-key",
+    "NUONUO_APP_SECRET": "app-secret",
+    "NUONUO_USER_TAX": "91110108MA01ABCD2X",
+}
 #: Custom resources: no schema in the Kubernetes release; checked by hand below.
 CUSTOM_KINDS = {"ServiceMonitor"}
 
@@ -54,8 +61,20 @@ def assemble(directory: Path) -> list[dict[str, Any]]:
     """The objects `kubectl apply -k directory` would apply (resources and patches only: what
     these kustomizations use)."""
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    assert set(kustomization) <= {"apiVersion", "kind", "resources", "patches"}, kustomization
+    known = {"apiVersion", "kind", "resources", "patches", "configMapGenerator"}
+    assert set(kustomization) <= known, kustomization
     objects: list[dict[str, Any]] = []
+    for generator in kustomization.get("configMapGenerator", []):
+        assert generator["options"]["disableNameSuffixHash"] is True  # the name is referenced
+        data = {name: (directory / name).read_text() for name in generator["files"]}
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": generator["name"]},
+                "data": data,
+            }
+        )
     for resource in kustomization.get("resources", []):
         path = (directory / resource).resolve()
         assert path.exists(), f"{directory}: no {resource}"
@@ -112,6 +131,20 @@ def test_probes_and_a_stop_long_enough_to_finish_in_flight_work(name: str) -> No
     assert pod["securityContext"]["runAsNonRoot"] is True
     configured = yaml.safe_load(objects[("ConfigMap", "invoice-gateway")]["data"]["gateway.yaml"])
     assert "0s" == configured["shutdown"]["drain_delay"]  # the preStop hook waits instead
+
+
+def test_the_configuration_is_the_default_profile_with_the_admin_listener_on_the_pod() -> None:
+    """base/gateway.yaml is valid and differs from config/gateway.yaml only where a pod needs
+    it: the admin listener on the pod's network (for the ServiceMonitor) and JSON logs."""
+    mine = KUBERNETES / "base" / "gateway.yaml"
+    config = load_config(mine, {**STUB_ENVIRONMENT, "GATEWAY_STORE_URL": "sqlite:////tmp/x.db"})
+    assert ("0.0.0.0:8081", "json") == (config.admin.listen, config.log.format)
+    kubernetes = yaml.safe_load(mine.read_text())
+    default = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
+    for document in (kubernetes, default):
+        document["admin"].pop("listen")
+        document["log"].pop("format")
+    assert default == kubernetes
 
 
 def test_sqlite_runs_one_replica_with_its_store_on_a_volume() -> None:
