@@ -39,6 +39,7 @@ def test_the_stack_has_two_replicas_on_postgresql_and_everything_around_them() -
         "simulator",
         "prometheus",
         "alertmanager",
+        "dingtalk-bridge",
         "grafana",
     } == set(found)
     assert ["demo"] == found["simulator"]["profiles"]
@@ -104,6 +105,19 @@ def test_prometheus_scrapes_every_replica_and_its_config_is_valid(tmp_path: Path
     )
     assert 0 == checked.returncode, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout + checked.stderr
+
+
+def test_alertmanager_reaches_the_dingtalk_bridge_of_the_stack() -> None:
+    """The shipped routing posts DingTalk alerts to `dingtalk-bridge:8060`: that service is in
+    the stack, and its profile `ops` is the one the URL names."""
+    routing = yaml.safe_load((ROOT / "deploy/alertmanager/alertmanager.yml").read_text())
+    [receiver] = [r for r in routing["receivers"] if r["name"] == "dingtalk-ops"]
+    url = receiver["webhook_configs"][0]["url"]
+    assert url.startswith("http://dingtalk-bridge:8060/dingtalk/")
+    profile = url.split("/dingtalk/")[1].split("/")[0]
+    bridge = yaml.safe_load((COMPOSE_DIR / "dingtalk.yml").read_text())
+    assert profile in bridge["targets"]
+    assert "dingtalk-bridge" in services()
 
 
 def test_grafana_finds_the_dashboards_where_they_are_mounted() -> None:
