@@ -89,7 +89,12 @@ class Absence:
         )
 
     def seen(self, now: float) -> Absence:
-        """One more lookup found nothing, at `now`."""
+        """One more lookup found nothing, at `now`. A record whose latest lookup is later than
+        `now` was written before the clock stepped back: its times cannot say how long the
+        platform has had, so the count starts again from this lookup (more lookups before a
+        resend, never fewer; counting on would wait out the whole step)."""
+        if self.count and self.last > now:
+            return Absence(1, now, now)
         return Absence(self.count + 1, self.since if self.count else now, now)
 
     def proven(self, lookups: int, settle: float) -> bool:
