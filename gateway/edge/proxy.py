@@ -184,9 +184,9 @@ class Proxy:
     async def _forward(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         path, query = upstream_path(request.raw_path)
         # Rules name headers in lower case; aiohttp's headers are looked up case-insensitively.
-        lowered = request.headers
+        incoming = request.headers
         for name in self._classifier.header_names:
-            if len(lowered.getall(name, ())) > 1:
+            if len(incoming.getall(name, ())) > 1:
                 # Which one would the platform act on? Classified by one (a read) and issued by
                 # the other, a submission would bypass the outbox.
                 raise BadRequest(
@@ -194,12 +194,12 @@ class Proxy:
                 )
         # The head first: an unknown operation (unmatched: reject), or a bad Idempotency-Key on
         # what may be a submission, is refused before the body is read or parsed.
-        candidates = self._classifier.candidates(request.method, path, lowered)
+        candidates = self._classifier.candidates(request.method, path, incoming)
         if any(rule.operation.kind is OperationKind.SUBMIT for rule in candidates):
             check_idempotency_key(request.headers)
         body = RequestBody(await self._read_body(request), self._json_limits)
         exchange.operation = operation = self._classifier.classify(
-            request.method, path, lowered, body, candidates
+            request.method, path, incoming, body, candidates
         )
         if operation.kind is OperationKind.SUBMIT:
             self._validate_submission(operation, body)

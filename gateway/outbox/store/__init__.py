@@ -3,7 +3,8 @@
     protocol      `OutboxStore` and `Store`: what the outbox relies on, and the isolation each
                   method needs
     sqlite        the embedded default: one writer, WAL, `synchronous=FULL`
-    group_commit  concurrent writes sharing one fsync, each failing alone
+    group_commit  concurrent writes sharing one fsync, each failing alone, handed to the
+                  writer's own thread once per batch
     postgres      several replicas on one PostgreSQL database (asyncpg): row locks, `SKIP
                   LOCKED` claims, advisory locks, `LISTEN/NOTIFY`
     urls          store URLs: which store, and how to show one without its password

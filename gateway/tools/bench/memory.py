@@ -128,9 +128,12 @@ def raise_open_files(needed: int) -> int:
             f"{needed} open files are needed and the hard limit is {hard}; raise it "
             "(ulimit -Hn, or LimitNOFILE for a service) or ask for fewer --open-connections"
         )
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
+    # An unlimited hard limit cannot be the soft one (the kernel caps open files): ask for what
+    # is needed then.
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft != wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return wanted
 
 
 # -- the store's costs with many rows -----------------------------------------------------------
