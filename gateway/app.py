@@ -35,6 +35,7 @@ from gateway.operations import Classifier, JsonLimits
 from gateway.ops.health import Health
 from gateway.ops.logs import set_log_level
 from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
+from gateway.ops.service_manager import ServiceManager
 from gateway.ops.status import StatusPage
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.issuance import IssuanceFollower
@@ -381,6 +382,7 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     config_path: str | Path | None = None,
+    service_manager: ServiceManager | None = None,
 ) -> None:
     """Run the gateway until SIGTERM/SIGINT (or `stop` is set), then stop gracefully.
 
@@ -389,15 +391,18 @@ async def serve(
     `shutdown.grace_period` of the signal. A second signal, or the grace period running out,
     ends the process at once (`force_exit`): every acknowledged submission is on disk already,
     and a delivery cut off is reconciled by whoever takes it up. SIGHUP reloads
-    `config_path` (`reload_config`).
+    `config_path` (`reload_config`). The service manager (systemd, `$NOTIFY_SOCKET`) is told
+    when the gateway is ready, reloading and stopping.
     """
     stop = stop or asyncio.Event()
+    manager = service_manager or ServiceManager.from_environment()
     loop = asyncio.get_running_loop()
     grace = config.shutdown.grace_period
 
     def on_signal(signum: signal.Signals) -> None:
         if stop.is_set():
             force_exit(f"a second {signum.name}")
+        manager.stopping(f"stopping ({signum.name}): finishing what is in flight")
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -413,7 +418,11 @@ async def serve(
             if config_path is None:
                 log.warning("SIGHUP: no configuration file to reload (started without one)")
                 return
-            running = reload_config(gateway, running, Path(config_path))
+            manager.reloading()
+            try:
+                running = reload_config(gateway, running, Path(config_path))
+            finally:
+                manager.ready(_serving(running))
 
         def on_hangup() -> None:
             task = loop.create_task(reload(), name="reload")
@@ -458,12 +467,19 @@ async def serve(
                 store=masked_url(config.store_url),
                 version=__version__,
             )
+            manager.ready(_serving(config))
             await stop.wait()
         except BaseException:
             await runner.cleanup()
             await admin_runner.cleanup()
             raise
         await _stop_gracefully(gateway, app[HEALTH], runner, admin_runner, config.shutdown)
+
+
+def _serving(config: GatewayConfig) -> str:
+    """The status line the service manager shows (`systemctl status`)."""
+    tenants = len(config.tenants)
+    return f"serving on {config.listen} (admin {config.admin.listen}), {tenants} tenants"
 
 
 async def _stop_gracefully(

@@ -69,3 +69,6 @@ def test_the_unit_is_hardened_and_stops_gracefully() -> None:
     assert "SIGTERM" == settings["KillSignal"]
     assert int(settings["TimeoutStopSec"]) > 25  # above shutdown.grace_period
     assert "kill -HUP $MAINPID" in settings["ExecReload"]
+    # Readiness: `systemctl start` returns once the gateway says READY=1
+    # (tests/integration/test_service_manager.py shows it does).
+    assert ("notify", "main") == (settings["Type"], settings["NotifyAccess"])
