@@ -7,7 +7,8 @@
   project's rules (the platform-down alert's `for:` cut to 1 s, nothing else changed), firing
   into a real Alertmanager on the shipped configuration (only its endpoints pointed here),
   which delivers to a stand-in WeCom API (its token call, then the message) and a stand-in
-  DingTalk bridge. The messages carry the alert in Chinese and English and its runbook section.
+  DingTalk bridge. The messages carry the alert's summary and description in Chinese and English
+  and its runbook section.
 """
 
 from __future__ import annotations
@@ -68,6 +69,24 @@ def test_every_alert_reaches_the_receivers_of_its_severity(rule: dict[str, Any])
     )
     assert 0 == routed.returncode, routed.stderr
     assert RECEIVERS[severity] == routed.stdout.strip()
+
+
+def test_every_receiver_shows_both_languages() -> None:
+    """WeCom and e-mail render `gateway.text`, which shows the Chinese summary and description,
+    then the English ones; the DingTalk bridge gets Alertmanager's webhook document, which
+    carries every annotation (the end-to-end test below checks both)."""
+    template = (ALERTMANAGER_DIR / "templates" / "gateway.tmpl").read_text()
+    [text] = re.findall(r'\{\{ define "gateway.text" -\}\}(.*?)\{\{- end \}\}', template, re.S)
+    shown = re.findall(r"\{\{ \.Annotations\.(\w+) \}\}", text)
+    assert ["summary_zh", "description_zh", "summary", "description", "runbook_url"] == shown
+    config = yaml.safe_load(CONFIG.read_text())
+    for receiver in config["receivers"]:
+        for wecom in receiver.get("wechat_configs", []):
+            assert '{{ template "gateway.text" . }}' == wecom["message"], receiver["name"]
+        for mail in receiver.get("email_configs", []):
+            assert '{{ template "gateway.text" . }}' == mail["text"], receiver["name"]
+            assert "html" not in mail, "an HTML body would need both languages too"
+        assert set(receiver) <= {"name", "wechat_configs", "email_configs", "webhook_configs"}
 
 
 def test_inhibitions_name_alerts_that_exist() -> None:
@@ -232,13 +251,20 @@ def test_platform_down_reaches_wecom_and_dingtalk_in_both_languages(
         wecom["toparty"],
     )
     message = wecom["text"]["content"]
+    annotations = alerts()["GatewayPlatformDown"]["annotations"]
     assert "【告警 FIRING】 GatewayPlatformDown (page)" in message
     assert "开票平台不可用" in message
+    # Its descriptions carry no template values: they arrive as written, Chinese first.
+    assert annotations["description_zh"] in message
     assert "The invoice platform is down" in message
+    assert annotations["description"] in message
+    assert message.index(annotations["description_zh"]) < message.index("The invoice platform")
     assert "处理手册 Runbook: docs/runbook.md#the-platform-is-down" in message
     # DingTalk bridge: Alertmanager's webhook document, the alert with both summaries.
     [alert] = [a for a in dingtalk["alerts"] if a["labels"]["alertname"] == "GatewayPlatformDown"]
     assert "firing" == alert["status"]
     assert "page" == alert["labels"]["severity"]
     assert alert["annotations"]["summary_zh"].startswith("开票平台不可用")
+    assert alert["annotations"]["description_zh"] == annotations["description_zh"]
+    assert alert["annotations"]["description"] == annotations["description"]
     assert alert["annotations"]["runbook_url"] == "docs/runbook.md#the-platform-is-down"

@@ -75,19 +75,27 @@ def github_anchor(heading: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(alerts()))
 def test_each_alert_says_what_to_do(name: str) -> None:
-    """The alert has a severity, a summary in English and in Chinese (with the same template
-    values), a description with a first check, and a link to a section of the runbook that
-    exists."""
+    """The alert has a severity, a summary and a description with a first check, each in
+    English and in Chinese (the Chinese with the same template values, humanize functions
+    included), and a link to a section of the runbook that exists."""
     rule = alerts()[name]
     assert rule["labels"]["severity"] in ("page", "ticket")
     annotations = rule["annotations"]
-    assert annotations["summary"].strip()
-    assert re.search(r"[\u4e00-\u9fff]", annotations["summary_zh"])
     values = re.compile(r"\{\{.*?\}\}")
-    assert sorted(values.findall(annotations["summary"])) == sorted(
-        values.findall(annotations["summary_zh"])
-    )
+    for english in ("summary", "description"):
+        chinese = f"{english}_zh"
+        assert annotations[english].strip()
+        assert re.search(r"[\u4e00-\u9fff]", annotations[chinese]), f"{chinese} is not Chinese"
+        assert sorted(values.findall(annotations[english])) == sorted(
+            values.findall(annotations[chinese])
+        ), f"{chinese} does not carry the template values of {english}"
+        # A folded YAML scalar (`>-`) puts a space at each line end, between Chinese characters.
+        folded = re.search(
+            r"[\u4e00-\u9fff\u3000-\u303f\uff00-\uffef] [\u4e00-\u9fff]", annotations[chinese]
+        )
+        assert folded is None, f"{chinese} has a space between Chinese characters: {folded}"
     assert "First check" in annotations["description"]
+    assert "首先" in annotations["description_zh"]
     target, _, anchor = annotations["runbook_url"].partition("#")
     assert "docs/runbook.md" == target
     if anchor:
