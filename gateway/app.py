@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import Counter
+from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.clock import Clock, DatabaseClock, Periodic, SteadyClock, SystemClock
@@ -517,14 +518,14 @@ async def _stop_gracefully(
 
 
 #: What a reload (SIGHUP) applies; any other change waits for a restart.
-RELOADED: Final = ("tenants", "limits.tenant", "log.level")
+RELOADED: Final = ("tenants", "limits.tenant", "log.level", "upstream.business_codes")
 
 
 def reload_config(gateway: Gateway, running: GatewayConfig, path: Path) -> GatewayConfig:
     """Read `path` again and apply what can change safely while serving — the tenants, their
-    keys and their limits, the log level; log what was applied and what waits for a restart.
-    A file with problems changes nothing (they are logged). Returns the configuration now in
-    force."""
+    keys and their limits, the log level, what business codes mean; log what was applied and
+    what waits for a restart. A file with problems changes nothing (they are logged). Returns
+    the configuration now in force."""
     try:
         new = load_config(path)
     except ConfigError as exc:
@@ -536,6 +537,9 @@ def reload_config(gateway: Gateway, running: GatewayConfig, path: Path) -> Gatew
         return running
     gateway.proxy.reconfigure_tenants(new.tenants, new.limits.tenant)
     set_log_level(new.log.level)
+    codes = new.upstream.business_codes
+    gateway.pipeline.reclassify(codes)
+    gateway.metrics.label_codes(codes.listed())
     log.warning(  # whatever the new level, this line is written
         "configuration reloaded",
         path=str(path),
@@ -546,9 +550,21 @@ def reload_config(gateway: Gateway, running: GatewayConfig, path: Path) -> Gatew
     waiting = _needs_restart(running, new)
     if waiting:
         log.warning("configuration changes that take effect only after a restart", settings=waiting)
-    limits = running.limits.model_copy(update={"tenant": new.limits.tenant})
-    logging = running.log.model_copy(update={"level": new.log.level})
-    return running.model_copy(update={"tenants": new.tenants, "limits": limits, "log": logging})
+    return _with_reloaded(running, new)
+
+
+def _with_reloaded(running: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
+    """`running` with the `RELOADED` settings taken from `new`."""
+    updates: dict[str, object] = {}
+    for path in RELOADED:
+        key, _, sub = path.partition(".")
+        if not sub:
+            updates[key] = getattr(new, key)
+            continue
+        section = updates.get(key, getattr(running, key))
+        assert isinstance(section, BaseModel)
+        updates[key] = section.model_copy(update={sub: getattr(getattr(new, key), sub)})
+    return running.model_copy(update=updates)
 
 
 def _needs_restart(running: GatewayConfig, new: GatewayConfig) -> list[str]:

@@ -228,6 +228,11 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def label_codes(self, business_codes: Iterable[str]) -> None:
+        """The codes counted under their own label from now on (a reload); others are
+        `other`."""
+        self._codes = frozenset(business_codes)
+
     # -- the pipeline's AttemptObserver ------------------------------------------------------
 
     def attempt(self, operation: str, verdict: Verdict, seconds: float) -> None:

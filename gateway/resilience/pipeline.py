@@ -25,7 +25,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
 from gateway.clock import Clock
-from gateway.config import GatewayConfig, RetryPolicyConfig
+from gateway.config import BusinessCodesConfig, GatewayConfig, RetryPolicyConfig
 from gateway.errors import CircuitOpen, GatewayError
 from gateway.operations import Operation, OperationKind
 from gateway.resilience.breaker import BreakerRegistry
@@ -136,6 +136,10 @@ class ResiliencePipeline:
             attempt_timeout=config.upstream.timeout,
             clock=clock,
         )
+
+    def reclassify(self, codes: BusinessCodesConfig) -> None:
+        """Read business codes by `codes` from the next attempt on (a reload)."""
+        self._classifier = FailureClassifier(codes, self._clock)
 
     def policy_for(self, operation: Operation) -> RetryPolicy:
         return self._policies.get(operation.name) or self._kind_policies[operation.kind]

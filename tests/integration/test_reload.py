@@ -143,3 +143,23 @@ def test_sighup_changes_the_log_level(gateway: Gateway) -> None:
     burst(gateway, 5)
     assert before == access_lines()
     assert "only after a restart" not in log.read_text()  # the level reloads: nothing waits
+
+
+def test_sighup_reloads_what_business_codes_mean(tmp_path: Path, simulator: Simulator) -> None:
+    """The platform answers one read "busy" (040102). While the file lists no code as
+    retryable, that answer is the client's (relayed once); once it lists 040102 again and
+    SIGHUP arrives, the same answer is retried and the client gets the platform's success."""
+    overrides = {**OVERRIDES, "upstream.business_codes.retryable": []}
+    with Gateway.start(tmp_path / "gw", simulator.url, overrides=overrides) as gateway:
+
+        def busy_once_then_read() -> tuple[int, Any]:
+            simulator.fault(kind="busy", operations=[QUERY], count=1)
+            status, _, answer = gateway.call(QUERY, {"orderNos": ["reload-codes"]})
+            return status, answer["code"]
+
+        assert (200, "040102") == busy_once_then_read()
+        edit_config(gateway, {"upstream": {"business_codes": {"retryable": ["040102"]}}})
+        line = hang_up(gateway, "configuration reloaded")
+        assert "upstream.business_codes" in line
+        assert (200, "E0000") == busy_once_then_read()
+        assert "only after a restart" not in gateway.process.stderr_path.read_text()
