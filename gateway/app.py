@@ -483,6 +483,10 @@ def _serving(config: GatewayConfig) -> str:
     return f"serving on {config.listen} (admin {config.admin.listen}), {tenants} tenants"
 
 
+#: Seconds of the grace period kept for handing back deliveries cut off at the stop.
+HAND_BACK_RESERVE: Final = 1.0
+
+
 async def _stop_gracefully(
     gateway: Gateway,
     health: Health,
@@ -506,11 +510,15 @@ async def _stop_gracefully(
         if shutdown.drain_delay:
             await asyncio.sleep(shutdown.drain_delay)
         # The listener closes and the requests in flight finish, while deliveries in flight
-        # finish too (no new ones are claimed).
-        await asyncio.gather(
+        # finish too (no new ones are claimed); those still out when the grace period is
+        # nearly over are handed back, and the other replicas told.
+        reserve = min(HAND_BACK_RESERVE, shutdown.grace_period / 10)
+        _, cut_off = await asyncio.gather(
             runner.cleanup(),
-            gateway.dispatcher.stop(grace=max(0.0, deadline - loop.time())),
+            gateway.dispatcher.stop(grace=max(0.0, deadline - reserve - loop.time())),
         )
+        if cut_off:
+            await gateway.store.announce()
         await admin_runner.cleanup()
     finally:
         cutoff.cancel()

@@ -55,6 +55,8 @@ MAX_ATTEMPTS = "max_attempts"
 MAX_AGE = "max_age"
 UNKNOWN_OPERATION = "unknown_operation"
 INTERNAL_ERROR = "internal_error"
+#: Cut off by a stop: handed back before its lease expired (`Courier.released`).
+LEASE_RELEASED = "lease_released"
 #: Looked up and not found yet: looked up again before any resend (lookup-first).
 AWAITING_ABSENCE = "not_found_yet"
 #: Where a row keeps its absence record (`Absence`) in its `result`.
@@ -511,6 +513,24 @@ class Courier:
             message=f"requeued as {state.value} ({error_class}); next attempt in {wait:.1f} s",
             failure=error_class,
             details={"next_attempt_in_s": round(wait, 3)},
+        )
+
+    def released(self) -> Decision:
+        """The delivery was cut off because the gateway is stopping: the row goes back at
+        once as `unknown` — the attempt may have gone out — due now, so whichever replica takes
+        it next reconciles it (lookup-first) instead of waiting for the lease to expire."""
+        return Decision(
+            Transition(
+                SubmissionState.UNKNOWN,
+                maybe_sent=True,
+                error_class=LEASE_RELEASED,
+                error="the gateway stopped while delivering it; it may have been sent and is "
+                "reconciled before any resend",
+                next_attempt_at=self._clock.wall(),
+            ),
+            outcome=DeliveryOutcome.REQUEUED,
+            message="delivery cut off by the stop: handed back to be reconciled",
+            failure=LEASE_RELEASED,
         )
 
     def _park(self, submission: Submission, error: str) -> Decision:

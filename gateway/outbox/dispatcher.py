@@ -193,10 +193,12 @@ class Dispatcher:
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="dispatcher")
 
-    async def stop(self, *, grace: float = 10.0) -> None:
+    async def stop(self, *, grace: float = 10.0) -> int:
         """Stop claiming; wait up to `grace` seconds (on the clock) for deliveries in flight,
-        then cancel the rest. A cancelled delivery keeps its lease until it expires and is
-        then reconciled like any other interrupted one."""
+        then cancel the rest. A cancelled delivery hands its row back at once (`unknown`, due
+        now: reconciled by whichever replica takes it); one whose hand-back
+        cannot be written keeps its lease until it expires, as after a crash. Returns how
+        many were cut off."""
         self._stopping = True
         self._wakeup.set()
         if self._task is not None:
@@ -205,7 +207,7 @@ class Dispatcher:
             self._task = None
         pending = set(self._inflight)
         if not pending:
-            return
+            return 0
         everything = asyncio.ensure_future(asyncio.wait(pending))
         timer = asyncio.ensure_future(self._clock.sleep(grace))
         try:
@@ -220,11 +222,12 @@ class Dispatcher:
         await asyncio.gather(*unfinished, return_exceptions=True)
         if unfinished:
             log.warning(
-                "dispatcher stopped with deliveries unfinished; they are reconciled once their "
-                "leases expire",
+                "dispatcher stopped with deliveries unfinished; they were handed back to be "
+                "reconciled",
                 unfinished=len(unfinished),
                 grace_s=grace,
             )
+        return len(unfinished)
 
     def pause(self) -> None:
         """Stop claiming (on-call); deliveries already in flight finish."""
@@ -397,6 +400,10 @@ class Dispatcher:
             async with self._slots:
                 try:
                     decision = await self._courier.decide(submission)
+                except asyncio.CancelledError:
+                    # Cut off by `stop`: hand the row back now rather than at lease expiry.
+                    await self._record(submission, self._courier.released())
+                    raise
                 except Exception as exc:
                     # A bug, not a platform answer. The attempt may have gone out: reconcile it.
                     log.exception("delivery failed inside the gateway")

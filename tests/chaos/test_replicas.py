@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -353,3 +354,61 @@ def test_a_live_forward_slower_than_its_lease_records_nothing_and_is_settled_onc
         assert 1 == sim.ledger()["orders"][body["order"]["orderNo"]]["issued"]
     finally:
         stop_all(replicas)
+
+
+def test_a_replica_stopping_mid_delivery_hands_its_rows_to_another_at_once(
+    tmp_path: Path, database: str
+) -> None:
+    """Replica A is delivering (the platform takes 1.5 s per invoice) when it is stopped with a
+    1 s grace period: it exits 0 within it, handing back what it could not finish, and replica
+    B — whose dispatcher was held until then — delivers everything long before A's 60 s leases
+    would have expired. The simulator does not deduplicate: each order is issued once."""
+    from tests.integration.test_admin_api import ADMIN, ADMIN_ENV, OPERATOR_TOKEN
+
+    lease = 60.0
+    overrides: dict[str, Any] = {
+        **ADMIN,
+        "outbox": {**REPLICA_OVERRIDES["outbox"], "lease": f"{lease:g}s"},
+        "shutdown.grace_period": "1s",
+    }
+    with Simulator.start(tmp_path / "sim", dedup=False) as sim:
+        sim.fault(kind="http_error", status=503, operations=[ISSUE])
+        a, b = start_replicas(tmp_path, sim, database, 2, env=ADMIN_ENV, **overrides)
+        try:
+            status, _, view = b.admin(
+                "POST", "/dispatcher/pause", {"reason": "test: A delivers"}, token=OPERATOR_TOKEN
+            )
+            assert 200 == status, view
+            bodies = [invoice() for _ in range(4)]
+            answers = [a.call(ISSUE, body) for body in bodies]
+            assert {202} == {status for status, _, _ in answers}, answers
+            sim.clear_faults()
+            sim.fault(kind="slow", delay_s=1.5, operations=[ISSUE])
+            wait_until(
+                lambda: a.metric("gateway_dispatcher_in_flight") >= 1,
+                timeout=15,
+                interval=0.02,
+                what="A delivering",
+            )
+            status, _, view = b.admin(
+                "POST", "/dispatcher/resume", {"reason": "test: A stops"}, token=OPERATOR_TOKEN
+            )
+            assert 200 == status, view
+            stopped = time.monotonic()
+            assert 0 == a.process.stop(timeout=10), a.process.logs()
+            assert time.monotonic() - stopped < 3
+            assert "handed back" in a.process.stderr_path.read_text()
+            wait_until(
+                lambda: states(database).get("delivered") == len(bodies),
+                timeout=20,
+                interval=0.1,
+                what="B to deliver what A handed back",
+            )
+            assert time.monotonic() - stopped < lease / 2
+        finally:
+            stop_all([a, b])
+        ledger = sim.ledger()
+    assert 0 == ledger["totals"]["doubles"], ledger["totals"]
+    assert [1] * len(bodies) == [
+        ledger["orders"].get(body["order"]["orderNo"], {}).get("sends") for body in bodies
+    ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_core_gateway import ISSUE, invoice
+from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
 from tests.integration.test_outbox import OVERRIDES, wait_delivered
 from tests.support.harness import Gateway, Simulator
 from tests.support.processes import http_json, wait_until
@@ -98,24 +99,18 @@ def test_sigterm_under_load_answers_everyone_in_flight_and_exits_0(
     assert all(slow_sim.sends(order) == 1 for order in orders)
 
 
-@pytest.mark.parametrize("cut", ["second-sigterm", "grace-runs-out"])
-def test_a_stop_cut_short_loses_nothing_acknowledged(
-    tmp_path: Path, slow_sim: Simulator, cut: str
-) -> None:
-    """Submissions queued during an outage are being delivered (5 s each) when the gateway
-    is stopped and cut short — by a second SIGTERM, or by a 1 s grace period. It exits 1 at
-    once; started again on the same store, every acknowledged submission is delivered, each
-    order issued exactly once."""
-    grace = "1s" if cut == "grace-runs-out" else "30s"
-    overrides = {**OVERRIDES, "shutdown.grace_period": grace}
-    gateway = Gateway.start(tmp_path / "gw", slow_sim.url, overrides=overrides)
+def queue_then_deliver_slowly(
+    tmp_path: Path, slow_sim: Simulator, overrides: dict[str, Any]
+) -> tuple[Gateway, list[dict[str, Any]], list[str]]:
+    """Eight submissions queued during an outage, then the platform back but taking 5 s per
+    invoice: returns once deliveries are in flight (none can finish for 5 s)."""
+    gateway = Gateway.start(tmp_path / "gw", slow_sim.url, overrides={**OVERRIDES, **overrides})
     slow_sim.clear_faults()
     slow_sim.fault(kind="http_error", status=503, operations=[ISSUE])
     bodies = [invoice() for _ in range(8)]
     answers = [gateway.call(ISSUE, body) for body in bodies]
     queued = [body["submission_id"] for status, _, body in answers if status == 202]
     assert len(queued) == len(bodies), answers
-    # Back, but each invoice now takes 5 s: deliveries are in flight, none can finish.
     slow_sim.clear_faults()
     slow_sim.fault(kind="slow", delay_s=5, operations=[ISSUE])
     wait_until(
@@ -124,6 +119,40 @@ def test_a_stop_cut_short_loses_nothing_acknowledged(
         interval=0.05,
         what="deliveries in flight",
     )
+    return gateway, bodies, queued
+
+
+def delivered_once_after_restart(
+    gateway: Gateway, slow_sim: Simulator, bodies: list[dict[str, Any]], queued: list[str]
+) -> None:
+    """Started again on the same store: nothing acknowledged was lost, nothing issued twice."""
+    slow_sim.clear_faults()
+    gateway.restart()
+    try:
+        wait_delivered(gateway, queued, timeout=60)
+    finally:
+        gateway.process.stop()
+    assert 0 == slow_sim.ledger()["totals"]["doubles"]
+    assert all(slow_sim.sends(body["order"]["orderNo"]) >= 1 for body in bodies)
+
+
+@pytest.mark.parametrize("cut", ["second-sigterm", "grace-runs-out"])
+def test_a_stop_cut_short_loses_nothing_acknowledged(
+    tmp_path: Path, slow_sim: Simulator, cut: str
+) -> None:
+    """Submissions are being delivered (5 s each) when the gateway is stopped and cut short —
+    by a second SIGTERM, or by a 1 s grace period that a client's read (also 5 s) outlasts.
+    It exits 1 at once; started again on the same store, every acknowledged submission is
+    delivered, each order issued exactly once."""
+    overrides = {"shutdown.grace_period": "30s"}
+    if cut == "grace-runs-out":
+        overrides = {"shutdown.grace_period": "1s", "shutdown.drain_delay": "500ms"}
+    gateway, bodies, queued = queue_then_deliver_slowly(tmp_path, slow_sim, overrides)
+    reader = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    if cut == "grace-runs-out":
+        slow_sim.fault(kind="slow", delay_s=5, operations=[QUERY])
+        reader.submit(gateway.call, QUERY, {"orderNos": ["slow-read"]})
+        wait_until(lambda: gateway.metric(IN_FLIGHT) >= 1, timeout=10, interval=0.02, what="a read")
     started = time.monotonic()
     gateway.process.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     if cut == "second-sigterm":
@@ -136,17 +165,38 @@ def test_a_stop_cut_short_loses_nothing_acknowledged(
         gateway.process.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     code, _ = exit_code_within(gateway, 10)
     took = time.monotonic() - started
+    reader.shutdown(wait=False)
     log = gateway.process.stderr_path.read_text()
     assert 1 == code, gateway.process.logs()
     assert took < 5
     reason = "a second SIGTERM" if cut == "second-sigterm" else "the grace period ran out"
     assert f"stopping at once ({reason})" in log
-    # Started again on the same store: nothing acknowledged was lost, nothing issued twice.
-    slow_sim.clear_faults()
-    gateway.restart()
-    try:
-        wait_delivered(gateway, queued, timeout=60)
-    finally:
-        gateway.process.stop()
-    assert 0 == slow_sim.ledger()["totals"]["doubles"]
-    assert all(slow_sim.sends(body["order"]["orderNo"]) >= 1 for body in bodies)
+    delivered_once_after_restart(gateway, slow_sim, bodies, queued)
+
+
+def test_deliveries_the_grace_period_cuts_off_are_handed_back(
+    tmp_path: Path, slow_sim: Simulator
+) -> None:
+    """Deliveries (5 s each) outlast a 1 s grace period: the gateway hands them back — in the
+    store as `unknown`, due at once, to be reconciled, leased to nobody — and exits 0 within
+    the grace period; started again, each is delivered and issued once."""
+    gateway, bodies, queued = queue_then_deliver_slowly(
+        tmp_path, slow_sim, {"shutdown.grace_period": "1s"}
+    )
+    started = time.monotonic()
+    gateway.process.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    code, _ = exit_code_within(gateway, 10)
+    took = time.monotonic() - started
+    assert 0 == code, gateway.process.logs()
+    assert took < 2.5
+    assert "handed back" in gateway.process.stderr_path.read_text()
+    with sqlite3.connect(gateway.store_url.removeprefix("sqlite:///")) as db:
+        rows = db.execute(
+            "SELECT state, last_error_class, lease_owner FROM submission "
+            "WHERE last_error_class = 'lease_released'"
+        ).fetchall()
+        leased = db.execute("SELECT count(*) FROM submission WHERE state = 'delivering'")
+        assert (0,) == leased.fetchone()
+    assert rows, "nothing handed back"
+    assert {("unknown", "lease_released", None)} == set(rows)
+    delivered_once_after_restart(gateway, slow_sim, bodies, queued)
