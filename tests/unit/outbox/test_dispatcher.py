@@ -994,7 +994,8 @@ async def test_stop_waits_for_deliveries_in_flight(make: Build) -> None:
 
 
 async def test_stop_cancels_what_outlives_the_grace(make: Build) -> None:
-    """After the grace period a delivery is cancelled; its row stays leased for reclaiming."""
+    """After the grace period a delivery is cancelled and its row handed back: `unknown`
+    (it may have been sent), due now, leased to nobody."""
     clock = ManualClock()
     rig = await make(clock=clock)
     rig.platform.gate = asyncio.Event()
@@ -1004,10 +1005,16 @@ async def test_stop_cancels_what_outlives_the_grace(make: Build) -> None:
     stopping = asyncio.create_task(rig.dispatcher.stop(grace=5))
     await until(lambda: any(s == 5 for s in clock.sleeps))
     clock.advance(5)
-    await stopping
+    assert 1 == await stopping
     assert 0 == rig.dispatcher.in_flight
     row = await rig.get(queued)
-    assert (SubmissionState.DELIVERING, "dispatcher-test") == (row.state, row.lease_owner)
+    assert (SubmissionState.UNKNOWN, None, True, "lease_released") == (
+        row.state,
+        row.lease_owner,
+        row.maybe_sent,
+        row.last_error_class,
+    )
+    assert row.next_attempt_at is not None and row.next_attempt_at <= clock.wall()
 
 
 async def test_rejected_token_requeues_instead_of_failing(make: Build) -> None:
