@@ -31,6 +31,7 @@ import yaml
 
 from dashboards.generate import OUTPUTS, expressions, metric_names
 from tests.integration.test_core_gateway import ISSUE, QUERY, invoice
+from tests.integration.test_merchant_tokens import ENV, merchant
 from tests.observability.conftest import PROMETHEUS_DIR, RULE_FILES
 from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
 from tests.support.processes import ManagedProcess, base_env, free_port, http_json, wait_until
@@ -59,6 +60,8 @@ OVERRIDES = {
     # A rejected token may be renewed again after 1 s, so the token phase lasts seconds.
     "upstream.auth.min_refresh_interval": "1s",
 }
+#: One merchant tenant's secrets (its authorization code is the simulator's).
+MERCHANT_ENV = {key: value for key, value in ENV.items() if key.startswith("SHOP_A_")}
 #: Grafana's variables, as the dashboards would be viewed with "All" selected.
 VARIABLES = {"__rate_interval": "15s", "tenant": ".*", "operation": ".*"}
 OUTAGE_SECONDS = 10.0
@@ -266,13 +269,22 @@ def rule_queries() -> tuple[dict[str, str], dict[str, str]]:
 
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    with Simulator.start(tmp_path / "sim", "--issue-delay", "0.2") as sim:
+    """The platform, with one merchant's authorization code (the per-tenant token rules need
+    a merchant tenant to have data)."""
+    isv_code = ["--isv-code", f"{MERCHANT_ENV['SHOP_A_CODE']}={MERCHANT_ENV['SHOP_A_TAX']}"]
+    with Simulator.start(tmp_path / "sim", "--issue-delay", "0.2", *isv_code) as sim:
         yield sim
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, simulator: Simulator) -> Iterator[Gateway]:
-    with Gateway.start(tmp_path / "gw", simulator.url, overrides=OVERRIDES) as gw:
+    """The app's own tenant and a merchant tenant with its own token."""
+    tenants = [
+        {"id": "demo", "api_key": {"env": "GATEWAY_DEMO_API_KEY"}},
+        merchant("shop-a", "SHOP_A"),
+    ]
+    overrides = {**OVERRIDES, "tenants": tenants}
+    with Gateway.start(tmp_path / "gw", simulator.url, overrides=overrides, env=MERCHANT_ENV) as gw:
         yield gw
 
 
