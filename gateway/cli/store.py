@@ -1,9 +1,10 @@
-"""`invoice-gateway migrate`, `invoice-gateway store copy` and `invoice-gateway store
-rotate-key`: the store itself, not through a running gateway (docs/postgresql.md,
-docs/encryption.md).
+"""`invoice-gateway migrate`, `invoice-gateway store copy`, `invoice-gateway store
+rotate-key` and `invoice-gateway store backup`: the store itself, not through a running gateway
+(docs/postgresql.md, docs/encryption.md).
 
-Both open stores directly by URL. The work of a copy is `gateway.outbox.store.copy`; this
-module parses, opens, shows progress (on stderr, as the on-call commands do) and prints.
+They open stores directly by URL. The work of a copy is `gateway.outbox.store.copy`, of a
+backup `gateway.outbox.store.backup`; this module parses, opens, shows progress (on stderr, as
+the on-call commands do) and prints.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import argparse
 import asyncio
 import getpass
 import os
+import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -27,9 +30,18 @@ from gateway.cli.oncall.render import Output
 from gateway.config import CONFIG_PATH_ENV, OutboxConfig, StoreConfig, load_config
 from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.outbox.store import Store, is_postgres_url, masked_url, open_store, sealer_of
+from gateway.outbox.store.backup import ACTION as BACKUP_ACTION
+from gateway.outbox.store.backup import (
+    PAGES_PER_STEP,
+    BackupError,
+    BackupReport,
+    TargetExists,
+    backup_sqlite,
+    record_backup,
+)
 from gateway.outbox.store.copy import DEFAULT_BATCH, CopyReport, copy_store
 from gateway.outbox.store.sealing import SealingError
-from gateway.outbox.submissions import SubmissionQuery
+from gateway.outbox.submissions import AuditEntry, SubmissionQuery
 from gateway.quantities import whole_number
 
 __all__ = ["configure_migrate", "configure_store"]
@@ -42,9 +54,11 @@ exit status (scripts can rely on it):
   0  success
   1  a store cannot be opened, read or written, a copy was interrupted (run it
      again: it goes on where it stopped), or the copy's verification found
-     differences
+     differences; a backup could not be written (its temporary file is removed)
   2  usage error: a bad URL or option, --from and --to the same store, no
-     source file, an invalid configuration
+     source file, an invalid configuration; a backup's FILE exists (without
+     --force) or its directory does not, a PostgreSQL store to back up (use
+     pg_dump)
 
 docs: docs/postgresql.md"""
 
@@ -84,11 +98,16 @@ ${CONFIG_PATH_ENV}), no configuration file is read."""
 def configure_migrate(parser: argparse.ArgumentParser) -> None:
     """The `migrate` command on `parser`."""
     _describe(parser, MIGRATE_DESCRIPTION)
+    _store_options(parser)
+    parser.set_defaults(handler=cmd_migrate)
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    """--config and --store-url: the store as `_migrate_target` finds it."""
     parser.add_argument("--config", metavar="PATH", help="configuration file (YAML)")
     parser.add_argument(
         "--store-url", type=_store_url, metavar="URL", help="the store (default: the config's)"
     )
-    parser.set_defaults(handler=cmd_migrate)
 
 
 ROTATE_DESCRIPTION: Final = """\
@@ -111,8 +130,31 @@ ROTATE_PASSES: Final = 3
 BATCH_TRIES: Final = 3
 
 
+BACKUP_DESCRIPTION: Final = """\
+Write a consistent copy of a SQLite store into FILE while gateways keep running
+and writing: SQLite's online backup API copies one snapshot of the database, N
+pages at a time (progress on stderr), into a temporary file next to FILE. The copy
+is checked (PRAGMA integrity_check, and its submissions by state against the
+snapshot's), flushed to disk and only then renamed into place: FILE is a whole,
+checked copy or is left as it was. An existing FILE is replaced only with --force.
+A store.backup entry is recorded in the store's audit log.
+
+Encrypted stores (docs/encryption.md) are copied as they are: the backup is still
+encrypted, and a gateway started on it needs the same keys (the current one and
+any previous key a value is sealed under). Keep the keys apart from the backups.
+
+To restore: stop the gateway, put FILE in place of the store's file (with no
+-wal or -shm file left next to it), start the gateway: it delivers what FILE
+holds queued. Submissions accepted after the backup are not in it.
+
+The store: as for `migrate` (--store-url, else the configuration's store_url;
+$GATEWAY_STORE_URL overrides it). A PostgreSQL store is backed up with pg_dump
+and restored with pg_restore: for one, this command prints the pg_dump command
+and does nothing else."""
+
+
 def configure_store(parser: argparse.ArgumentParser) -> None:
-    """The `store` group (`store copy`, `store rotate-key`) on `parser`."""
+    """The `store` group (`store copy`, `store rotate-key`, `store backup`) on `parser`."""
     _describe(parser, "Work on stores directly, not through a running gateway.")
     commands = parser.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
     copy = commands.add_parser(
@@ -126,28 +168,40 @@ def configure_store(parser: argparse.ArgumentParser) -> None:
     copy.add_argument(
         "--to", dest="target", required=True, type=_store_url, metavar="URL", help="target"
     )
-    _batch_and_json(copy, "submissions")
+    _step_and_json(copy, "--batch", DEFAULT_BATCH, 10_000, "submissions per transaction")
     copy.set_defaults(handler=cmd_copy)
     rotate = commands.add_parser(
         "rotate-key",
         help="re-encrypt stored bodies and answers under the current key (gateways may run)",
     )
     _describe(rotate, ROTATE_DESCRIPTION)
-    rotate.add_argument("--config", metavar="PATH", help="configuration file (YAML)")
-    rotate.add_argument(
-        "--store-url", type=_store_url, metavar="URL", help="the store (default: the config's)"
-    )
-    _batch_and_json(rotate, "rows")
+    _store_options(rotate)
+    _step_and_json(rotate, "--batch", DEFAULT_BATCH, 10_000, "rows per transaction")
     rotate.set_defaults(handler=cmd_rotate_key)
+    backup = commands.add_parser(
+        "backup",
+        help="copy a SQLite store into a file while gateways run (PostgreSQL: pg_dump)",
+    )
+    _describe(backup, BACKUP_DESCRIPTION)
+    backup.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="FILE", help="the backup file"
+    )
+    _store_options(backup)
+    backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    _step_and_json(backup, "--pages", PAGES_PER_STEP, 1_000_000, "pages copied per step")
+    backup.set_defaults(handler=cmd_backup)
 
 
-def _batch_and_json(parser: argparse.ArgumentParser, what: str) -> None:
+def _step_and_json(
+    parser: argparse.ArgumentParser, option: str, default: int, most: int, what: str
+) -> None:
+    """`option` N (1 to `most`): how much one step does; and --json."""
     parser.add_argument(
-        "--batch",
-        type=whole_number(1, 10_000),
-        default=DEFAULT_BATCH,
+        option,
+        type=whole_number(1, most),
+        default=default,
         metavar="N",
-        help=f"{what} per transaction (default {DEFAULT_BATCH})",
+        help=f"{what} (default {default})",
     )
     parser.add_argument("--json", action="store_true", help="the summary as one JSON line")
 
@@ -389,8 +443,8 @@ def _left(usage: dict[str, int], current: str | None) -> dict[str, int]:
     return {kid: n for kid, n in sorted(usage.items()) if kid != current}
 
 
-def _progress(message: str) -> None:
-    sys.stderr.write(f"invoice-gateway store rotate-key: {message}\n")
+def _progress(message: str, command: str = "rotate-key") -> None:
+    sys.stderr.write(f"invoice-gateway store {command}: {message}\n")
     sys.stderr.flush()
 
 
@@ -408,6 +462,79 @@ def _rotate_view(summary: dict[str, Any]) -> RenderableType:
         ),
         Text(f"  before       values by key id: {usage(summary['before'])}"),
         Text(f"  after        values by key id: {usage(summary['after'])}"),
+    )
+
+
+# -- store backup -----------------------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    out = Output(json_mode=args.json)
+    try:
+        url = _migrate_target(args)[0]
+    except ValueError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE
+    target: Path = args.output
+    if is_postgres_url(url):
+        out.error(_pg_dump_advice(url, target))
+        return EXIT_USAGE
+    started = time.monotonic()
+    try:
+        report = backup_sqlite(
+            _sqlite_path(url),
+            target,
+            pages_per_step=args.pages,
+            progress=lambda done, total: _progress(f"{done}/{total} pages copied", "backup"),
+            replace=args.force,
+        )
+    except TargetExists as exc:
+        out.error(f"{exc}: pass --force to replace it, or name another file")
+        return EXIT_USAGE
+    except BackupError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE if exc.usage else EXIT_FAILURE
+    except KeyboardInterrupt:
+        out.error(f"interrupted: {target} was not written; run the command again")
+        return EXIT_FAILURE
+    summary = {"store": url, **report.as_json(), "seconds": round(time.monotonic() - started, 3)}
+    entry = AuditEntry(actor=_os_user(), role="operator", action=BACKUP_ACTION, details=summary)
+    problem = None
+    try:
+        asyncio.run(record_backup(_sqlite_path(url), entry))
+    except StoreError as exc:
+        problem = str(exc)
+    out.show({**summary, "audited": problem is None}, lambda _: _backup_view(summary, report))
+    if problem is not None:
+        # The backup itself is whole and checked: a warning, not a failure.
+        out.error(
+            f"the backup is complete, but its {BACKUP_ACTION} entry could not be recorded in "
+            f"the store's audit log: {problem}"
+        )
+    return EXIT_OK
+
+
+def _pg_dump_advice(url: str, target: Path) -> str:
+    """What to run instead for a PostgreSQL store (the password left out: give it through
+    PGPASSWORD or ~/.pgpass)."""
+    address = shlex.quote(masked_url(url).replace(":***@", "@", 1))
+    file = shlex.quote(str(target))
+    return (
+        "store backup copies SQLite stores only; back up a PostgreSQL store with pg_dump "
+        "(the password through PGPASSWORD or ~/.pgpass):\n"
+        f"  pg_dump --format=custom --file {file} {address}\n"
+        f"and restore it into an empty database with pg_restore:\n"
+        f"  pg_restore --dbname {address} {file}"
+    )
+
+
+def _backup_view(summary: dict[str, Any], report: BackupReport) -> RenderableType:
+    states = ", ".join(f"{state} {n}" for state, n in report.by_state.items())
+    return Group(
+        Text(f"backed up {summary['store']} → {report.file}", style="bold"),
+        Text(f"  file         {report.file}, {report.size:,} bytes ({report.pages} pages)"),
+        Text(f"  submissions  {report.submissions}" + (f" ({states})" if states else "")),
+        Text(f"  seconds      {summary['seconds']}"),
     )
 
 
