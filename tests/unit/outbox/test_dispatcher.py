@@ -1014,7 +1014,8 @@ async def test_stop_cancels_what_outlives_the_grace(make: Build) -> None:
         row.maybe_sent,
         row.last_error_class,
     )
-    assert row.next_attempt_at is not None and row.next_attempt_at <= clock.wall()
+    assert row.next_attempt_at is not None
+    assert row.next_attempt_at <= clock.wall()
 
 
 async def test_rejected_token_requeues_instead_of_failing(make: Build) -> None:
