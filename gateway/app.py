@@ -38,6 +38,7 @@ from gateway.ops.logs import set_log_level
 from gateway.ops.metrics import GatewayCollector, Metrics, OutboxSampler
 from gateway.ops.service_manager import ServiceManager
 from gateway.ops.status import StatusPage
+from gateway.outbox.callbacks import CallbackSender, CallbackTarget
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.issuance import IssuanceFollower
 from gateway.outbox.oncall import OnCall
@@ -70,6 +71,7 @@ class Gateway:
     health: UpstreamHealth
     dispatcher: Dispatcher
     issuance: IssuanceFollower
+    callbacks: CallbackSender
     oncall: OnCall
     intake: Intake
     proxy: Proxy
@@ -94,6 +96,9 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
     wakeups: Wakeups | None = None
     dispatcher: Dispatcher | None = None
     follower: IssuanceFollower | None = None
+    callbacks: CallbackSender | None = None
+    # Callbacks go to the tenants' own systems: a pool apart from the platform's.
+    callback_session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
     sampler: OutboxSampler | None = None
     status_page: StatusPage | None = None
     tenants: TenantDirectory | None = None
@@ -148,6 +153,17 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         store.on_announcement(dispatcher.wake)
         follower = IssuanceFollower.from_config(
             config, store=store, pipeline=pipeline, bucket=dispatcher.bucket, clock=steady
+        )
+        callbacks = CallbackSender(
+            queue=store.callbacks,
+            submissions=store,
+            session=callback_session,
+            targets=CallbackTarget.of_tenants(config.tenants),
+            config=config.callbacks,
+            clock=steady,
+            owner=f"{owner}:callbacks",
+            retention=config.outbox.retention,
+            sweep_interval=config.outbox.sweep_interval,
         )
         intake = Intake(
             store=store,
@@ -208,6 +224,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             resync.start()
         dispatcher.start()
         follower.start()
+        callbacks.start()
         sampler = OutboxSampler(metrics, store, steady, interval=2.0)
         sampler.start()
         started_at = clock.wall()
@@ -233,6 +250,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             health=health,
             dispatcher=dispatcher,
             issuance=follower,
+            callbacks=callbacks,
             oncall=oncall,
             intake=intake,
             proxy=proxy,
@@ -249,6 +267,8 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             await sampler.stop()
         if follower is not None:
             await follower.stop()
+        if callbacks is not None:
+            await callbacks.stop()
         if dispatcher is not None:
             await dispatcher.stop()
         if probe is not None:
@@ -260,6 +280,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         if wakeups is not None:
             await wakeups.close()
         await session.close()
+        await callback_session.close()
         await store.close()
 
 
@@ -544,6 +565,7 @@ def reload_config(gateway: Gateway, running: GatewayConfig, path: Path) -> Gatew
         )
         return running
     gateway.proxy.reconfigure_tenants(new.tenants, new.limits.tenant)
+    gateway.callbacks.retarget(CallbackTarget.of_tenants(new.tenants))
     set_log_level(new.log.level)
     codes = new.upstream.business_codes
     gateway.pipeline.reclassify(codes)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -165,6 +166,31 @@ class TenantLimitsConfig(_Model):
     concurrency: int | None = Field(default=None, ge=1, le=100_000)
 
 
+class TenantCallbackConfig(_Model):
+    """Where the tenant hears that a queued submission became final (docs/callbacks.md)."""
+
+    #: HTTPS, or HTTP to a loopback address (a receiver on the same host).
+    url: str
+    #: The HMAC-SHA256 key the events are signed with; the receiver holds it too.
+    secret: SecretRef
+    #: One POST at most this long.
+    timeout: Seconds = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+        if not parts.hostname or not (
+            parts.scheme == "https" or (parts.scheme == "http" and loopback)
+        ):
+            raise ValueError(
+                "expected an https:// URL (http:// only to a loopback address), "
+                f"e.g. https://erp.example.com/invoice-events, got {value!r}"
+            )
+        return value
+
+
 class TenantConfig(_Model):
     """A client of the gateway, identified by the API key it sends in `X-Api-Key`.
 
@@ -182,6 +208,8 @@ class TenantConfig(_Model):
     #: The tenant's own identity at the platform (a merchant of a service-provider application);
     #: unset, its calls use `upstream.auth` (the gateway's own application).
     upstream: TenantUpstreamConfig | None = None
+    #: Events about its queued submissions becoming final; unset: none are sent.
+    callback: TenantCallbackConfig | None = None
 
     @field_validator("api_key_hash")
     @classmethod
@@ -662,6 +690,20 @@ class OutboxConfig(_Model):
     commit_batch_cap: int = Field(default=256, ge=1, le=10_000)
 
 
+class CallbacksConfig(_Model):
+    """Sending callback events (docs/callbacks.md): at least once, in their own durable queue."""
+
+    #: How often the queue is looked at when nothing woke it.
+    poll_interval: Seconds = 1.0
+    #: Events sent at once, across tenants.
+    concurrency: int = Field(default=4, ge=1, le=256)
+    #: An event being sent is leased this long; then another replica may send it again.
+    lease: Seconds = 60.0
+    backoff: BackoffConfig = Field(default_factory=lambda: BackoffConfig(base=1.0, cap=600.0))
+    #: An event not taken by its receiver within this long is `dead` (on-call can replay it).
+    max_age: Seconds = 72 * 3600.0
+
+
 class EncryptionConfig(_Model):
     """Encryption at rest of stored bodies and answers (docs/encryption.md).
 
@@ -785,6 +827,7 @@ class GatewayConfig(_Model):
     operations: list[OperationConfig] = Field(default_factory=list)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
 
     @field_validator("store_url")
     @classmethod
@@ -862,6 +905,8 @@ class GatewayConfig(_Model):
                 found.append((f"tenants[{i}].upstream.user_tax", tenant.upstream.user_tax))
                 if tenant.upstream.code is not None:
                     found.append((f"tenants[{i}].upstream.code", tenant.upstream.code))
+            if tenant.callback is not None:
+                found.append((f"tenants[{i}].callback.secret", tenant.callback.secret))
         auth = self.upstream.auth
         if isinstance(auth, NuonuoHmacAuthConfig):
             for field in ("app_key", "app_secret", "user_tax"):

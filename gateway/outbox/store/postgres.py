@@ -22,6 +22,7 @@ import structlog
 
 from gateway.config import StoreConfig
 from gateway.errors import StoreError
+from gateway.outbox.store.callback_queue import PostgresCallbackQueue
 from gateway.outbox.store.postgres_schema import migrate as migrate_schema
 from gateway.outbox.store.protocol import Admission, OutboxCounts, Resealed
 from gateway.outbox.store.rows import (
@@ -199,7 +200,8 @@ _ISSUANCE_DUE = (
 _RECORD_ISSUANCE = (
     "UPDATE submission SET issuance = $1, issuance_outcome = $2, issuance_due_at = $3, "
     "state = CASE WHEN $4 THEN 'issue_failed' ELSE state END, "
-    "updated_at = CASE WHEN $4 THEN $5 ELSE updated_at END, "
+    # An issuance ending (failed, or done: its callback event's time) is a change of the row.
+    "updated_at = CASE WHEN $4 OR $2 = 'done' THEN $5 ELSE updated_at END, "
     "last_error_class = CASE WHEN $4 THEN $6 ELSE last_error_class END, "
     "last_error = CASE WHEN $4 THEN $7 ELSE last_error END "
     f"WHERE id = $8 AND fence = $9 AND state = 'delivered' RETURNING {COLUMNS}"
@@ -363,6 +365,11 @@ class PostgresStore:
 
     def observe_commits(self, callback: Callable[[int, float], None]) -> None:
         self._on_commit = callback
+
+    @property
+    def callbacks(self) -> PostgresCallbackQueue:
+        """The callback event queue (`gateway.outbox.callbacks`)."""
+        return PostgresCallbackQueue(self._write, self._connection)
 
     def _open(self, row: Any) -> Submission:
         """The submission a row of `COLUMNS` holds, opened by this store's sealer."""

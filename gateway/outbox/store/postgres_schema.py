@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.errors import StoreError
+from gateway.outbox.store.callback_queue import POSTGRES_MIGRATION
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -94,6 +95,8 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX submission_waiting_age
         ON submission (state, created_at) WHERE next_attempt_at IS NOT NULL;
     """,
+    # Callback events, written by a trigger with the change they report (callback_queue.py).
+    POSTGRES_MIGRATION,
 )
 
 #: The advisory lock migrations run under ("gateway" in ASCII).

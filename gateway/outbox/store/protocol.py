@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.outbox.callbacks import CallbackQueue
 from gateway.outbox.submissions import (
     AuditEntry,
     IssuanceCheck,
@@ -327,6 +328,11 @@ class Store(TokenStore, OutboxStore, Protocol):
     #: True when one process at a time uses the database (the embedded SQLite store): the
     #: start-up `rebase` and `reclaim(everything=True)` are safe. False for a store replicas
     #: share (PostgreSQL): each start reclaims only expired leases.
+    @property
+    def callbacks(self) -> CallbackQueue:
+        """The callback event queue (`gateway.outbox.callbacks`)."""
+        ...
+
     single_node: bool
 
     async def database_time(self) -> float | None:

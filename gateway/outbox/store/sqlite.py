@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +20,7 @@ import aiosqlite
 
 from gateway.errors import StoreError
 from gateway.outbox.store import rows as row_mapping
+from gateway.outbox.store.callback_queue import SQLITE_MIGRATION, SqliteCallbackQueue
 from gateway.outbox.store.group_commit import CommitStats, GroupCommitter, WriterThread
 from gateway.outbox.store.protocol import Admission, OutboxCounts, Resealed
 from gateway.outbox.store.sealing import Sealer
@@ -117,6 +118,8 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX submission_waiting_age
         ON submission (state, created_at) WHERE next_attempt_at IS NOT NULL;
     """,
+    # Callback events, written by triggers with the change they report (callback_queue.py).
+    SQLITE_MIGRATION,
 )
 
 _UNRESOLVED = ", ".join(f"'{s.value}'" for s in UNRESOLVED_STATES)
@@ -182,6 +185,11 @@ class SqliteStore:
         row = db.execute(f"SELECT {_COLUMNS} FROM submission WHERE id = ?", (submission_id,))
         found = row.fetchone()
         return self._submission(found) if found else None
+
+    @property
+    def callbacks(self) -> SqliteCallbackQueue:
+        """The callback event queue (`gateway.outbox.callbacks`)."""
+        return SqliteCallbackQueue(self._committer, self._reader)
 
     @property
     def commit_stats(self) -> CommitStats:
@@ -600,7 +608,10 @@ class SqliteStore:
                     "UPDATE submission SET issuance = :issuance, issuance_outcome = :outcome, "
                     "issuance_due_at = :due, "
                     "state = CASE WHEN :failed THEN 'issue_failed' ELSE state END, "
-                    "updated_at = CASE WHEN :failed THEN :now ELSE updated_at END, "
+                    # An issuance ending (failed, or done: its callback event's time) is a
+                    # change of the row.
+                    "updated_at = CASE WHEN :failed OR :outcome = 'done' THEN :now "
+                    "ELSE updated_at END, "
                     "last_error_class = CASE WHEN :failed THEN :error_class "
                     "ELSE last_error_class END, "
                     "last_error = CASE WHEN :failed THEN :error ELSE last_error END "
@@ -848,6 +859,18 @@ def _due_heads(
     return [seq for _, seq in chosen], (chosen[-1][0] if chosen else served_last)
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script, one at a time; a trigger's body (`;` inside
+    BEGIN … END) stays whole."""
+    buffer = ""
+    for part in script.split(";"):
+        buffer += part + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                yield buffer
+            buffer = ""
+
+
 def _migrate(db: sqlite3.Connection, path: Path, *, apply: bool) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -867,7 +890,7 @@ def _migrate(db: sqlite3.Connection, path: Path, *, apply: bool) -> None:
                 f"{len(MIGRATIONS)}: run `invoice-gateway migrate` first (store.migrate is manual)"
             )
         for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in filter(str.strip, script.split(";")):
+            for statement in _statements(script):
                 db.execute(statement)
             db.execute("UPDATE schema_version SET version = ?", (target,))
         db.execute("COMMIT")
