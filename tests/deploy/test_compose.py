@@ -5,6 +5,7 @@ Prometheus scrapes both replicas and passes `promtool check config`."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -131,3 +132,70 @@ def test_grafana_finds_the_dashboards_where_they_are_mounted() -> None:
     }
     assert path in mounted
     assert list((COMPOSE_DIR / mounted[path]).glob("*.json"))
+
+
+def test_the_dingtalk_bridge_renders_the_bilingual_message(tmp_path: Path) -> None:
+    """The bridge reads the project's template where the stack mounts it, and its message
+    template renders (with Alertmanager's template engine, which the bridge uses) Chinese
+    first, then English, then the runbook link."""
+    bridge = yaml.safe_load((COMPOSE_DIR / "dingtalk.yml").read_text())
+    mounts = dict(mount.split(":")[:2] for mount in services()["dingtalk-bridge"]["volumes"])
+    [template_path] = bridge["templates"]
+    directory, name = template_path.rsplit("/", 1)
+    source = next(src for src, target in mounts.items() if target == directory)
+    assert (COMPOSE_DIR / source / name).is_file()
+    annotations = {
+        "summary_zh": "开票平台不可用",
+        "description_zh": "发件箱正在积压",
+        "summary": "The invoice platform is down",
+        "description": "The outbox is filling",
+        "runbook_url": "https://runbook.example/platform-down",
+    }
+    data = {
+        "receiver": "dingtalk-ops",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {
+                    "alertname": "GatewayPlatformDown",
+                    "severity": "page",
+                    "instance": "gw-1:8081",
+                },
+                "annotations": annotations,
+                "startsAt": "2026-12-07T01:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+            }
+        ],
+        "groupLabels": {"alertname": "GatewayPlatformDown"},
+        "commonLabels": {"alertname": "GatewayPlatformDown", "severity": "page"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+    }
+    data_file = tmp_path / "data.json"
+    data_file.write_text(json.dumps(data))
+    rendered = {
+        part: subprocess.run(
+            [
+                "amtool",
+                "template",
+                "render",
+                f"--template.glob={COMPOSE_DIR / source / name}",
+                f"--template.text={bridge['targets']['ops']['message'][part]}",
+                f"--template.data={data_file}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        for part in ("title", "text")
+    }
+    assert all(0 == r.returncode for r in rendered.values()), rendered
+    assert "GatewayPlatformDown" in rendered["title"].stdout
+    text = rendered["text"].stdout
+    order = [
+        text.index(annotations[key])
+        for key in ("summary_zh", "description_zh", "summary", "description", "runbook_url")
+    ]
+    assert order == sorted(order), text
