@@ -45,6 +45,7 @@ from gateway.outbox.oncall import OnCall
 from gateway.outbox.store import Store, masked_url, open_store
 from gateway.outbox.wakeups import Wakeups
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
+from gateway.resilience.failover import Endpoint, Failover
 from gateway.resilience.failures import Verdict
 from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.resilience.probe import HealthProbe, UpstreamHealth
@@ -78,6 +79,14 @@ class Gateway:
     metrics: Metrics
     started_at: float
     status_page: StatusPage
+    #: The backup endpoint (`upstream.backup_url`) and its breakers; None: no failover.
+    failover: Failover | None = None
+
+    @property
+    def reads_endpoint(self) -> Endpoint:
+        """Which endpoint serves reads now: `backup` while the primary is down or its circuit
+        is open and a backup is configured, else `primary`."""
+        return Endpoint.PRIMARY if self.failover is None else self.failover.serving_reads()
 
 
 @asynccontextmanager
@@ -113,14 +122,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         )
         # Before anything is sent: a hold on token calls recorded by an earlier run applies now.
         await auth.load()
-        upstream = UpstreamClient(
-            session,
-            upstream_config.url,
-            auth,
-            timeout=upstream_config.timeout,
-            connect_timeout=upstream_config.connect_timeout,
-            max_response_bytes=upstream_config.max_response_bytes,
-        )
+        upstream = UpstreamClient.from_config(session, upstream_config, auth)
         metrics = Metrics(
             operations=[op.name for op in config.operations],
             business_codes=config.upstream.business_codes.listed(),
@@ -129,11 +131,14 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
         store.observe_commits(metrics.commit)
         breakers = BreakerRegistry(config.resilience.breaker, clock)
         breakers.add_listener(metrics.transition)
+        health = UpstreamHealth(clock)
+        failover = _failover(config, session, auth, breakers, health, clock)
+        if failover is not None:
+            failover.breakers.add_listener(metrics.transition)
         pipeline = ResiliencePipeline.from_config(
-            config, upstream=upstream, breakers=breakers, clock=clock
+            config, upstream=upstream, breakers=breakers, clock=clock, failover=failover
         )
         pipeline.observer = metrics
-        health = UpstreamHealth(clock)
         probe = _health_probe(config, pipeline, breakers, health, clock)
         owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         # Outbox schedules (back-off, leases, ages) run on a clock that steps cannot move: the
@@ -257,6 +262,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             metrics=metrics,
             started_at=started_at,
             status_page=status_page,
+            failover=failover,
         )
         metrics.registry.register(GatewayCollector(gateway))
         yield gateway
@@ -336,6 +342,29 @@ async def _recover(store: Store, clock: Clock) -> None:
             "was down); waiting submissions rescheduled by as much",
             seconds=round(shift, 1),
         )
+
+
+def _failover(
+    config: GatewayConfig,
+    session: aiohttp.ClientSession,
+    auth: UpstreamAuth,
+    primary: BreakerRegistry,
+    health: UpstreamHealth,
+    clock: Clock,
+) -> Failover | None:
+    """The backup endpoint, when `upstream.backup_url` is set: the same pool and the same auth
+    (the same platform: same credentials, same token), breakers of its own."""
+    upstream = config.upstream
+    if upstream.backup_url is None:
+        return None
+    return Failover(
+        upstream=UpstreamClient.from_config(session, upstream, auth, base_url=upstream.backup_url),
+        breakers=BreakerRegistry(config.resilience.breaker, clock, prefix="backup:"),
+        primary=primary,
+        health=health,
+        reads=[op.name for op in config.operations if op.kind == "read"],
+        submissions=[op.name for op in config.operations if op.failover == "submissions"],
+    )
 
 
 def _health_probe(

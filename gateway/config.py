@@ -37,6 +37,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "GATEWAY_ADMIN_LISTEN": ("admin", "listen"),
     "GATEWAY_STORE_URL": ("store_url",),
     "GATEWAY_UPSTREAM_URL": ("upstream", "url"),
+    "GATEWAY_UPSTREAM_BACKUP_URL": ("upstream", "backup_url"),
     "GATEWAY_TOKEN_URL": ("upstream", "auth", "token_url"),
     # For benches and containers: quieter (or louder) without editing the file.
     "GATEWAY_LOG_LEVEL": ("log", "level"),
@@ -491,10 +492,27 @@ class ResilienceConfig(_Model):
     probe: ProbeConfig | None = None
 
 
+_UPSTREAM_URL = re.compile(r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+
+
+def _upstream_url(value: str) -> str:
+    if not _UPSTREAM_URL.match(value):
+        raise ValueError(
+            "expected an http(s) URL without query or fragment, "
+            f"e.g. https://sdk.example.com, got {value!r}"
+        )
+    return value.rstrip("/")
+
+
 class UpstreamConfig(_Model):
-    """The invoice platform the gateway fronts; the only host it ever talks to."""
+    """The invoice platform the gateway fronts; the only hosts it ever talks to are `url`
+    and, when set, `backup_url` (docs/configuration.md#backup-endpoint)."""
 
     url: str
+    #: Another address of the same platform (same credentials, same token). Reads go there
+    #: while the primary is down or a read provably never left for it; submissions only for
+    #: operations with `failover: submissions`. Unset: no failover.
+    backup_url: str | None = None
     connect_timeout: Seconds = 3.0
     timeout: Seconds = 15.0
     pool_size: int = Field(default=100, ge=1, le=10_000)
@@ -505,12 +523,29 @@ class UpstreamConfig(_Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+        return _upstream_url(value)
+
+    @field_validator("backup_url")
+    @classmethod
+    def _backup_http_url(cls, value: str | None) -> str | None:
+        return None if value is None else _upstream_url(value)
+
+    @model_validator(mode="after")
+    def _backup_differs(self) -> UpstreamConfig:
+        backup = self.backup_url
+        if backup is None:
+            return self
+        if backup.lower() == self.url.lower():
             raise ValueError(
-                "expected an http(s) URL without query or fragment, "
-                f"e.g. https://sdk.example.com, got {value!r}"
+                f"backup_url must be another address than url (both are {self.url!r}); unset "
+                "it to turn failover off"
             )
-        return value.rstrip("/")
+        if self.url.startswith("https://") and not backup.startswith("https://"):
+            raise ValueError(
+                f"backup_url must use https like url does (got {backup!r}): the same signed "
+                "calls and token go there"
+            )
+        return self
 
 
 class BodyMatch(_Model):
@@ -650,6 +685,20 @@ class OperationConfig(_Model):
     #: For submits: how to follow an accepted one to the end of its issuance. Without it the
     #: platform's acceptance is the end of the story.
     issuance: IssuanceConfig | None = None
+    #: `submissions`: this submit operation may go to `upstream.backup_url` under the rules
+    #: reads follow. Only safe when the backup shares the primary's ledger (the same order-number
+    #: deduplication): otherwise one invoice could be issued at both. Unset: reads fail over,
+    #: submissions never do (docs/configuration.md#backup-endpoint).
+    failover: Literal["submissions"] | None = None
+
+    @model_validator(mode="after")
+    def _failover_for_submits(self) -> OperationConfig:
+        if self.failover is not None and self.kind != "submit":
+            raise ValueError(
+                f"failover: 'submissions' is for 'submit' operations, not {self.kind!r} ones "
+                "(reads fail over without it; passthroughs never do)"
+            )
+        return self
 
 
 class DispatcherConfig(_Model):
@@ -866,6 +915,11 @@ class GatewayConfig(_Model):
                 f"resilience.probe.operation: {probe.operation!r} is not one of 'operations'"
             )
         for i, op in enumerate(self.operations):
+            if op.failover is not None and self.upstream.backup_url is None:
+                raise ValueError(
+                    f"operations[{i}].failover: 'submissions' needs upstream.backup_url (or "
+                    "GATEWAY_UPSTREAM_BACKUP_URL)"
+                )
             if op.issuance is not None:
                 follower = by_name.get(op.issuance.lookup)
                 if follower is None or follower.kind != "read" or op.kind != "submit":

@@ -19,6 +19,9 @@ from gateway.resilience.failures import FailureClass
 from gateway.resilience.pipeline import Outcome
 
 OUTCOME = "X-Gateway-Outcome"
+#: Which endpoint answered a read or passthrough: `primary` or `backup`; sent only while a
+#: backup endpoint is configured (`upstream.backup_url`).
+UPSTREAM_ENDPOINT = "X-Gateway-Upstream"
 
 DEFAULT_RETRY_AFTER = 5.0
 
@@ -34,10 +37,20 @@ class Exchange:
     outcome: str = "rejected"
     error_class: str | None = None
     attempts: int = 0
+    #: The endpoint that answered (`primary`, `backup`); None without a backup endpoint.
+    endpoint: str | None = None
 
 
 def respond(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.Response:
-    """The response for `outcome`, recording what happened on `exchange`."""
+    """The response for `outcome`, recording what happened on `exchange`; with a backup
+    endpoint configured it names the endpoint of the last attempt (`X-Gateway-Upstream`)."""
+    response = _respond(outcome, operation, exchange)
+    if outcome.endpoint is not None:
+        exchange.endpoint = response.headers[UPSTREAM_ENDPOINT] = outcome.endpoint.value
+    return response
+
+
+def _respond(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.Response:
     verdict = outcome.verdict
     failure = verdict.failure
     exchange.attempts = outcome.attempts

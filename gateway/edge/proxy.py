@@ -5,7 +5,9 @@
         → read / passthrough: resilience pipeline
     → respond
 
-Every response carries `X-Request-Id` and `X-Gateway-Outcome`, and produces one access log line.
+Every response carries `X-Request-Id` and `X-Gateway-Outcome`, and produces one access log line;
+with a backup endpoint configured, answers to reads and passthroughs also carry
+`X-Gateway-Upstream` (`primary` or `backup`: which endpoint answered).
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ class Proxy:
             outcome=exchange.outcome,
             error_class=exchange.error_class,
             attempts=exchange.attempts,
+            endpoint=exchange.endpoint,
             latency_ms=round(elapsed * 1000, 3),
         )
         return response

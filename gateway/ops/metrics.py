@@ -39,6 +39,7 @@ from gateway.outbox.outage import StoreOutage
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import IssuanceOutcome, SubmissionState
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
+from gateway.resilience.failover import Endpoint
 from gateway.resilience.failures import Verdict
 from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.resilience.probe import HealthStatus, UpstreamHealth
@@ -121,6 +122,12 @@ class Metrics:
             "gateway_upstream_attempts",
             "Calls to the platform by result: success or the failure class.",
             ["operation", "result"],
+            registry=r,
+        )
+        self.endpoint_requests = Counter(
+            "gateway_upstream_endpoint_requests",
+            "Calls to the platform by endpoint: primary, or the backup (upstream.backup_url).",
+            ["operation", "endpoint"],
             registry=r,
         )
         self.upstream_duration = Histogram(
@@ -235,10 +242,17 @@ class Metrics:
 
     # -- the pipeline's AttemptObserver ------------------------------------------------------
 
-    def attempt(self, operation: str, verdict: Verdict, seconds: float) -> None:
+    def attempt(
+        self,
+        operation: str,
+        verdict: Verdict,
+        seconds: float,
+        endpoint: Endpoint = Endpoint.PRIMARY,
+    ) -> None:
         op = self.operation(operation)
         result = "success" if verdict.failure is None else verdict.failure.value
         self._child(self.upstream_attempts, op, result).inc()
+        self._child(self.endpoint_requests, op, endpoint.value).inc()
         self._child(self.upstream_duration, op).observe(seconds)
         if verdict.code is not None:
             code = verdict.code if verdict.code in self._codes else "other"
@@ -309,6 +323,16 @@ class GatewayCollector(Collector):
         for status in HealthStatus:
             health.add_metric([status.value], float(gateway.health.status is status))
         yield health
+        failover = gateway.pipeline.failover
+        backup = GaugeMetricFamily(
+            "gateway_upstream_backup_active",
+            "1 while reads are sent to the backup endpoint because the primary is down or its "
+            "circuit is open; 0 otherwise, and without a backup.",
+        )
+        backup.add_metric(
+            [], float(failover is not None and failover.serving_reads() is Endpoint.BACKUP)
+        )
+        yield backup
 
         stats = gateway.dispatcher.stats
         for name, value, help_text in (

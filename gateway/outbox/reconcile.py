@@ -7,6 +7,12 @@ lookup (e.g. `queryInvoiceResult` by `orderNo`) what that attempt produced, and 
 dispatcher records the answer as the delivery. The lookup reports what it finds; it does not
 wait for the platform to finish issuing (status 20 "issuing" already proves it exists).
 docs/design.md#exactly-once says why, and what is planned (a lookup before any resend).
+
+A lookup may be answered by the backup endpoint (`upstream.backup_url`). Its "found" is as
+good as the primary's; its "not found" is no proof of absence (the backup may not list yet
+what the primary processed), so it counts as a failed lookup and nothing is resent on its
+word — unless the submission's operation is configured `failover: submissions`, which says
+the backup shares the primary's ledger.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from gateway.headers import REQUEST_ID
 from gateway.jsonpointer import MISSING, JsonPointer
 from gateway.operations import Operation, OperationRule
 from gateway.outbox.submissions import StoredResponse, Submission
+from gateway.resilience.failover import Endpoint
 from gateway.resilience.failures import FailureClass
 from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.upstream.models import UpstreamRequest
@@ -63,9 +70,16 @@ class Reconciler:
     """Looks up, by business key, what the platform holds for submissions of one operation."""
 
     def __init__(
-        self, rule: ReconcileConfig, lookup: OperationConfig, *, pipeline: ResiliencePipeline
+        self,
+        rule: ReconcileConfig,
+        lookup: OperationConfig,
+        *,
+        pipeline: ResiliencePipeline,
+        backup_proves_absence: bool = False,
     ) -> None:
-        """`lookup` is the read operation `rule.lookup` names.
+        """`lookup` is the read operation `rule.lookup` names; `backup_proves_absence` whether
+        a "not found" from the backup endpoint counts (the submissions themselves may go there:
+        `failover: submissions`).
 
         Its `match` must name a concrete method and path (a path prefix ending in `*` cannot
         be sent); its header matches become the lookup's headers. Body matches are not
@@ -88,6 +102,7 @@ class Reconciler:
         self._headers = dict(lookup.match.headers)
         self._pointer: JsonPointer = rule.result_pointer
         self._pipeline = pipeline
+        self.backup_proves_absence = backup_proves_absence
 
     @classmethod
     def for_operation(
@@ -109,7 +124,12 @@ class Reconciler:
                     "not a configured operation"
                 ]
             )
-        return cls(rule, lookup, pipeline=pipeline)
+        return cls(
+            rule,
+            lookup,
+            pipeline=pipeline,
+            backup_proves_absence=operation.failover == "submissions",
+        )
 
     def request_for(self, submission: Submission) -> UpstreamRequest:
         """The lookup request for `submission` (unsigned: the auth scheme signs at send time)."""
@@ -186,6 +206,16 @@ class Reconciler:
             )
         found = self._pointer.resolve(document)
         if found is MISSING or found is None or found == {}:
+            if outcome.endpoint is Endpoint.BACKUP and not self.backup_proves_absence:
+                return LookupResult(
+                    LookupStatus.FAILED,
+                    code=verdict.code,
+                    detail=(
+                        f"the lookup {self.operation.name} was answered by the backup endpoint, "
+                        "whose 'not found' is no proof of absence (it may not list yet what the "
+                        "primary processed)"
+                    ),
+                )
             return LookupResult(
                 LookupStatus.NOT_FOUND,
                 code=verdict.code,

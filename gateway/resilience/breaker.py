@@ -410,11 +410,15 @@ class CircuitBreaker:
 
 
 class BreakerRegistry:
-    """The breakers of one gateway: one for the upstream, or one per operation."""
+    """The breakers of one endpoint: one for the upstream, or one per operation.
 
-    def __init__(self, config: BreakerConfig, clock: Clock) -> None:
+    `prefix` goes before each breaker's name (`backup:` for the backup endpoint's own
+    registry), so logs and metrics never mix its breakers with the primary's."""
+
+    def __init__(self, config: BreakerConfig, clock: Clock, *, prefix: str = "") -> None:
         self._config = config
         self._clock = clock
+        self._prefix = prefix
         self._breakers: dict[str, CircuitBreaker] = {}
         self._listeners: list[TransitionListener] = []
         # An operator's force over all breakers also holds for breakers created later.
@@ -424,12 +428,21 @@ class BreakerRegistry:
 
     def for_operation(self, operation: str) -> CircuitBreaker:
         """The breaker guarding `operation` (the shared one when `scope` is `upstream`)."""
-        name = UPSTREAM if self._config.scope == "upstream" else operation
+        name = self._key(operation)
         breaker = self._breakers.get(name)
         return breaker if breaker is not None else self._create(name)
 
+    def state_of(self, operation: str) -> CircuitState:
+        """The state of the breaker guarding `operation`, without creating it (closed when no
+        call of it was made yet)."""
+        breaker = self._breakers.get(self._key(operation))
+        return CircuitState.CLOSED if breaker is None else breaker.state
+
+    def _key(self, operation: str) -> str:
+        return UPSTREAM if self._config.scope == "upstream" else operation
+
     def get(self, name: str) -> CircuitBreaker | None:
-        """The breaker called `name`, if it exists yet."""
+        """The breaker called `name` (without the registry's prefix), if it exists yet."""
         return self._breakers.get(name)
 
     def all(self) -> list[CircuitBreaker]:
@@ -465,7 +478,7 @@ class BreakerRegistry:
         return [breaker.snapshot() for breaker in self._breakers.values()]
 
     def _create(self, name: str) -> CircuitBreaker:
-        breaker = CircuitBreaker(name, self._config, self._clock)
+        breaker = CircuitBreaker(self._prefix + name, self._config, self._clock)
         for listener in self._listeners:
             breaker.add_listener(listener)
         if self._forced is not None:

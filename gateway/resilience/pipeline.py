@@ -12,6 +12,11 @@ and circuit breaker, ending in one `Outcome`.
         of its `Date`
     retry when: the class is in the policy's `retry_on`, a resend is safe for the operation's
     kind, attempts remain, the back-off (or Retry-After) fits the deadline, and the budget allows.
+
+With a backup endpoint (`failover`), each send of an operation that may fail over goes where
+`gateway.resilience.failover` says: to the backup while the probe says the primary is down, or
+at once after the primary's circuit refused it or it provably never left for the primary.
+`Outcome.endpoint` says which endpoint the last attempt went to.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from gateway.config import BusinessCodesConfig, GatewayConfig, RetryPolicyConfig
 from gateway.errors import CircuitOpen, GatewayError
 from gateway.operations import Operation, OperationKind
 from gateway.resilience.breaker import BreakerRegistry
+from gateway.resilience.failover import FAIL_OVER_ON, Endpoint, Failover
 from gateway.resilience.failures import FailureClass, FailureClassifier, Verdict
 from gateway.resilience.retry import RetryBudget, RetryPolicy
 from gateway.upstream.client import Upstream
@@ -43,8 +49,14 @@ _CURABLE = frozenset({FailureClass.AUTH, FailureClass.CLOCK_SKEW})
 
 
 class AttemptObserver(Protocol):
-    def attempt(self, operation: str, verdict: Verdict, seconds: float) -> None:
-        """One upstream attempt ended with `verdict` after `seconds`."""
+    def attempt(
+        self,
+        operation: str,
+        verdict: Verdict,
+        seconds: float,
+        endpoint: Endpoint = Endpoint.PRIMARY,
+    ) -> None:
+        """One upstream attempt at `endpoint` ended with `verdict` after `seconds`."""
         ...
 
     def retry(self, operation: str) -> None:
@@ -64,6 +76,8 @@ class Outcome:
     stopped_by: str | None = None
     #: Whether any attempt may have reached the platform.
     sent: bool = False
+    #: Where the last attempt went; None when no backup endpoint is configured.
+    endpoint: Endpoint | None = None
 
     @property
     def ok(self) -> bool:
@@ -95,8 +109,11 @@ class ResiliencePipeline:
         clock: Clock,
         rng: random.Random | None = None,
         observer: AttemptObserver | None = None,
+        failover: Failover | None = None,
     ) -> None:
         self._upstream = upstream
+        #: The backup endpoint and its rule; None: every attempt goes to `upstream`.
+        self.failover = failover
         #: Told about every attempt and every retry (metrics).
         self.observer = observer
         self._classifier = classifier
@@ -116,6 +133,7 @@ class ResiliencePipeline:
         upstream: Upstream,
         breakers: BreakerRegistry,
         clock: Clock,
+        failover: Failover | None = None,
     ) -> ResiliencePipeline:
         resilience = config.resilience
         kind_policies = {
@@ -135,6 +153,7 @@ class ResiliencePipeline:
             kind_policies=kind_policies,
             attempt_timeout=config.upstream.timeout,
             clock=clock,
+            failover=failover,
         )
 
     def reclassify(self, codes: BusinessCodesConfig) -> None:
@@ -202,7 +221,7 @@ class ResiliencePipeline:
 
     async def _attempt(self, request: UpstreamRequest, run: _Run) -> Verdict:
         run.outcome.attempts += 1
-        verdict = await self._guarded_send(request, run)
+        verdict = await self._routed_send(request, run)
         while (failure := verdict.failure) in _CURABLE and failure not in run.cured:
             # The platform refused the gateway's credentials (token, signed time), not the
             # request: cure them and resend once, as part of this attempt — a cure is not a
@@ -216,7 +235,7 @@ class ResiliencePipeline:
                 break
             if not cured:
                 break
-            verdict = await self._guarded_send(request, run)
+            verdict = await self._routed_send(request, run)
         if not verdict.ok:
             run.outcome.failures.append(verdict.failure)  # type: ignore[arg-type]
         return verdict
@@ -231,15 +250,37 @@ class ResiliencePipeline:
             await auth.credentials_rejected(response.request)
         return True
 
-    async def _guarded_send(self, request: UpstreamRequest, run: _Run) -> Verdict:
-        breaker = self.breakers.for_operation(run.operation.name)
+    async def _routed_send(self, request: UpstreamRequest, run: _Run) -> Verdict:
+        """One send at the endpoint the failover rule picks (the primary without a backup)."""
+        failover = self.failover
+        if failover is None or not failover.covers(run.operation):
+            return await self._guarded_send(request, run, Endpoint.PRIMARY)
+        if not failover.primary_down():
+            verdict = await self._guarded_send(request, run, Endpoint.PRIMARY)
+            if verdict.failure not in FAIL_OVER_ON:
+                return verdict
+            log.debug(
+                "the primary endpoint did not take the call; sending it to the backup",
+                operation=run.operation.name,
+                failure=verdict.failure,
+            )
+        return await self._guarded_send(request, run, Endpoint.BACKUP)
+
+    async def _guarded_send(
+        self, request: UpstreamRequest, run: _Run, endpoint: Endpoint
+    ) -> Verdict:
+        if self.failover is not None:
+            run.outcome.endpoint = endpoint
+        breaker = self._at(endpoint)[1].for_operation(run.operation.name)
         remaining = run.deadline_at - self._clock.monotonic()
         time_limit = max(MIN_ATTEMPT_SECONDS, min(self._attempt_timeout, remaining))
 
         read = run.operation.kind is OperationKind.READ
 
         async def send() -> Verdict:
-            return await self.send_once(request, time_limit=time_limit, read=read)
+            return await self.send_once(
+                request, time_limit=time_limit, read=read, endpoint=endpoint
+            )
 
         try:
             verdict = await breaker.call(send)
@@ -249,14 +290,26 @@ class ResiliencePipeline:
             run.outcome.sent = True
         return verdict
 
+    def _at(self, endpoint: Endpoint) -> tuple[Upstream, BreakerRegistry]:
+        """The transport and the breakers of `endpoint`."""
+        if endpoint is Endpoint.BACKUP:
+            assert self.failover is not None  # only routed there with one
+            return self.failover.upstream, self.failover.breakers
+        return self._upstream, self.breakers
+
     async def send_once(
-        self, request: UpstreamRequest, *, time_limit: float, read: bool = False
+        self,
+        request: UpstreamRequest,
+        *,
+        time_limit: float,
+        read: bool = False,
+        endpoint: Endpoint = Endpoint.PRIMARY,
     ) -> Verdict:
-        """One classified attempt outside the breaker and the retries (for health probes);
-        `read` says whether it is a `read` operation's."""
+        """One classified attempt at `endpoint` outside the breaker and the retries (for health
+        probes); `read` says whether it is a `read` operation's."""
         started = self._clock.monotonic()
         try:
-            response = await self._upstream.send(request, time_limit=time_limit)
+            response = await self._at(endpoint)[0].send(request, time_limit=time_limit)
         except GatewayError as exc:
             verdict = self._classifier.of_error(exc)
         else:
@@ -271,7 +324,9 @@ class ResiliencePipeline:
                 code=verdict.code,
             )
         if self.observer is not None:
-            self.observer.attempt(request.operation, verdict, self._clock.monotonic() - started)
+            self.observer.attempt(
+                request.operation, verdict, self._clock.monotonic() - started, endpoint
+            )
         return verdict
 
     def _retryable(self, verdict: Verdict, run: _Run) -> bool:

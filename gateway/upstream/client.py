@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp.connector import Connection
 from yarl import URL
 
+from gateway.config import UpstreamConfig
 from gateway.errors import (
     AnswerTruncated,
     BadRequest,
@@ -115,6 +116,26 @@ class UpstreamClient:
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
         self._urls: dict[str, URL] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        session: aiohttp.ClientSession,
+        config: UpstreamConfig,
+        auth: UpstreamAuth,
+        *,
+        base_url: str | None = None,
+    ) -> UpstreamClient:
+        """A client with `config`'s timeouts and limits, to `base_url` (default `config.url`;
+        the backup endpoint passes `config.backup_url`)."""
+        return cls(
+            session,
+            base_url or config.url,
+            auth,
+            timeout=config.timeout,
+            connect_timeout=config.connect_timeout,
+            max_response_bytes=config.max_response_bytes,
+        )
 
     @property
     def auth(self) -> UpstreamAuth:

@@ -434,3 +434,53 @@ def test_red_letter_reconciled_answer_is_its_own_not_the_issues() -> None:
         "nuonuo.OpeMplatform.requestBillingNew": "开票提交成功（网关对账确认）",
         "nuonuo.OpeMplatform.fastInvoiceRed": "红冲提交成功（网关对账确认）",
     } == described
+
+
+def test_backup_url_is_off_by_default_and_set_by_its_variable() -> None:
+    """No backup endpoint unless `upstream.backup_url` (or GATEWAY_UPSTREAM_BACKUP_URL) names
+    one; the variable overrides the file, as GATEWAY_UPSTREAM_URL does."""
+    assert parse_config(default_raw(), ENV).upstream.backup_url is None
+    environ = {**ENV, "GATEWAY_UPSTREAM_BACKUP_URL": "https://sdk2.nuonuo.com/"}
+    assert "https://sdk2.nuonuo.com" == parse_config(default_raw(), environ).upstream.backup_url
+
+
+def test_backup_url_must_be_another_address() -> None:
+    """The backup is the primary written again: refused (case and a trailing slash aside)."""
+    raw = default_raw()
+    raw["upstream"]["backup_url"] = "https://SDK.nuonuo.com/"
+    [problem] = problems(raw)
+    assert problem.startswith("upstream: backup_url must be another address than url"), problem
+
+
+@pytest.mark.parametrize(
+    ("url", "backup", "problem"),
+    [
+        ("https://sdk.nuonuo.com", "http://sdk2.nuonuo.com", "must use https like url does"),
+        ("https://sdk.nuonuo.com", "ftp://sdk2.nuonuo.com", "expected an http(s) URL"),
+    ],
+)
+def test_backup_url_follows_the_rules_of_url(url: str, backup: str, problem: str) -> None:
+    """The backup is an http(s) URL like `url`, and https when `url` is; http only where `url`
+    is http (a local simulator)."""
+    raw = default_raw()
+    raw["upstream"].update(url=url, backup_url=backup)
+    [found] = problems(raw)
+    assert problem in found, found
+    raw["upstream"].update(url="http://127.0.0.1:9000", backup_url="http://127.0.0.1:9001")
+    assert "http://127.0.0.1:9001" == parse_config(raw, ENV).upstream.backup_url
+
+
+def test_failover_of_submissions_is_for_submits_with_a_backup() -> None:
+    """`failover: submissions` is off by default; on a read it is refused (reads fail over
+    anyway), and without a backup endpoint it would do nothing, so it is refused too."""
+    raw = default_raw()
+    assert [None] * 4 == [op.failover for op in parse_config(raw, ENV).operations]
+    raw["operations"][3]["failover"] = "submissions"
+    [problem] = problems(raw)
+    assert problem.startswith("operations[3]: failover: 'submissions' is for 'submit'"), problem
+    del raw["operations"][3]["failover"]
+    raw["operations"][0]["failover"] = "submissions"
+    [problem] = problems(raw)
+    assert "needs upstream.backup_url" in problem, problem
+    raw["upstream"]["backup_url"] = "https://sdk2.nuonuo.com"
+    assert "submissions" == parse_config(raw, ENV).operations[0].failover
