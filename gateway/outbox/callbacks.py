@@ -137,9 +137,10 @@ class CallbackQueue(Protocol):
         states: Sequence[CallbackState] = (),
         tenant: str | None = None,
         submission_id: str | None = None,
+        seq: int | None = None,
         limit: int = 100,
     ) -> Sequence[CallbackEvent]:
-        """Events, newest first, filtered."""
+        """Events, newest first, filtered (`seq`: that one event)."""
         ...
 
     async def replay_callback(self, seq: int, *, now: float) -> CallbackEvent | None:

@@ -150,6 +150,8 @@ async def test_events_are_listed_newest_first_by_state_tenant_and_submission(
     assert [] == await queue.callback_events(states=[C.DELIVERED])
     assert 2 == len(await queue.callback_events(states=[C.PENDING]))
     assert 1 == len(await queue.callback_events(limit=1))
+    (only,) = await queue.callback_events(seq=(await queue.callback_events())[-1].seq)
+    assert a.id == only.submission_id
 
 
 async def test_settled_events_past_retention_are_purged(store: Store) -> None:

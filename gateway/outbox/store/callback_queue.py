@@ -125,7 +125,11 @@ def _settled_values(
 
 
 def _filters(
-    states: Sequence[CallbackState], tenant: str | None, submission_id: str | None, mark: Any
+    states: Sequence[CallbackState],
+    tenant: str | None,
+    submission_id: str | None,
+    seq: int | None,
+    mark: Any,
 ) -> tuple[str, list[Any]]:
     """A WHERE clause (or nothing) and its values; `mark(i)` is the i-th placeholder."""
     clauses: list[str] = []
@@ -145,6 +149,8 @@ def _filters(
         add("tenant = {}", tenant)
     if submission_id is not None:
         add("submission_id = {}", submission_id)
+    if seq is not None:
+        add("seq = {}", seq)
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), values
 
 
@@ -222,9 +228,10 @@ class SqliteCallbackQueue:
         states: Sequence[CallbackState] = (),
         tenant: str | None = None,
         submission_id: str | None = None,
+        seq: int | None = None,
         limit: int = 100,
     ) -> Sequence[CallbackEvent]:
-        where, values = _filters(states, tenant, submission_id, lambda _i: "?")
+        where, values = _filters(states, tenant, submission_id, seq, lambda _i: "?")
         sql = f"SELECT {_COLUMNS} FROM callback_event {where} ORDER BY seq DESC LIMIT ?"
         async with self._reader.execute(sql, (*values, limit)) as cursor:
             return [_event(row) for row in await cursor.fetchall()]
@@ -321,9 +328,10 @@ class PostgresCallbackQueue:
         states: Sequence[CallbackState] = (),
         tenant: str | None = None,
         submission_id: str | None = None,
+        seq: int | None = None,
         limit: int = 100,
     ) -> Sequence[CallbackEvent]:
-        where, values = _filters(states, tenant, submission_id, lambda i: f"${i}")
+        where, values = _filters(states, tenant, submission_id, seq, lambda i: f"${i}")
         sql = (
             f"SELECT {_COLUMNS} FROM callback_event {where} "
             f"ORDER BY seq DESC LIMIT ${len(values) + 1}"
