@@ -241,6 +241,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             metrics=metrics,
             started_at=started_at,
             clock=clock,
+            audit=store,
         )
         status_page.start()
         gateway = Gateway(
@@ -412,6 +413,7 @@ def client_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get(STATUS_PATH, gateway.proxy.submission_status)
     app.router.add_get("/status", gateway.status_page.handle)
+    app.router.add_get("/status/feed.json", gateway.status_page.feed)
     app.router.add_route("*", "/{tail:.*}", gateway.proxy.handle)
     return app
 

@@ -114,7 +114,12 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gateway.cli.oncall import configure_circuit, configure_outbox, configure_token
+    from gateway.cli.oncall import (
+        configure_circuit,
+        configure_outbox,
+        configure_status,
+        configure_token,
+    )
     from gateway.cli.store import configure_migrate, configure_store
     from gateway.cli.tenant import configure_tenant
     from gateway.tools.bench import DESCRIPTION as BENCH_DESCRIPTION
@@ -195,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     configure_circuit(
         commands.add_parser("circuit", help="circuit breakers: status, open, close, reset")
+    )
+    configure_status(
+        commands.add_parser(
+            "status", help="the line everyone sees on /status: set MESSAGE, clear (incidents)"
+        )
     )
     configure_token(
         commands.add_parser(

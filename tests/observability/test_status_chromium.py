@@ -7,7 +7,9 @@ Screenshots are saved under `test-artifacts/` (git-ignored) for a human to look 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from tests.integration.test_core_gateway import ISSUE, invoice
+from tests.integration.test_oncall_cli import cli
 from tests.support.harness import FAST_OUTBOX, Gateway, Simulator
 from tests.support.processes import ROOT, TENANT_KEY, USER_TAX, http_json, wait_until
 
@@ -51,6 +54,8 @@ ADMIN = {
     ]
 }
 HOSTILE = "<script>document.title='owned'</script><b>bold</b>"
+#: The incident line as on-call would type it, with markup a browser must show as text.
+INCIDENT = f"开票平台故障，发票将在恢复后自动开具 {HOSTILE}"
 
 
 @pytest.fixture
@@ -186,3 +191,39 @@ def test_markup_typed_by_on_call_is_shown_as_text(
     circuit = page.locator("h2:text-is('Circuit') + table").inner_text()
     assert f"oncall-alice: {HOSTILE}" in circuit
     assert (0, 0) == (page.locator("script").count(), page.locator("td b").count())
+
+
+def oncall(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    """`invoice-gateway ARGS…` against `gw`'s admin API with the operator's token."""
+    return cli(gw, *args, token=OPERATOR_TOKEN)
+
+
+def test_incident_line_set_with_the_cli_is_shown_in_chromium_and_cleared(
+    browser_page: Page, operated_gateway: Gateway
+) -> None:
+    """`invoice-gateway status set` puts the line at the top of the page: the Chinese intact,
+    the markup in it shown as text, when and by whom it was set; `status clear` removes it."""
+    page = browser_page
+    result = oncall(
+        operated_gateway, "status", "set", INCIDENT, "--reason", "platform down", "--json"
+    )
+    assert 0 == result.returncode, result.stderr
+    assert INCIDENT == json.loads(result.stdout)["incident"]["message"]
+    response = page.goto(operated_gateway.url + "/status")
+    assert response is not None
+    assert 200 == response.status
+    notice = page.locator(".incident")
+    assert INCIDENT == notice.locator("p").inner_text()
+    assert re.fullmatch(
+        r"Notice set at \d\d:\d\d:\d\d UTC by oncall-alice", notice.locator("small").inner_text()
+    )
+    assert (0, 0) == (page.locator("script").count(), page.locator(".incident b").count())
+    assert "owned" != page.title()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "status-incident.png"), full_page=True)
+
+    result = oncall(operated_gateway, "status", "clear", "--reason", "platform back")
+    assert 0 == result.returncode, result.stderr
+    page.reload()
+    assert 0 == page.locator(".incident").count()
+    assert "开票平台故障" not in page.content()

@@ -1,12 +1,12 @@
-"""The on-call command line: `invoice-gateway outbox …`, `circuit …` and `token …`.
+"""The on-call command line: `invoice-gateway outbox …`, `circuit …`, `status …` and `token …`.
 
     client.py    AdminClient: blocking calls to the admin API; every failure is an AdminApiError
                  carrying the exit code (1 refused, 3 unreachable, 4 token)
     render.py    Output: rich tables for people, JSON lines for scripts (--json)
     commands.py  the argparse tree and one function per command
 
-`gateway/cli/main.py` mounts the three groups with `configure_outbox`, `configure_circuit` and
-`configure_token`.
+`gateway/cli/main.py` mounts the four groups with `configure_outbox`, `configure_circuit`,
+`configure_status` and `configure_token`.
 """
 
 from gateway.cli.oncall.client import (
@@ -24,6 +24,7 @@ from gateway.cli.oncall.commands import (
     EXIT_CODES_EPILOG,
     configure_circuit,
     configure_outbox,
+    configure_status,
     configure_token,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "AdminUnreachable",
     "configure_circuit",
     "configure_outbox",
+    "configure_status",
     "configure_token",
 ]

@@ -1,6 +1,6 @@
-"""`python -m gateway.cli.oncall outbox|circuit …`: the on-call commands on their own.
+"""`python -m gateway.cli.oncall outbox|circuit|status …`: the on-call commands on their own.
 
-The same commands as `invoice-gateway outbox|circuit …`, for use where only this package is
+The same commands as `invoice-gateway outbox|circuit|status …`, for use where only this package is
 importable.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from gateway.cli.oncall.commands import configure_circuit, configure_outbox
+from gateway.cli.oncall.commands import configure_circuit, configure_outbox, configure_status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     configure_outbox(commands.add_parser("outbox", help="see and repair the outbox"))
     configure_circuit(commands.add_parser("circuit", help="circuit breakers: status, open, close"))
+    configure_status(commands.add_parser("status", help="the line on /status: set, clear"))
     return parser
 
 

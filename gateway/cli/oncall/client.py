@@ -150,6 +150,15 @@ class AdminClient:
             body["tenant"] = tenant
         return _object(self.call("POST", "/token/refresh", body=body))
 
+    def incident(self, message: str | None, reason: str | None = None) -> dict[str, Any]:
+        """Show `message` at the top of `/status` on every replica, or (None) clear the line;
+        the answer is `{"incident": {...} | null}`, the line shown now."""
+        if message is None:
+            query = [("reason", reason)] if reason else []
+            return _object(self.call("DELETE", "/status/incident", query=query))
+        body = {"message": message, "reason": reason}
+        return _object(self.call("PUT", "/status/incident", body=body))
+
     def audit(self, *, limit: int, cursor: str | None = None) -> dict[str, Any]:
         query = [("limit", str(limit))]
         if cursor:

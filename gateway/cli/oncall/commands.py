@@ -1,8 +1,10 @@
-"""`invoice-gateway outbox …`, `circuit …` and `token …`: the admin API for people on call.
+"""`invoice-gateway outbox …`, `circuit …`, `status …` and `token …`: the admin API for people
+on call.
 
-Each command is one function `(Context) -> exit code`; `configure_outbox`, `configure_circuit`
-and `configure_token` build the argparse tree and wrap every command so that an `AdminApiError`
-becomes its message on stderr and its exit code, whatever the command was doing.
+Each command is one function `(Context) -> exit code`; `configure_outbox`, `configure_circuit`,
+`configure_status` and `configure_token` build the argparse tree and wrap every command so that
+an `AdminApiError` becomes its message on stderr and its exit code, whatever the command was
+doing.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from gateway.cli.oncall.render import (
     audit_table,
     circuit_view,
     dispatcher_summary,
+    incident_view,
     job_summary,
     submission_detail,
     submissions_table,
@@ -559,6 +562,17 @@ def _circuit(action: str | None) -> Command:
     return command
 
 
+def _incident(set_line: bool) -> Command:
+    def command(ctx: Context) -> int:
+        message = ctx.args.message if set_line else None
+        answer = ctx.client.incident(message, getattr(ctx.args, "reason", None))
+        ctx.out.show(answer, incident_view)
+        return EXIT_OK
+
+    command.__doc__ = f"status {'set' if set_line else 'clear'}"
+    return command
+
+
 def _token_command(refresh: bool) -> Command:
     def command(ctx: Context) -> int:
         state = ctx.client.token(
@@ -802,6 +816,33 @@ def configure_circuit(parser: argparse.ArgumentParser) -> None:
     ):
         action = _command(commands, name, _circuit(name), help_text)
         _reason_option(action, required=False, what="optional")
+
+
+def configure_status(parser: argparse.ArgumentParser) -> None:
+    """Add the `status` commands to `parser` (the `status` subcommand of `invoice-gateway`)."""
+    _prepare_group(
+        parser,
+        "Tell everyone who opens the gateway's /status page what is going on: one line at the "
+        "top of the page (and in /status/feed.json), the same on every replica of the store, "
+        "kept across restarts and recorded in the audit log.",
+    )
+    commands = parser.add_subparsers(dest="status_command", required=True, metavar="COMMAND")
+    set_line = _command(
+        commands,
+        "set",
+        _incident(set_line=True),
+        "show MESSAGE at the top of /status (replaces the line shown)",
+        description="Show MESSAGE at the top of the /status page for everyone, on every "
+        "replica (within a few seconds), until `status clear` or another `status set`. One "
+        "line of at most 280 characters; Chinese is fine; it is shown as text, never as markup. "
+        "The page also says when it was set and by which admin token.",
+    )
+    set_line.add_argument(
+        "message", metavar="MESSAGE", help="the line, e.g. 开票平台故障，发票将在恢复后自动开具"
+    )
+    _reason_option(set_line, required=False, what="optional; not shown on /status")
+    clear = _command(commands, "clear", _incident(set_line=False), "remove the line from /status")
+    _reason_option(clear, required=False, what="optional")
 
 
 def configure_token(parser: argparse.ArgumentParser) -> None:

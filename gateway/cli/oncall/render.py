@@ -376,6 +376,19 @@ def _token_lines(text: Text, token: Mapping[str, Any], tenant: str | None = None
         text.append("\nheld      no: a token may be asked for when needed", style="dim")
 
 
+def incident_view(answer: Mapping[str, Any]) -> RenderableType:
+    """The line `/status` shows now, as plain text (never read as markup)."""
+    incident = answer.get("incident")
+    if not isinstance(incident, Mapping):
+        return Text("no line shown on /status", "dim")
+    text = Text("shown on /status: ", "bold")
+    text.append(str(incident.get("message", "")))
+    text.append(
+        f"\nset {short_time(incident.get('set_at'))} by {incident.get('set_by', '?')}", "dim"
+    )
+    return text
+
+
 def audit_table(items: Iterable[Mapping[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("seq", justify="right", no_wrap=True)

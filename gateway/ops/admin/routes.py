@@ -17,6 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.ops.admin.audit import AuditRoutes
 from gateway.ops.admin.auth import AdminTokens, Role
 from gateway.ops.admin.control import ControlRoutes
+from gateway.ops.admin.incident import IncidentRoutes
 from gateway.ops.admin.jobs import JobRoutes
 from gateway.ops.admin.middleware import ROUTE_ROLES, Handler, guard
 from gateway.ops.admin.submissions import SubmissionRoutes
@@ -24,6 +25,7 @@ from gateway.ops.admin.tenants import TenantKeyRoutes
 from gateway.ops.admin.token import TokenRoutes
 from gateway.ops.admin.transfer import TransferRoutes
 from gateway.ops.metrics import Metrics, metrics_handler
+from gateway.ops.status import StatusPage
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.oncall import OnCall
 from gateway.outbox.store import Store
@@ -51,6 +53,8 @@ class Administered(Protocol):
     def metrics(self) -> Metrics: ...
     @property
     def auth(self) -> UpstreamAuth: ...
+    @property
+    def status_page(self) -> StatusPage: ...
 
 
 log = structlog.get_logger("gateway.ops.admin")
@@ -101,6 +105,7 @@ def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
     control = ControlRoutes(gateway.oncall, gateway.dispatcher, gateway.breakers, gateway.health)
     transfer = TransferRoutes(gateway.oncall)
     audit = AuditRoutes(gateway.store)
+    incident = IncidentRoutes(gateway.store, gateway.status_page.incidents)
     token = TokenRoutes(gateway.oncall, gateway.auth)
     tenant_keys = TenantKeyRoutes(gateway.store, [t.id for t in gateway.config.tenants])
     v, o = Role.VIEWER, Role.OPERATOR
@@ -123,6 +128,8 @@ def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
         AdminRoute("POST", "/circuit/open", o, control.open),
         AdminRoute("POST", "/circuit/close", o, control.close),
         AdminRoute("POST", "/circuit/reset", o, control.reset),
+        AdminRoute("PUT", "/status/incident", o, incident.set),
+        AdminRoute("DELETE", "/status/incident", o, incident.clear),
         AdminRoute("GET", "/token", v, token.show),
         AdminRoute("POST", "/token/refresh", o, token.refresh),
         AdminRoute("GET", "/tenants/keys", v, tenant_keys.list),

@@ -1,7 +1,7 @@
 """What `/status` shows, gathered from the parts of the running gateway it is handed, as
 JSON-ready data: whether the platform is up or down and since when, the circuits, the outbox
 counts and the age of the oldest queued submission, the dispatcher, the failed platform calls
-of the last hour in plain words, and the history for the charts.
+of the last hour in plain words, the history for the charts, and the incident line on-call set.
 
 Nothing here reads a payload, a tenant's key or any other secret: only counters, states and
 times.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import Counter
@@ -20,7 +20,8 @@ from gateway import __version__
 from gateway.clock import Clock, iso_utc
 from gateway.errors import StoreError
 from gateway.ops.metrics import Metrics
-from gateway.ops.status.history import TROUBLED, Sample, StatusHistory
+from gateway.ops.status.history import TROUBLED, Counters, Sample, StatusHistory
+from gateway.ops.status.incident import IncidentBoard
 from gateway.outbox.store import OutboxCounts
 from gateway.outbox.submissions import SubmissionState
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
@@ -57,6 +58,13 @@ class CountedOutbox(Protocol):
     async def counts(self) -> OutboxCounts: ...
 
 
+class DeliveryStats(Protocol):
+    """The dispatcher's running totals the page counts outages with."""
+
+    @property
+    def delivered(self) -> int: ...
+
+
 class DispatcherState(Protocol):
     """What the page shows of the dispatcher (`Dispatcher` provides it)."""
 
@@ -65,6 +73,20 @@ class DispatcherState(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+    @property
+    def stats(self) -> DeliveryStats: ...
+
+
+def outage_counters(metrics: Metrics, dispatcher: DispatcherState) -> Callable[[], Counters]:
+    """Reads this replica's totals for `StatusHistory`: submissions queued (202) and delivered
+    from the outbox since start."""
+
+    def read() -> Counters:
+        queued = sum(_totals(metrics.enqueued, "operation").values())
+        return Counters(queued=queued, delivered=float(dispatcher.stats.delivered))
+
+    return read
 
 
 def failure_words(failure_class: str) -> str:
@@ -87,7 +109,9 @@ class StatusFacts:
         started_at: float,
         clock: Clock,
         history: StatusHistory,
+        incidents: IncidentBoard,
     ) -> None:
+        self._incidents = incidents
         self._outbox = outbox
         self._breakers = breakers
         self._health = health
@@ -136,6 +160,7 @@ class StatusFacts:
             "version": __version__,
             "now": iso_utc(now),
             "up_since": iso_utc(self._started_at),
+            "incident": self._incidents.current(),
             "availability": self._availability(now, platform, circuits),
             "platform": platform,
             "circuits": circuits,

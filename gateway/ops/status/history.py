@@ -3,8 +3,11 @@
 Sample          the gateway's counters at one moment
 StatusHistory   samples in a ring buffer, and when the platform was down (from the circuit
                 breakers' transitions); answers per-minute outcomes, queue depth, failures
-                by class and outages over the window
-history_sampler the background task adding a `Sample` every `interval` seconds
+                by class and outages over the window; keeps the outages of the last day with
+                the submissions queued during each and delivered from the outbox after it
+                (`outage_log`, for the JSON feed)
+history_sampler the background task adding a `Sample` every `interval` seconds (and, when
+                handed something to watch, looking at it every few seconds in between)
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.clock import SAMPLING_SHARE, Clock, Periodic
+from gateway.clock import SAMPLING_SHARE, Clock, Periodic, iso_utc
 from gateway.resilience.breaker import CircuitState
 
 #: How often the history is sampled, and how much of it the page shows.
 SAMPLE_SECONDS = 10.0
 WINDOW_SECONDS = 3600.0
+#: How often the sampler looks at what it watches (the incident line shared through the store).
+WATCH_SECONDS = 2.0
+#: How long, and how many, ended outages are kept for the JSON feed.
+OUTAGE_KEEP_SECONDS = 86400.0
+OUTAGE_KEEP = 50
 #: Client outcomes (the `X-Gateway-Outcome` values), bottom to top in the chart.
 OUTCOMES = ("forwarded", "replayed", "queued", "rejected")
 #: Circuit states in which the platform counts as down.
@@ -40,12 +48,36 @@ class Sample:
     waiting: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """This replica's running totals the outages are counted with."""
+
+    #: Submissions accepted into the outbox with 202 (`gateway_outbox_enqueued`).
+    queued: float = 0.0
+    #: Submissions the dispatcher delivered from the outbox.
+    delivered: float = 0.0
+
+
 @dataclass(slots=True)
 class Outage:
-    """When the platform went down, and came back (None while it is down)."""
+    """When the platform went down, and came back (None while it is down), with the counters
+    at the start, at the end, and when the next outage started (None until then)."""
 
     start: float
+    at_start: Counters
     end: float | None = None
+    at_end: Counters | None = None
+    at_next: Counters | None = None
+
+    def counts(self, now: Counters) -> dict[str, int]:
+        """Submissions queued during the outage (so far), and delivered from the outbox after
+        it: from its end until the next outage (or now; 0 while it lasts)."""
+        end = self.at_end or now
+        after = (self.at_next or now).delivered - end.delivered if self.at_end else 0.0
+        return {
+            "queued_during": max(0, round(end.queued - self.at_start.queued)),
+            "delivered_after": max(0, round(after)),
+        }
 
 
 class StatusHistory:
@@ -53,20 +85,26 @@ class StatusHistory:
     platform was down (from the circuit breakers' transitions)."""
 
     def __init__(
-        self, clock: Clock, *, interval: float = SAMPLE_SECONDS, window: float = WINDOW_SECONDS
+        self,
+        clock: Clock,
+        *,
+        interval: float = SAMPLE_SECONDS,
+        window: float = WINDOW_SECONDS,
+        counters: Callable[[], Counters] = Counters,
     ) -> None:
         self.interval = interval
         self.window = window
         self._clock = clock
+        self._counters = counters
         self._samples: deque[Sample] = deque(maxlen=math.ceil(window / interval) + 2)
         self._troubled: set[str] = set()
-        self._outages: deque[Outage] = deque()
+        self._outages: deque[Outage] = deque(maxlen=OUTAGE_KEEP)
         self.down_since: float | None = None
         self.up_since: float | None = None
 
     def add(self, sample: Sample) -> None:
         self._samples.append(sample)
-        horizon = sample.at - self.window
+        horizon = sample.at - max(self.window, OUTAGE_KEEP_SECONDS)
         while self._outages and (end := self._outages[0].end) is not None and end < horizon:
             self._outages.popleft()
 
@@ -80,12 +118,16 @@ class StatusHistory:
         now = self._clock.wall()
         if self._troubled and self.down_since is None:
             self.down_since = now
-            self._outages.append(Outage(now))
+            counters = self._counters()
+            if self._outages:
+                self._outages[-1].at_next = counters
+            self._outages.append(Outage(now, counters))
         elif not self._troubled and self.down_since is not None:
             self.down_since = None
             self.up_since = now
             if self._outages:
                 self._outages[-1].end = now
+                self._outages[-1].at_end = self._counters()
 
     def minutes(self, latest: Sample) -> list[dict[str, Any]]:
         """Client outcomes per minute over the window, oldest first, ending at `latest`."""
@@ -147,20 +189,51 @@ class StatusHistory:
             if outage.end is None or now - outage.end <= self.window
         ]
 
+    def outage_log(self) -> list[dict[str, Any]]:
+        """The outages kept (the last day, at most `OUTAGE_KEEP`), newest first, with times in
+        ISO 8601 UTC (`end` None while on) and what was queued during and delivered after
+        each, as this replica counted it."""
+        now = self._counters()
+        return [
+            {
+                "start": iso_utc(outage.start),
+                "end": iso_utc(outage.end) if outage.end is not None else None,
+                **outage.counts(now),
+            }
+            for outage in reversed(self._outages)
+        ]
+
 
 def history_sampler(
-    history: StatusHistory, sample: Callable[[], Awaitable[Sample]], clock: Clock
+    history: StatusHistory,
+    sample: Callable[[], Awaitable[Sample]],
+    clock: Clock,
+    *,
+    watch: Callable[[], Awaitable[object]] | None = None,
+    watch_interval: float = WATCH_SECONDS,
 ) -> Periodic:
     """The background task adding `sample()` to `history` every `history.interval` seconds (on
-    `clock`) between `start()` and `stop()`. A sample that fails is logged and skipped."""
+    `clock`) between `start()` and `stop()`. A sample that fails is logged and skipped.
 
-    async def add() -> None:
-        history.add(await sample())
+    With `watch`, the task wakes every `watch_interval` seconds (if that is shorter) and awaits
+    `watch()` each time, sampling only when a sample is due."""
+    tick = min(history.interval, watch_interval) if watch is not None else history.interval
+    last: float | None = None
+
+    async def step() -> None:
+        nonlocal last
+        now = clock.monotonic()
+        # Half a tick of slack: a tick that wakes a moment early still takes the due sample.
+        if last is None or now - last >= history.interval - tick / 2:
+            last = now
+            history.add(await sample())
+        if watch is not None:
+            await watch()
 
     return Periodic(
         "status-sampler",
-        add,
-        interval=history.interval,
+        step,
+        interval=tick,
         clock=clock,
         failure="cannot sample the gateway for /status",
         max_share=SAMPLING_SHARE,

@@ -116,6 +116,13 @@ class ErrorRow:
 
 
 @dataclass(frozen=True, slots=True)
+class IncidentLine:
+    message: str
+    set_at: str
+    set_by: str
+
+
+@dataclass(frozen=True, slots=True)
 class Probe:
     status: str
     since: str
@@ -173,9 +180,19 @@ def render(facts: Mapping[str, Any]) -> str:
     platform = facts["platform"]
     history = facts.get("history")
     interval = float(history["interval_s"]) if history else 0.0
+    incident = facts.get("incident")
     template = ENVIRONMENT.get_template("status.html")
     return template.render(
         facts=facts,
+        incident=(
+            IncidentLine(
+                str(incident["message"]),
+                clock_time(str(incident["set_at"])),
+                str(incident["set_by"]),
+            )
+            if incident
+            else None
+        ),
         refresh_seconds=REFRESH_SECONDS,
         down_colour=DOWN_COLOUR,
         headline=headline,

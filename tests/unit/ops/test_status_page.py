@@ -15,14 +15,26 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import Gateway, client_app, open_gateway
+from gateway.clock import iso_utc
 from gateway.config import BreakerConfig, GatewayConfig, parse_config
 from gateway.errors import StoreError
 from gateway.ops import status as status_package
+from gateway.ops.admin import admin_app
 from gateway.ops.metrics import Metrics
-from gateway.ops.status import Sample, StatusHistory, StatusPage, render
+from gateway.ops.status import (
+    IncidentBoard,
+    Sample,
+    StatusHistory,
+    StatusPage,
+    incident_message,
+    render,
+)
+from gateway.ops.status.history import Counters
+from gateway.ops.status.incident import CLEAR, PAGE, RECENT, SET
 from gateway.ops.status.render import ENVIRONMENT
+from gateway.outbox.dispatcher import DispatcherStats
 from gateway.outbox.store import OutboxCounts
-from gateway.outbox.submissions import SubmissionState
+from gateway.outbox.submissions import AuditEntry, SubmissionState
 from gateway.resilience.breaker import BreakerRegistry, CircuitState
 from gateway.resilience.probe import UpstreamHealth
 from tests.support.fakes import FakeClock, ManualClock
@@ -228,7 +240,8 @@ def test_self_contained_and_refreshing() -> None:
     assert "<script" not in page
     assert "<img" not in page
     # The icon is empty and inline, so a browser does not ask the proxy for /favicon.ico.
-    assert {"data:,", "?format=json"} == set(re.findall(r'(?:href|src)="([^"]*)"', page))
+    links = set(re.findall(r'(?:href|src)="([^"]*)"', page))
+    assert {"data:,", "?format=json", "status/feed.json"} == links
     assert '<meta http-equiv="refresh" content="10">' in page
 
 
@@ -320,9 +333,10 @@ def test_an_outage_lasts_from_open_until_closed() -> None:
 # -- in process, against a platform that refuses connections -----------------------------------
 
 
-def refused_platform(tmp_path: Path) -> GatewayConfig:
+def refused_platform(tmp_path: Path, **extra: Any) -> GatewayConfig:
     """A gateway whose platform refuses every connection (nothing listens on its port)."""
     raw: dict[str, Any] = {
+        **extra,
         "listen": "127.0.0.1:0",
         "store_url": f"sqlite:///{tmp_path / 'gw.db'}",
         "tenants": [{"id": "demo", "api_key": {"env": "TENANT_KEY"}}],
@@ -340,7 +354,7 @@ def refused_platform(tmp_path: Path) -> GatewayConfig:
             }
         ],
     }
-    return parse_config(raw, {"TENANT_KEY": TENANT_KEY})
+    return parse_config(raw, {"TENANT_KEY": TENANT_KEY, "STATUS_OPERATOR": OPERATOR})
 
 
 @pytest.fixture
@@ -431,6 +445,7 @@ class IdleDispatcher:
 
     paused = False
     in_flight = 0
+    stats = DispatcherStats()
 
 
 class Parts:
@@ -563,11 +578,220 @@ def test_the_package_exports_its_public_surface() -> None:
     assert [
         "CountedOutbox",
         "DispatcherState",
+        "IncidentBoard",
         "Sample",
         "StatusFacts",
         "StatusHistory",
         "StatusPage",
         "history_sampler",
+        "incident_message",
         "render",
     ] == status_package.__all__
     assert all(hasattr(status_package, name) for name in status_package.__all__)
+
+
+# -- the incident line and the feed ------------------------------------------------------------
+
+LINE = "开票平台故障，发票将在恢复后自动开具"
+
+
+class FakeAuditLog:
+    """An audit log in memory, newest first, a page at a time; counts the reads."""
+
+    def __init__(self) -> None:
+        self.entries: list[AuditEntry] = []
+        self.reads = 0
+
+    def record(self, action: str, at: float, actor: str = "oncall-alice", **details: Any) -> None:
+        seq = len(self.entries) + 1
+        self.entries.append(
+            AuditEntry(actor, "operator", action, details=details or None, at=at, seq=seq)
+        )
+
+    async def audit_log(
+        self, *, limit: int, cursor: str | None
+    ) -> tuple[list[AuditEntry], str | None]:
+        self.reads += 1
+        start = int(cursor or 0)
+        newest = self.entries[::-1]
+        end = start + limit
+        return newest[start:end], (str(end) if end < len(newest) else None)
+
+
+def test_an_incident_line_is_one_line_of_at_most_280_characters() -> None:
+    """Chinese counts by characters; blank, too long, several lines or not text are refused."""
+    assert LINE == incident_message(f"  {LINE}  ")
+    assert 280 == len(incident_message("故" * 280))
+    for bad, why in (
+        ("", "is empty"),
+        ("   ", "is empty"),
+        ("故" * 281, "is 281 characters long; at most 280"),
+        ("one\ntwo", "single line"),
+        ("bell\x07", "single line"),
+        (42, "must be a string"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            incident_message(bad)
+
+
+async def test_the_line_shown_is_the_latest_incident_entry_of_the_audit_log() -> None:
+    """Set, replaced, cleared: the board shows the latest set line until a clear, and lists the
+    lines newest first with when each was set and cleared (or replaced)."""
+    log = FakeAuditLog()
+    board = IncidentBoard(log)
+    log.record("circuit-open", T0)
+    log.record(SET, T0 + 1, message="first")
+    log.record("dispatcher-pause", T0 + 2)
+    await board.refresh()
+    assert "first" == (board.current() or {}).get("message")
+    log.record(SET, T0 + 60, actor="oncall-bob", message=LINE)
+    await board.refresh()
+    assert {
+        "message": LINE,
+        "set_at": "2027-01-15T08:01:00.000Z",
+        "set_by": "oncall-bob",
+        "cleared_at": None,
+        "cleared_by": None,
+    } == board.current()
+    log.record(CLEAR, T0 + 120)
+    await board.refresh()
+    assert board.current() is None
+    assert [(LINE, "2027-01-15T08:02:00.000Z"), ("first", "2027-01-15T08:01:00.000Z")] == [
+        (line["message"], line["cleared_at"]) for line in board.incidents()
+    ]
+
+
+async def test_later_reads_stop_at_what_was_read_and_the_board_keeps_recent_lines() -> None:
+    """The first read goes back far enough for the recent lines; later reads read one page
+    when nothing new was recorded; the board keeps only the newest `RECENT` lines."""
+    log = FakeAuditLog()
+    for i in range(RECENT + 5):
+        log.record(SET, T0 + i, message=f"line {i}")
+        for _ in range(PAGE):
+            log.record("submission-requeue", T0 + i)
+    board = IncidentBoard(log)
+    await board.refresh()
+    first_reads = log.reads
+    await board.refresh()
+    assert 1 == log.reads - first_reads
+    lines = board.incidents()
+    assert RECENT == len(lines)
+    assert (f"line {RECENT + 4}", "line 5") == (lines[0]["message"], lines[-1]["message"])
+
+
+def test_the_incident_line_is_shown_first_as_text_with_when_and_who() -> None:
+    """The line comes before the headline, escaped, with the time and the token's name."""
+    incident = {
+        "message": f"{LINE} {HOSTILE}",
+        "set_at": "2026-11-27T10:02:13.000Z",
+        "set_by": "oncall-alice",
+        "cleared_at": None,
+        "cleared_by": None,
+    }
+    page = render(facts(incident=incident))
+    assert page.index(LINE) < page.index("<h1")
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert" in page
+    assert "Notice set at 10:02:13 UTC by oncall-alice" in page
+    assert 'class="incident"' not in render(facts(incident=None))
+
+
+def test_an_outage_counts_what_was_queued_during_it_and_delivered_after_it() -> None:
+    """Queued from the first breaker opening to the last closing; delivered from then until the
+    next outage starts; times in ISO 8601, newest outage first."""
+    clock = FakeClock(T0)
+    totals = {"queued": 2.0, "delivered": 5.0}
+    history = StatusHistory(clock, counters=lambda: Counters(**totals))
+    history.transition("upstream", CircuitState.CLOSED, CircuitState.OPEN, "5 failures")
+    totals["queued"] += 7
+    clock.advance(60)
+    assert [{"start": iso_utc(T0), "end": None, "queued_during": 7, "delivered_after": 0}] == (
+        history.outage_log()
+    )
+    history.transition("upstream", CircuitState.OPEN, CircuitState.CLOSED, "trial passed")
+    totals["queued"] += 3  # after the outage: not counted
+    totals["delivered"] += 6
+    assert (7, 6) == tuple(history.outage_log()[0][k] for k in ("queued_during", "delivered_after"))
+    clock.advance(60)
+    history.transition("upstream", CircuitState.CLOSED, CircuitState.OPEN, "again")
+    totals["delivered"] += 4  # during the next outage: not the first one's
+    first = history.outage_log()[1]
+    assert (iso_utc(T0 + 60), 7, 6) == (
+        first["end"],
+        first["queued_during"],
+        first["delivered_after"],
+    )
+
+
+async def test_the_sampler_reads_the_incident_line_every_watch_interval() -> None:
+    """With an audit log the sampler wakes every 2 s for the line and samples every 10 s."""
+    clock = ManualClock(T0)
+    log = FakeAuditLog()
+    parts = Parts(clock)
+    page = StatusPage(
+        outbox=parts.outbox,
+        breakers=parts.breakers,
+        health=UpstreamHealth(clock),
+        dispatcher=IdleDispatcher(),
+        metrics=parts.metrics,
+        started_at=T0,
+        clock=clock,
+        audit=log,
+    )
+    page.start()
+    try:
+        await until(lambda: [2.0] == clock.sleeps)
+        log.record(SET, T0 + 1, message=LINE)
+        clock.advance(2.0)
+        await until(lambda: 2 == len(clock.sleeps))
+        assert LINE == (page.incidents.current() or {}).get("message")
+        for ticks in range(3, 7):
+            clock.advance(2.0)
+            await until(lambda ticks=ticks: ticks == len(clock.sleeps))  # type: ignore[misc]
+        sampled = parts.outbox.reads
+    finally:
+        await page.stop()
+    assert ([2.0] * 6, 2) == (clock.sleeps, sampled)  # samples at 0 s and 10 s
+
+
+OPERATOR = "status-unit-operator-token-0123"
+
+
+async def test_an_incident_set_through_the_admin_api_is_on_the_page_and_in_the_feed(
+    tmp_path: Path,
+) -> None:
+    """PUT shows the line at once on this replica's page and feed (public, cacheable, readable
+    from any origin); DELETE removes it; a line too long is a 400 naming `message`."""
+    token = {"name": "oncall-alice", "role": "operator", "token": {"env": "STATUS_OPERATOR"}}
+    config = refused_platform(tmp_path, admin={"tokens": [token]})
+    auth = {"Authorization": f"Bearer {OPERATOR}"}
+    async with open_gateway(config) as gateway:
+        admin = TestClient(TestServer(admin_app(gateway), host="127.0.0.1"))
+        public = TestClient(TestServer(client_app(gateway), host="127.0.0.1"))
+        async with admin, public:
+            path = "/admin/v1/status/incident"
+            too_long = await admin.put(path, json={"message": "故" * 281}, headers=auth)
+            assert (400, "message") == (too_long.status, (await too_long.json())["parameter"])
+            answer = await admin.put(path, json={"message": LINE, "reason": "drill"}, headers=auth)
+            assert (200, LINE) == (answer.status, (await answer.json())["incident"]["message"])
+            assert LINE in await (await public.get("/status")).text()
+            feed = await public.get("/status/feed.json")
+            document = await feed.json()
+            assert ("public, max-age=10", "*") == (
+                feed.headers["Cache-Control"],
+                feed.headers["Access-Control-Allow-Origin"],
+            )
+            assert (LINE, "oncall-alice") == (
+                document["incident"]["message"],
+                document["incident"]["set_by"],
+            )
+            assert LINE.encode() in await feed.read()  # as written, not as escapes
+            cleared = await admin.delete(path, params={"reason": "back"}, headers=auth)
+            assert (200, None) == (cleared.status, (await cleared.json())["incident"])
+            document = await (await public.get("/status/feed.json")).json()
+            assert document["incident"] is None
+            assert [LINE] == [line["message"] for line in document["incidents"]]
+            assert document["incidents"][0]["cleared_at"] is not None
+            assert LINE not in await (await public.get("/status")).text()
+        entries, _ = await gateway.store.audit_log(limit=10, cursor=None)
+        assert [CLEAR, SET] == [entry.action for entry in entries[:2]]
