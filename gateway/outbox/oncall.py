@@ -17,11 +17,14 @@ from typing import Any
 
 import structlog
 
-from gateway.clock import Clock
+from gateway.clock import Clock, iso_utc
 from gateway.errors import ActionNotAllowed, BadRequest, NotFound, StoreError
 from gateway.jsonpointer import MISSING, JsonPointer
+from gateway.outbox.manual import ManualExport
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import (
+    MANUAL_ISSUANCE,
+    MARKABLE_STATES,
     AuditEntry,
     Submission,
     SubmissionQuery,
@@ -35,6 +38,11 @@ S = SubmissionState
 _REPLAYABLE = frozenset({S.QUEUED, S.UNKNOWN, S.DEAD, S.FAILED})
 _DISCARDABLE = frozenset({S.QUEUED, S.UNKNOWN, S.DEAD, S.FAILED})
 _EDITABLE = frozenset({S.QUEUED, S.UNKNOWN, S.DEAD, S.FAILED})
+MARKABLE = MARKABLE_STATES
+#: What `export_manual` exports when no state is asked for: what is stuck and surely unsent.
+MANUAL_EXPORT_DEFAULT = (S.QUEUED, S.DEAD)
+#: Longest invoice number accepted (the portal's are 20 digits; older ones code + number).
+MAX_INVOICE_NUMBER = 64
 #: Rows changed per step of a bulk job; the job yields between steps.
 JOB_STEP = 100
 
@@ -214,7 +222,57 @@ class OnCall:
         }
         return await self._apply(submission, change, actor, "edit", reason, details=details)
 
+    async def mark_issued(
+        self, submission_id: str, actor: Actor, invoice_number: str | None, reason: str | None
+    ) -> Submission:
+        """Record that the invoice was issued by hand in the tax bureau's portal: the row
+        becomes `issued_manually` (final: never sent again, no longer holding back its
+        ordering key), with `invoice_number` in its result. A reason is mandatory."""
+        reason = _required(reason, "marking an invoice issued by hand")
+        number = _invoice_number(invoice_number)
+        submission = await self.get(submission_id)
+        self._allowed(submission, frozenset(MARKABLE), "marked issued")
+        marked = {"invoice_number": number, "marked_at": iso_utc(self._clock.wall())}
+        change = Transition(
+            S.ISSUED_MANUALLY,
+            result={**(submission.result or {}), MANUAL_ISSUANCE: marked},
+            error_class="issued_manually",
+            error=f"issued by hand in the tax bureau's portal as invoice {number}",
+        )
+        details = {"invoice_number": number, "maybe_sent": submission.maybe_sent}
+        return await self._apply(submission, change, actor, "mark-issued", reason, details=details)
+
     # -- many submissions -------------------------------------------------------------------
+
+    async def export_manual(
+        self, query: SubmissionQuery, filters: dict[str, Any], actor: Actor, reason: str | None
+    ) -> ManualExport:
+        """Every submission matching `query` laid out for the tax bureau portal's batch import,
+        personal data whole; audited (`export-manual`: who, filter, count) before it is handed
+        out. `query.states` must be markable ones (default: queued and dead)."""
+        reason = _required(reason, "a manual-issuance export (it holds personal data whole)")
+        refused = [s.value for s in query.states if s not in MARKABLE]
+        if refused:
+            raise BadRequest(
+                f"{', '.join(refused)} cannot be exported for manual issuance; only "
+                f"{', '.join(s.value for s in MARKABLE)} submissions can be issued by hand"
+            )
+        export = ManualExport()
+        async for submission in self._store.stream(query):
+            export.add(submission)
+        totals = export.totals()
+        await self._store.record_audit(
+            AuditEntry(
+                actor=actor.name,
+                role=actor.role,
+                action="export-manual",
+                submission_ids=tuple(export.submission_ids),
+                reason=reason,
+                details={"filter": filters, **totals},
+            )
+        )
+        log.info("manual-issuance export", actor=actor.name, **totals)
+        return export
 
     async def count(self, query: SubmissionQuery) -> int:
         return await self._store.count(query)
@@ -399,6 +457,8 @@ class OnCall:
                 S.DELIVERING: "it is being sent right now; try again in a moment",
                 S.DELIVERED: "it was delivered (force-resend sends it again, on purpose)",
                 S.DISCARDED: "it was discarded",
+                S.ISSUED_MANUALLY: "it was issued by hand, as invoice "
+                f"{submission.manual_invoice_number}",
             }.get(submission.state, "")
             raise ActionNotAllowed(
                 f"submission {submission.id} is {submission.state.value} and cannot be {verb}"
@@ -449,6 +509,18 @@ def _required(reason: str | None, what: str) -> str:
     if reason is None or not reason.strip():
         raise BadRequest(f"a reason is required for {what}; say why, for the audit log")
     return reason.strip()
+
+
+def _invoice_number(value: str | None) -> str:
+    number = (value or "").strip()
+    if not number:
+        raise BadRequest("the invoice number is required: the number the portal gave the invoice")
+    if len(number) > MAX_INVOICE_NUMBER or not number.isprintable():
+        raise BadRequest(
+            f"not an invoice number: at most {MAX_INVOICE_NUMBER} printable characters, "
+            f"got {number[:80]!r}"
+        )
+    return number
 
 
 def _set(document: Any, pointer: str, value: Any) -> None:

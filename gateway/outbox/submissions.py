@@ -6,6 +6,8 @@
        └── back-off ◀─────┤          unknown  (answer lost: reconcile before any resend)
                           └────────▶ dead     (attempts or age exhausted: on-call)
     any unresolved state ──on-call──▶ discarded (with a reason)
+    queued | unknown | dead | failed ──on-call──▶ issued_manually (final: issued by hand in the
+                                                  tax bureau's portal; docs/manual-issuance.md)
 
 A submission is written durably *before* the platform is called, so a crash at any point
 leaves a row that says what may have happened.
@@ -39,6 +41,9 @@ class SubmissionState(StrEnum):
     DISCARDED = "discarded"
     #: Accepted by the platform, whose issuance then failed (docs/design.md#issuance-lifecycle).
     ISSUE_FAILED = "issue_failed"
+    #: Issued by hand in the tax bureau's portal during a long outage; never sent again
+    #: (docs/manual-issuance.md). The invoice number is in `result["manual_issuance"]`.
+    ISSUED_MANUALLY = "issued_manually"
 
     @property
     def final(self) -> bool:
@@ -57,9 +62,25 @@ _FINAL = frozenset(
         SubmissionState.FAILED,
         SubmissionState.DISCARDED,
         SubmissionState.ISSUE_FAILED,
+        SubmissionState.ISSUED_MANUALLY,
     }
 )
 UNRESOLVED_STATES = tuple(s for s in SubmissionState if not s.final)
+FINAL_STATES = tuple(s for s in SubmissionState if s.final)
+#: What on-call may mark issued by hand (docs/manual-issuance.md): what the platform has not
+#: issued as far as the gateway knows — waiting (queued), out of attempts (dead), answer lost
+#: (unknown: reconciliation would look it up; the operator checks the platform first) or refused
+#: (failed: perhaps corrected, then issued by hand). Never a row being sent (delivering; the
+#: fence refuses one that starts being sent mid-action too), one the platform accepted
+#: (delivered, issue_failed: that invoice is the platform's), or one already decided on.
+MARKABLE_STATES = (
+    SubmissionState.QUEUED,
+    SubmissionState.DEAD,
+    SubmissionState.UNKNOWN,
+    SubmissionState.FAILED,
+)
+#: Where `Submission.result` keeps what on-call recorded of an invoice issued by hand.
+MANUAL_ISSUANCE = "manual_issuance"
 
 
 def new_submission_id(now: float | None = None) -> str:
@@ -282,6 +303,15 @@ class Submission(NewSubmission):
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"not a submission record: {exc}") from exc
 
+    @property
+    def manual_invoice_number(self) -> str | None:
+        """The number of the invoice issued by hand for it (`issued_manually` only)."""
+        if self.state is not SubmissionState.ISSUED_MANUALLY or not self.result:
+            return None
+        manual = self.result.get(MANUAL_ISSUANCE)
+        number = manual.get("invoice_number") if isinstance(manual, dict) else None
+        return str(number) if number is not None else None
+
     def public_view(self) -> dict[str, Any]:
         """What `GET /gateway/v1/submissions/{id}` shows its tenant."""
         view: dict[str, Any] = {
@@ -305,6 +335,8 @@ class Submission(NewSubmission):
             view["response"] = {"status": self.response.status, "body": answer}
         if self.result:
             view["result"] = self.result
+        if self.state is SubmissionState.ISSUED_MANUALLY:
+            view["invoice_number"] = self.manual_invoice_number
         if self.issuance is not None:
             view["issuance"] = self.issuance.public_view()
         return view

@@ -93,9 +93,23 @@ class AdminClient:
         return _object(self.call("GET", f"/submissions/{_segment(submission_id)}"))
 
     def act(self, submission_id: str, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """`replay`, `requeue`, `discard` or `force-resend` one submission."""
+        """`replay`, `requeue`, `discard`, `force-resend` or `mark-issued` one submission."""
         path = f"/submissions/{_segment(submission_id)}/{action}"
         return _object(self.call("POST", path, body=body))
+
+    def mark_issued(self, submission_id: str, invoice_number: str, reason: str) -> dict[str, Any]:
+        """Record that the invoice was issued by hand in the tax bureau's portal."""
+        body = {"invoice_number": invoice_number, "reason": reason}
+        return self.act(submission_id, "mark-issued", body)
+
+    def export_manual(self, filters: Mapping[str, Any], reason: str) -> dict[str, Any]:
+        """The stuck invoices laid out for the portal's batch import (`columns`, `rows`,
+        `totals`, …), personal data whole; audited."""
+        body = {"filter": dict(filters), "reason": reason}
+        answer = _object(self.call("POST", "/submissions/export-manual", body=body))
+        if not isinstance(answer.get("rows"), list) or not isinstance(answer.get("columns"), list):
+            raise AdminApiError(f"expected rows from the admin API, got: {answer!r:.200}")
+        return answer
 
     def edit(self, submission_id: str, pointer: str, value: Any, reason: str) -> dict[str, Any]:
         body = {"pointer": pointer, "value": value, "reason": reason}

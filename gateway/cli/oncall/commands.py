@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import json
 import os
 import sys
@@ -32,6 +34,7 @@ from gateway.cli.oncall.client import (
     AdminApiError,
     AdminAuthError,
     AdminClient,
+    AdminUnreachable,
 )
 from gateway.cli.oncall.render import (
     Output,
@@ -48,7 +51,8 @@ from gateway.cli.oncall.render import (
 from gateway.clock import iso_utc
 from gateway.config import ADMIN_TOKEN_ENV
 from gateway.errors import GatewayError
-from gateway.outbox.submissions import SubmissionState
+from gateway.outbox.manual import FORMATS, write_csv, write_xlsx
+from gateway.outbox.submissions import MARKABLE_STATES, SubmissionState
 from gateway.quantities import duration, parse_duration, whole_number
 
 URL_ENV: Final = "GATEWAY_ADMIN_URL"
@@ -539,6 +543,175 @@ def cmd_import(ctx: Context) -> int:
     return EXIT_OK
 
 
+# -- outbox: issuing by hand during a long outage (docs/manual-issuance.md) -----------------------
+
+#: The header `mark-issued --from-csv` reads: order number, then the portal's invoice number.
+MARK_CSV_COLUMNS: Final = ("orderNo", "invoiceNumber")
+_MARKABLE: Final = frozenset(state.value for state in MARKABLE_STATES)
+
+
+def cmd_export_manual(ctx: Context) -> int:
+    """Stuck invoices as the tax bureau portal's batch import takes them, personal data whole."""
+    args, out = ctx.args, ctx.out
+    path = Path(args.output)
+    layout = args.format or ("xlsx" if path.suffix.lower() == ".xlsx" else "csv")
+    answer = ctx.client.export_manual(filters_of(args), args.reason)
+    columns = [str(column) for column in answer["columns"]]
+    rows = [[str(cell) for cell in row] for row in answer["rows"] if isinstance(row, list)]
+    write = write_xlsx if layout == "xlsx" else write_csv
+    partial = path.with_name(path.name + ".partial")
+    try:
+        # Personal data whole: readable by its owner only.
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as sink:
+            write(columns, rows, sink)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise AdminApiError(f"cannot write {path}: {exc.strerror or exc}") from None
+    totals = answer.get("totals") or {}
+    summary = (
+        f"exported {totals.get('invoices', '?')} invoices, {totals.get('lines', len(rows))} "
+        f"lines to {path} ({layout}): amount {totals.get('amount', '?')}, tax "
+        f"{totals.get('tax', '?')}, total {totals.get('total', '?')} (yuan)"
+    )
+    # The totals go to stderr whatever the output mode: they are checked against the portal's.
+    out.stderr.write(summary + "\n")
+    for skipped in answer.get("skipped") or []:
+        out.stderr.write(
+            f"skipped {skipped.get('submission_id')} ({skipped.get('business_key')}): "
+            f"{skipped.get('reason')}\n"
+        )
+    maybe_sent = answer.get("maybe_sent") or []
+    if maybe_sent:
+        out.stderr.write(
+            f"WARNING: {len(maybe_sent)} of them may have reached the platform before it failed "
+            "(the answer was lost), so the platform may have issued them already; look each up "
+            f"on the platform before issuing it by hand: {', '.join(map(str, maybe_sent))}\n"
+        )
+    tenants = answer.get("tenants") or []
+    if len(tenants) > 1:
+        out.stderr.write(
+            f"note: {len(tenants)} tenants ({', '.join(map(str, tenants))}): each issues its own "
+            "invoices in its own portal account; export with --tenant for each\n"
+        )
+    out.stderr.flush()
+    if out.json_mode:
+        out.json({**totals, "file": str(path), "format": layout})
+    return EXIT_OK
+
+
+def cmd_mark_issued(ctx: Context) -> int:
+    """Record that invoices were issued by hand in the tax bureau's portal."""
+    args = ctx.args
+    if args.from_csv:
+        if args.id or args.invoice_number:
+            raise UsageError("give ID with --invoice-number, or --from-csv FILE, not both")
+        return _mark_from_csv(ctx, Path(args.from_csv))
+    if not args.id or not args.invoice_number:
+        raise UsageError(
+            "give the submission ID and --invoice-number NUMBER, or --from-csv FILE "
+            f"(header {','.join(MARK_CSV_COLUMNS)})"
+        )
+    submission = ctx.client.mark_issued(args.id, args.invoice_number, args.reason)
+    return _show_action(ctx, f"marked issued by hand (invoice {args.invoice_number})", submission)
+
+
+def read_mark_csv(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, order number, invoice number) of each row of a `--from-csv` file (UTF-8,
+    with or without the BOM Excel writes)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise UsageError(f"cannot read --from-csv {path}: {why or exc}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = [name.strip() for name in reader.fieldnames or []]
+    if not set(MARK_CSV_COLUMNS) <= set(header):
+        raise UsageError(
+            f"--from-csv {path}: the first line must be the header {','.join(MARK_CSV_COLUMNS)}"
+            f" (found {','.join(header) or 'nothing'})"
+        )
+    reader.fieldnames = header
+    rows = []
+    for row in reader:
+        order_no, number = (str(row.get(name) or "").strip() for name in MARK_CSV_COLUMNS)
+        if order_no or number:
+            rows.append((reader.line_num, order_no, number))
+    return rows
+
+
+def _mark_from_csv(ctx: Context, path: Path) -> int:
+    out = ctx.out
+    rows = read_mark_csv(path)
+    marked = 0
+    skipped = 0
+    for line, order_no, number in rows:
+        try:
+            if not order_no or not number:
+                raise AdminApiError("both orderNo and invoiceNumber are needed")
+            submission_id = _markable_submission(ctx, order_no)
+            ctx.client.mark_issued(submission_id, number, ctx.args.reason)
+        except (AdminAuthError, AdminUnreachable):
+            raise  # nothing further would work either
+        except AdminApiError as exc:
+            skipped += 1
+            _report_mark(out, line, order_no, number, None, f"skipped: {exc}")
+            continue
+        marked += 1
+        _report_mark(out, line, order_no, number, submission_id, "marked issued_manually")
+    out.note(f"{marked} marked, {skipped} skipped, of {len(rows)} rows in {path}")
+    return EXIT_FAILURE if skipped else EXIT_OK
+
+
+def _markable_submission(ctx: Context, order_no: str) -> str:
+    """The one submission with business key `order_no` (of --tenant, if given) that can be
+    marked; `AdminApiError` saying why when there is none, or more than one."""
+    filters = [("q", order_no)]
+    if ctx.args.tenant:
+        filters.append(("tenant", ctx.args.tenant))
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page = ctx.client.list_submissions(filters, limit=MAX_PAGE, cursor=cursor)
+        items = [item for item in page.get("items") or [] if isinstance(item, dict)]
+        found += [item for item in items if item.get("business_key") == order_no]
+        cursor = page.get("next_cursor")
+        if not cursor or not items:
+            break
+    markable = [item for item in found if item.get("status") in _MARKABLE]
+    if not found:
+        raise AdminApiError(f"unknown order number {order_no!r}")
+    if not markable:
+        states = ", ".join(f"{i.get('submission_id')} is {i.get('status')}" for i in found)
+        raise AdminApiError(f"not in a state that can be marked ({states})")
+    if len(markable) > 1:
+        tenants = ", ".join(sorted({str(item.get("tenant")) for item in markable}))
+        raise AdminApiError(
+            f"{len(markable)} submissions have this order number (tenants {tenants}); "
+            "give --tenant, or mark each by its id"
+        )
+    return str(markable[0]["submission_id"])
+
+
+def _report_mark(
+    out: Output, line: int, order_no: str, number: str, submission_id: str | None, what: str
+) -> None:
+    if out.json_mode:
+        out.json(
+            {
+                "line": line,
+                "order_no": order_no,
+                "invoice_number": number,
+                "submission_id": submission_id,
+                "marked": submission_id is not None,
+                "result": what,
+            }
+        )
+    else:
+        out.result(f"line {line}: {order_no} → {number}: {submission_id or '-'} {what}")
+
+
 # -- dispatcher and circuit -----------------------------------------------------------------------
 
 
@@ -778,6 +951,53 @@ def configure_outbox(parser: argparse.ArgumentParser) -> None:
         "refuses (exit 1) unless its store holds no submissions.",
     )
     load.add_argument("file", metavar="FILE", help="JSON Lines from `outbox export` (- for stdin)")
+
+    manual = _command(
+        commands,
+        "export-manual",
+        cmd_export_manual,
+        "write stuck invoices for issuing by hand in the tax bureau's portal (needs --reason)",
+        description="Write the invoices stuck in the outbox (default: queued and dead) as the "
+        "tax bureau portal's batch import takes them: one row per invoice line, the buyer's "
+        "name, tax number, address, phone and bank account WHOLE (that is the point: the "
+        "portal needs them), as CSV (UTF-8 with a BOM, for Excel) or XLSX. The totals "
+        "(invoices, lines, amount, tax) go to stderr. Operators only; --reason is required "
+        "and the export is recorded in the audit log. After issuing them in the portal, record "
+        "the invoice numbers with `outbox mark-issued`, or the gateway sends them when the "
+        "platform recovers. See docs/manual-issuance.md.",
+    )
+    _add_filters(manual)
+    manual.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="write here (created mode 0600)"
+    )
+    manual.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="csv or xlsx (default: xlsx when FILE ends in .xlsx, else csv)",
+    )
+    _reason_option(manual, required=True, what="required: the file holds personal data")
+
+    mark = _command(
+        commands,
+        "mark-issued",
+        cmd_mark_issued,
+        "record invoices issued by hand in the tax bureau's portal (never sent again)",
+        description="Record that an invoice was issued by hand in the tax bureau's portal: the "
+        "submission becomes issued_manually, final, and is never sent to the platform. One: "
+        "ID --invoice-number N. Many: --from-csv FILE, a CSV with the header "
+        f"{','.join(MARK_CSV_COLUMNS)}; each line is reported, and lines whose order number is "
+        "unknown, or whose submission cannot be marked (only queued, dead, unknown and failed "
+        "can), are skipped (exit 1 if any were). --reason is required; each mark is audited.",
+    )
+    mark.add_argument("id", nargs="?", metavar="ID", help="the submission (sub_…)")
+    mark.add_argument("--invoice-number", metavar="N", help="the number the portal gave it")
+    mark.add_argument(
+        "--from-csv", metavar="FILE", help=f"mark many: {','.join(MARK_CSV_COLUMNS)} per line"
+    )
+    mark.add_argument(
+        "--tenant", metavar="ID", help="with --from-csv: look order numbers up in this tenant"
+    )
+    _reason_option(mark, required=True, what="required")
 
     for name, help_text in (
         ("pause", "stop the dispatcher sending queued submissions"),

@@ -37,6 +37,7 @@ STATE_STYLES: Final = {
     "dead": "bold red",
     "discarded": "dim",
     "issue_failed": "bold red",
+    "issued_manually": "magenta",
 }
 CIRCUIT_STYLES: Final = {
     "closed": "green",
@@ -208,6 +209,7 @@ _DETAIL_FIELDS: Final = (
     ("updated_at", "updated"),
     ("next_attempt_at", "next attempt"),
     ("delivered_at", "delivered"),
+    ("invoice_number", "invoice number"),
 )
 _SECTIONS: Final = ("payload", "headers", "result", "response")
 

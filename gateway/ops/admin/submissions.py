@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from gateway.ops.admin.middleware import current_actor, reveals
-from gateway.ops.admin.params import InvalidParameter, json_body, page, query_filter, text_field
+from gateway.ops.admin.params import (
+    InvalidParameter,
+    body_filter,
+    json_body,
+    page,
+    query_filter,
+    text_field,
+)
 from gateway.ops.admin.views import detail, summary
-from gateway.outbox.oncall import OnCall
+from gateway.outbox.oncall import MANUAL_EXPORT_DEFAULT, OnCall
 from gateway.outbox.store import OutboxStore
 from gateway.outbox.submissions import Submission
 
@@ -90,6 +99,30 @@ class SubmissionRoutes:
             text_field(body, "reason"),
         )
         return _updated(updated)
+
+    async def mark_issued(self, request: web.Request) -> web.Response:
+        """Record that the invoice was issued by hand in the tax bureau's portal."""
+        body = await json_body(request, ("invoice_number", "reason"))
+        updated = await self._oncall.mark_issued(
+            request.match_info["id"],
+            current_actor(),
+            text_field(body, "invoice_number"),
+            text_field(body, "reason"),
+        )
+        return _updated(updated)
+
+    async def export_manual(self, request: web.Request) -> web.Response:
+        """What is stuck, one row per invoice line for the tax bureau portal's batch import,
+        personal data whole (operators only; a reason is required and the export is audited)."""
+        body = await json_body(request, ("filter", "reason"))
+        found = body_filter(body.get("filter"))
+        # Without a state: what is stuck and surely unsent (unknown ones only when asked for).
+        states = found.query.states or MANUAL_EXPORT_DEFAULT
+        echo = {**found.echo, "state": [s.value for s in states]}
+        export = await self._oncall.export_manual(
+            replace(found.query, states=states), echo, current_actor(), text_field(body, "reason")
+        )
+        return web.json_response({**export.to_json(), "filter": echo})
 
 
 def _updated(submission: Submission) -> web.Response:

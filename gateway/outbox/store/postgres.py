@@ -43,6 +43,7 @@ from gateway.outbox.store.rows import (
 from gateway.outbox.store.sealing import Sealer
 from gateway.outbox.store.urls import masked_url
 from gateway.outbox.submissions import (
+    FINAL_STATES,
     UNRESOLVED_STATES,
     AuditEntry,
     IssuanceCheck,
@@ -83,7 +84,7 @@ STREAM_BATCH = 500
 
 _UNRESOLVED = ", ".join(f"'{state.value}'" for state in UNRESOLVED_STATES)
 _WAITING = "('queued', 'unknown')"
-_FINISHED = "('delivered', 'failed', 'discarded', 'issue_failed')"
+_FINISHED = "(" + ", ".join(f"'{state.value}'" for state in FINAL_STATES) + ")"
 _DATABASE_NOW = "extract(epoch FROM clock_timestamp())::float8"
 _PLACEHOLDERS = ", ".join(f"${n}" for n in range(1, len(COLUMNS.split(",")) + 1))
 

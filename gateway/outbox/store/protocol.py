@@ -255,8 +255,9 @@ class OutboxStore(Protocol):
     async def counts(self) -> OutboxCounts: ...
 
     async def purge(self, *, finished_before: float) -> int:
-        """Delete delivered, failed, issue_failed and discarded rows last updated before
-        `finished_before`; returns how many. Their idempotency keys are free again.
+        """Delete final rows (delivered, failed, issue_failed, discarded, issued_manually) last
+        updated before `finished_before`; returns how many. Their idempotency keys are free
+        again.
 
         Never deletes a row the outbox still needs (`queued`, `delivering`, `unknown`, `dead`),
         not even one racing to a final state: state and age are checked in the DELETE's WHERE,

@@ -25,6 +25,7 @@ from gateway.outbox.store.group_commit import CommitStats, GroupCommitter, Write
 from gateway.outbox.store.protocol import Admission, OutboxCounts, Resealed
 from gateway.outbox.store.sealing import Sealer
 from gateway.outbox.submissions import (
+    FINAL_STATES,
     UNRESOLVED_STATES,
     AuditEntry,
     IssuanceCheck,
@@ -123,6 +124,8 @@ MIGRATIONS: Sequence[str] = (
 )
 
 _UNRESOLVED = ", ".join(f"'{s.value}'" for s in UNRESOLVED_STATES)
+#: Rows nothing will change any more: what retention purges.
+_FINISHED = "(" + ", ".join(f"'{s.value}'" for s in FINAL_STATES) + ")"
 #: Rows the dispatcher will still send, by itself.
 _WAITING = "('queued', 'unknown')"
 #: A stored time this far ahead of the clock means the clock stepped back (restarts alone, on
@@ -568,9 +571,7 @@ class SqliteStore:
     async def purge(self, *, finished_before: float) -> int:
         def write(db: sqlite3.Connection) -> int:
             cursor = db.execute(
-                "DELETE FROM submission "
-                "WHERE state IN ('delivered', 'failed', 'discarded', 'issue_failed') "
-                "AND updated_at < ?",
+                f"DELETE FROM submission WHERE state IN {_FINISHED} AND updated_at < ?",
                 (finished_before,),
             )
             return int(cursor.rowcount)
