@@ -29,7 +29,9 @@ from gateway.config import GatewayConfig, ShutdownConfig, load_config
 from gateway.edge.intake import STATUS_PATH, Intake
 from gateway.edge.limits import TenantLimiter
 from gateway.edge.listener import GatedTCPSite, runner_args
+from gateway.edge.platform_answers import PlatformAnswers
 from gateway.edge.proxy import Proxy
+from gateway.edge.sdk import SdkGate
 from gateway.edge.tenants import TenantDirectory
 from gateway.errors import ConfigError
 from gateway.operations import Classifier, JsonLimits
@@ -81,6 +83,8 @@ class Gateway:
     status_page: StatusPage
     #: The backup endpoint (`upstream.backup_url`) and its breakers; None: no failover.
     failover: Failover | None = None
+    #: Vendor-SDK clients' tokens and signed calls (edge/sdk.py); None: not wired.
+    sdk: SdkGate | None = None
 
     @property
     def reads_endpoint(self) -> Endpoint:
@@ -205,8 +209,12 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             ["tenant", "limit"],
             registry=metrics.registry,
         )
+        # Vendor-SDK clients: their tokens are signed under a per-install key kept in the store.
+        sdk = SdkGate(config.tenants, store=store, clock=clock)
         proxy = Proxy(
             tenants=tenants,
+            sdk=sdk,
+            answers=PlatformAnswers(config.operations, store=store, pipeline=pipeline),
             limits=TenantLimiter(
                 config.tenants,
                 config.limits.tenant,
@@ -264,6 +272,7 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             started_at=started_at,
             status_page=status_page,
             failover=failover,
+            sdk=sdk,
         )
         metrics.registry.register(GatewayCollector(gateway))
         yield gateway
@@ -414,6 +423,9 @@ def client_app(gateway: Gateway) -> web.Application:
     app.router.add_get(STATUS_PATH, gateway.proxy.submission_status)
     app.router.add_get("/status", gateway.status_page.handle)
     app.router.add_get("/status/feed.json", gateway.status_page.feed)
+    if gateway.sdk is not None:
+        # The platform's token endpoint, for vendor-SDK clients (docs/sdk-clients.md).
+        app.router.add_post("/accessToken", gateway.sdk.token_endpoint)
     app.router.add_route("*", "/{tail:.*}", gateway.proxy.handle)
     return app
 

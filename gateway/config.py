@@ -192,6 +192,24 @@ class TenantCallbackConfig(_Model):
         return value
 
 
+class TenantSdkClientConfig(_Model):
+    """The tenant's ERP calling through the vendor's SDK (docs/sdk-clients.md): it signs each
+    call with this `app_key`/`app_secret` pair (X-Nuonuo-Sign) and gets its access token from
+    the gateway's `/accessToken`. A pair of the gateway's own, never the platform's."""
+
+    app_key: SecretRef
+    app_secret: SecretRef
+    #: `true`: when neither secret's environment variable is set, the tenant simply has no SDK
+    #: client (the default profile's demo tenant is written so, so a gateway without them
+    #: starts); one set without the other is still an error.
+    optional: bool = False
+
+    def unset(self, environ: Mapping[str, str]) -> bool:
+        """Optional, and neither secret's environment variable set."""
+        refs = (self.app_key, self.app_secret)
+        return self.optional and all(r.env is not None and not environ.get(r.env) for r in refs)
+
+
 class TenantConfig(_Model):
     """A client of the gateway, identified by the API key it sends in `X-Api-Key`.
 
@@ -211,6 +229,13 @@ class TenantConfig(_Model):
     upstream: TenantUpstreamConfig | None = None
     #: Events about its queued submissions becoming final; unset: none are sent.
     callback: TenantCallbackConfig | None = None
+    #: Its ERP calls as the vendor's SDK does (signed calls, tokens from the gateway); unset:
+    #: only `X-Api-Key` calls.
+    sdk_client: TenantSdkClientConfig | None = None
+    #: How SDK-signed calls are answered: `platform` (the platform's `{code, describe, result}`
+    #: even for what the gateway says itself) or `gateway` (202 and problem+json, as for
+    #: `X-Api-Key` calls, which always get those).
+    answers: Literal["platform", "gateway"] = "platform"
 
     @field_validator("api_key_hash")
     @classmethod
@@ -961,6 +986,9 @@ class GatewayConfig(_Model):
                     found.append((f"tenants[{i}].upstream.code", tenant.upstream.code))
             if tenant.callback is not None:
                 found.append((f"tenants[{i}].callback.secret", tenant.callback.secret))
+            if tenant.sdk_client is not None:
+                found.append((f"tenants[{i}].sdk_client.app_key", tenant.sdk_client.app_key))
+                found.append((f"tenants[{i}].sdk_client.app_secret", tenant.sdk_client.app_secret))
         auth = self.upstream.auth
         if isinstance(auth, NuonuoHmacAuthConfig):
             for field in ("app_key", "app_secret", "user_tax"):
@@ -1038,6 +1066,8 @@ def _unset_env_secrets(raw: Any, environ: Mapping[str, str], key: str = "") -> l
                 if environ.get(raw["env"])
                 else [f"{key}: environment variable {raw['env']} is not set"]
             )
+        if raw.get("optional") is True:
+            return []  # an optional section (sdk_client): its variables may well be unset
         return [
             problem
             for name, value in raw.items()
@@ -1086,6 +1116,7 @@ def parse_config(raw: Any, environ: Mapping[str, str], *, source: str = "config"
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_explain(exc) + _unset_env_secrets(raw, environ)) from None
+    config = _without_unset_sdk_clients(config, environ)
     problems = [
         f"{key}: {problem}"
         for key, ref in config.secrets()
@@ -1094,6 +1125,19 @@ def parse_config(raw: Any, environ: Mapping[str, str], *, source: str = "config"
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _without_unset_sdk_clients(config: GatewayConfig, environ: Mapping[str, str]) -> GatewayConfig:
+    """`config` without the optional `sdk_client` sections whose variables are all unset."""
+    if not any(t.sdk_client is not None and t.sdk_client.unset(environ) for t in config.tenants):
+        return config
+    tenants = [
+        t.model_copy(update={"sdk_client": None})
+        if t.sdk_client is not None and t.sdk_client.unset(environ)
+        else t
+        for t in config.tenants
+    ]
+    return config.model_copy(update={"tenants": tenants})
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -300,6 +300,7 @@ def check_idempotency_key(headers: Mapping[str, str]) -> str | None:
 def accepted(submission: Submission, exchange: Exchange, *, replayed: bool = False) -> web.Response:
     """The 202 for a submission that is durably in the outbox (docs/design.md#outcomes)."""
     exchange.outcome = "replayed" if replayed else "queued"
+    exchange.submission_id = submission.id
     status_url = STATUS_PATH.format(id=submission.id)
     response = web.json_response(
         {"submission_id": submission.id, "status": "queued", "status_url": status_url},

@@ -39,6 +39,10 @@ class Exchange:
     attempts: int = 0
     #: The endpoint that answered (`primary`, `backup`); None without a backup endpoint.
     endpoint: str | None = None
+    #: The submission a 202 named (its gateway serial, for an SDK client).
+    submission_id: str | None = None
+    #: An SDK call of a tenant with `answers: platform` (edge/platform_answers.py).
+    platform_answers: bool = False
 
 
 def respond(outcome: Outcome, operation: Operation, exchange: Exchange) -> web.Response:

@@ -25,7 +25,9 @@ from gateway.config import TenantConfig, TenantLimitsConfig
 from gateway.edge.intake import Intake, check_idempotency_key
 from gateway.edge.limits import TenantLimited, TenantLimiter
 from gateway.edge.outcomes import OUTCOME, Exchange, respond
+from gateway.edge.platform_answers import PlatformAnswers, translate
 from gateway.edge.problem import client_error, problem_response, store_unavailable
+from gateway.edge.sdk import SDK_HEADERS, SDK_QUERY_PARAMS, SdkGate, SdkRefused, is_sdk_call
 from gateway.edge.tenants import API_KEY_HEADER, TenantDirectory
 from gateway.errors import (
     BadRequest,
@@ -80,8 +82,13 @@ class Proxy:
         json_limits: JsonLimits | None = None,
         read_timeout: float | None = None,
         limits: TenantLimiter | None = None,
+        sdk: SdkGate | None = None,
+        answers: PlatformAnswers | None = None,
     ) -> None:
         self._observer = observer
+        #: Vendor-SDK clients (edge/sdk.py) and the platform-shaped answers they get.
+        self._sdk = sdk
+        self._answers = answers
         self._tenants = tenants
         self._limits = limits
         self._classifier = classifier
@@ -97,6 +104,8 @@ class Proxy:
         self, tenants: Sequence[TenantConfig], default_limits: TenantLimitsConfig | None
     ) -> None:
         """Take up the tenants, keys and limits of a reloaded configuration (SIGHUP)."""
+        if self._sdk is not None:  # first: it refuses two tenants with one SDK app key
+            self._sdk.reconfigure(tenants)
         self._tenants.reconfigure(tenants)
         if self._limits is not None:
             self._limits.reconfigure(tenants, default_limits)
@@ -143,6 +152,8 @@ class Proxy:
                 ),
                 request_id=exchange.request_id,
             )
+        if exchange.platform_answers and isinstance(response, web.Response):
+            response = translate(response)  # a problem raised above, in the platform's words
         response.headers[REQUEST_ID] = exchange.request_id
         response.headers[OUTCOME] = exchange.outcome
         elapsed = time.perf_counter() - started
@@ -173,18 +184,38 @@ class Proxy:
         return response
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
-        exchange.tenant = await self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
+        sdk_body: bytes | None = None
+        if (
+            self._sdk is not None
+            and self._sdk.enabled
+            and is_sdk_call(request.headers, request.query)
+        ):
+            # Signed as the vendor's SDK signs: the signature covers the body, read first.
+            sdk_body = await self._read_body(request)
+            try:
+                exchange.tenant = await self._sdk.authenticate(
+                    path=request.path, query=request.query, headers=request.headers, body=sdk_body
+                )
+            except SdkRefused as refused:
+                exchange.error_class = "sdk-refused"
+                return refused.answer()
+            exchange.platform_answers = self._sdk.platform_answers(exchange.tenant)
+        else:
+            exchange.tenant = await self._tenants.authenticate(request.headers.get(API_KEY_HEADER))
         # Every line logged for this request from here on names its tenant.
         structlog.contextvars.bind_contextvars(tenant=exchange.tenant)
         if self._limits is None:
-            return await self._forward(request, exchange)
+            return await self._forward(request, exchange, sdk_body)
         release = self._limits.acquire(exchange.tenant)
         try:
-            return await self._forward(request, exchange)
+            return await self._forward(request, exchange, sdk_body)
         finally:
             release()
 
-    async def _forward(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.Request, exchange: Exchange, sdk_body: bytes | None = None
+    ) -> web.StreamResponse:
+        """`sdk_body`: an SDK call's body, read (and verified) already."""
         path, query = upstream_path(request.raw_path)
         # Rules name headers in lower case; aiohttp's headers are looked up case-insensitively.
         incoming = request.headers
@@ -200,27 +231,35 @@ class Proxy:
         candidates = self._classifier.candidates(request.method, path, incoming)
         if any(rule.operation.kind is OperationKind.SUBMIT for rule in candidates):
             check_idempotency_key(request.headers)
-        body = RequestBody(await self._read_body(request), self._json_limits)
+        sdk = sdk_body is not None
+        raw = sdk_body if sdk_body is not None else await self._read_body(request)
+        body = RequestBody(raw, self._json_limits)
         exchange.operation = operation = self._classifier.classify(
             request.method, path, incoming, body, candidates
         )
         if operation.kind is OperationKind.SUBMIT:
             self._validate_submission(operation, body)
 
-        headers = end_to_end(request.headers, drop=(API_KEY_HEADER,))
+        # An SDK client's signature and gateway token stop here (the gateway signs afresh).
+        headers = end_to_end(request.headers, drop=(API_KEY_HEADER, *(SDK_HEADERS if sdk else ())))
         headers[REQUEST_ID] = exchange.request_id
         add_forwarded(headers, client_ip=request.remote, host=request.host, proto=request.scheme)
+        pairs = parse_qsl(query, keep_blank_values=True)
         outgoing = UpstreamRequest(
             method=request.method,
             path=path,
-            query=tuple(parse_qsl(query, keep_blank_values=True)),
+            query=tuple((k, v) for k, v in pairs if not (sdk and k in SDK_QUERY_PARAMS)),
             headers=headers,
             body=body.raw,
             operation=operation.name,
             tenant=exchange.tenant,
         )
+        answers = self._answers if exchange.platform_answers else None
         if operation.kind is OperationKind.SUBMIT:
-            return await self._intake.submit(request, outgoing, operation, body, exchange)
+            submitted = await self._intake.submit(request, outgoing, operation, body, exchange)
+            return submitted if answers is None else answers.submitted(submitted, exchange)
+        if answers is not None and answers.follows(operation):
+            return await answers.lookup(outgoing, operation, body, exchange)
         outcome = await self._pipeline.execute(outgoing, operation)
         return respond(outcome, operation, exchange)
 

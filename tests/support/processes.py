@@ -160,6 +160,9 @@ APP_SECRET = "test-app-secret"
 USER_TAX = "91110108MA01TEST0X"
 TENANT_KEY = "tenant-key-demo"
 OTHER_TENANT_KEY = "tenant-key-acme"
+#: The demo tenant's vendor-SDK credentials (`tenants[].sdk_client`): its own, not the platform's.
+SDK_APP_KEY = "sdk-demo-app-key"
+SDK_APP_SECRET = "sdk-demo-app-secret"
 
 
 def base_env() -> dict[str, str]:
@@ -172,6 +175,8 @@ def base_env() -> dict[str, str]:
             "NUONUO_USER_TAX": USER_TAX,
             "GATEWAY_DEMO_API_KEY": TENANT_KEY,
             "GATEWAY_ACME_API_KEY": OTHER_TENANT_KEY,
+            "GATEWAY_DEMO_SDK_APP_KEY": SDK_APP_KEY,
+            "GATEWAY_DEMO_SDK_APP_SECRET": SDK_APP_SECRET,
             "PYTHONUNBUFFERED": "1",
         }
     )
