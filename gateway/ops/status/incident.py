@@ -9,7 +9,7 @@ So every replica on the same store shows the same line, a restart keeps it, and 
 says who set each line and when.
 
 IncidentBoard   what this replica knows of those entries: read from the store when the status
-                page samples (`refresh`), at once for a change made here (`apply`)
+                page samples (`follow`), at once for a change made here (`apply`)
 incident_message the rules of a line: a single line of at most `MAX_CHARS` characters
 """
 
@@ -20,7 +20,10 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
+import structlog
+
 from gateway.clock import iso_utc
+from gateway.errors import StoreError
 from gateway.outbox.submissions import AuditEntry
 
 SET: Final = "status.incident.set"
@@ -35,6 +38,8 @@ PAGE: Final = 200
 #: The first read goes back at most this many audit entries looking for lines: a line set
 #: longer ago than that, with no other line since, is not found (and not shown).
 MAX_SCAN: Final = 20_000
+
+log = structlog.get_logger("gateway.ops.status")
 
 
 class AuditLog(Protocol):
@@ -74,6 +79,24 @@ class IncidentBoard:
         #: The highest sequence number read from the log (None before the first read).
         self._seen: int | None = None
         self._lock = asyncio.Lock()
+        self._failing = False
+
+    async def follow(self) -> None:
+        """`refresh` for the background sampler: while the store cannot be read the line last
+        read stays shown, and that is logged once, not at every try."""
+        try:
+            await self.refresh()
+        except StoreError as exc:
+            if not self._failing:
+                log.warning(
+                    "cannot read the incident line from the audit log; showing the last one read",
+                    error=str(exc),
+                )
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("the incident line is read from the audit log again")
+            self._failing = False
 
     async def refresh(self) -> None:
         """Read the entries recorded since the last read. The first read goes back until it

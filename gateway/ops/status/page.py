@@ -82,7 +82,7 @@ class StatusPage:
             self.history,
             self._facts.sample,
             clock,
-            watch=self.incidents.refresh if audit is not None else None,
+            watch=self.incidents.follow if audit is not None else None,
             watch_interval=watch_interval,
         )
 

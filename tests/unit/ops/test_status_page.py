@@ -795,3 +795,32 @@ async def test_an_incident_set_through_the_admin_api_is_on_the_page_and_in_the_f
             assert LINE not in await (await public.get("/status")).text()
         entries, _ = await gateway.store.audit_log(limit=10, cursor=None)
         assert [CLEAR, SET] == [entry.action for entry in entries[:2]]
+
+
+class FailingAuditLog(FakeAuditLog):
+    """An audit log whose store stops answering when `down` is set."""
+
+    down = False
+
+    async def audit_log(
+        self, *, limit: int, cursor: str | None
+    ) -> tuple[list[AuditEntry], str | None]:
+        if self.down:
+            raise StoreError("connection refused")
+        return await super().audit_log(limit=limit, cursor=cursor)
+
+
+async def test_while_the_store_cannot_be_read_the_last_line_stays() -> None:
+    """The sampler's read does not fail while the store is down: the line read last stays,
+    and a line recorded meanwhile shows once the store answers again."""
+    log = FailingAuditLog()
+    board = IncidentBoard(log)
+    log.record(SET, T0, message="first")
+    await board.follow()
+    log.down = True
+    log.record(SET, T0 + 5, message=LINE)
+    await board.follow()
+    assert "first" == (board.current() or {}).get("message")
+    log.down = False
+    await board.follow()
+    assert LINE == (board.current() or {}).get("message")
