@@ -145,13 +145,19 @@ def test_stuck_invoices_exported_marked_issued_and_never_sent(
     # -- the platform recovers; every replayable row is replayed -------------------------------
     sim.clear_faults()
     replay = {"filter": {}, "dry_run": False, "reason": "platform back"}
-    assert 202 == gw.admin("POST", "/replays", replay, token=OPERATOR_TOKEN)[0]
+    status, _, job = gw.admin("POST", "/replays", replay, token=OPERATOR_TOKEN)
+    assert 202 == status, job
+    # Until the job has ended and nothing is left to send: whatever it made due was sent.
     wait_until(
-        lambda: all(gw.status(i)["status"] == "delivered" for i in ids[2:]),
+        lambda: (
+            gw.admin("GET", f"/jobs/{job['job_id']}", token=OPERATOR_TOKEN)[2]["state"] == "done"
+            and not {gw.status(i)["status"] for i in ids} & {"queued", "delivering", "unknown"}
+        ),
         timeout=20,
         interval=0.2,
-        what="the unmarked submissions delivered",
+        what="the bulk replay done and every submission settled",
     )
+    assert ["delivered"] * 2 == [gw.status(i)["status"] for i in ids[2:]]
     assert [0, 0, 1, 1] == [sim.sends(order) for order in orders]
     for submission_id, number in zip((single, from_csv), NUMBERS.values(), strict=True):
         shown = gw.status(submission_id)
