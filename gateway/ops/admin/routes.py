@@ -13,9 +13,11 @@ from typing import Protocol
 import structlog
 from aiohttp import web
 
+from gateway.clock import Clock
 from gateway.config import GatewayConfig
 from gateway.ops.admin.audit import AuditRoutes
 from gateway.ops.admin.auth import AdminTokens, Role
+from gateway.ops.admin.callbacks import CallbackRoutes
 from gateway.ops.admin.control import ControlRoutes
 from gateway.ops.admin.incident import IncidentRoutes
 from gateway.ops.admin.jobs import JobRoutes
@@ -55,6 +57,8 @@ class Administered(Protocol):
     def auth(self) -> UpstreamAuth: ...
     @property
     def status_page(self) -> StatusPage: ...
+    @property
+    def clock(self) -> Clock: ...
 
 
 log = structlog.get_logger("gateway.ops.admin")
@@ -105,6 +109,7 @@ def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
     control = ControlRoutes(gateway.oncall, gateway.dispatcher, gateway.breakers, gateway.health)
     transfer = TransferRoutes(gateway.oncall)
     audit = AuditRoutes(gateway.store)
+    callbacks = CallbackRoutes(gateway.store.callbacks, gateway.oncall, gateway.clock.wall)
     incident = IncidentRoutes(gateway.store, gateway.status_page.incidents)
     token = TokenRoutes(gateway.oncall, gateway.auth)
     tenant_keys = TenantKeyRoutes(gateway.store, [t.id for t in gateway.config.tenants])
@@ -141,6 +146,8 @@ def _routes(gateway: Administered, openapi: Handler) -> list[AdminRoute]:
         # A backup holds every payload whole, so it is not for viewers (they see them masked).
         AdminRoute("GET", "/export", o, transfer.export),
         AdminRoute("POST", "/import", o, transfer.import_),
+        AdminRoute("GET", "/callbacks", v, callbacks.list),
+        AdminRoute("POST", "/callbacks/{id}/replay", o, callbacks.replay),
         AdminRoute("GET", "/audit", v, audit.list),
         AdminRoute("GET", "/audit/export", v, audit.export),
         AdminRoute("GET", "/openapi.json", v, openapi),
