@@ -40,6 +40,8 @@ from gateway.cli.oncall.render import (
     Output,
     action_summary,
     audit_table,
+    callback_table,
+    callback_view,
     circuit_view,
     dispatcher_summary,
     incident_view,
@@ -569,6 +571,9 @@ def cmd_export_manual(ctx: Context) -> int:
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise AdminApiError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)  # no half-written copy of personal data left behind
+        raise
     totals = answer.get("totals") or {}
     summary = (
         f"exported {totals.get('invoices', '?')} invoices, {totals.get('lines', len(rows))} "
@@ -744,6 +749,24 @@ def _incident(set_line: bool) -> Command:
 
     command.__doc__ = f"status {'set' if set_line else 'clear'}"
     return command
+
+
+def _callbacks_list(ctx: Context) -> int:
+    """callbacks list"""
+    answer = ctx.client.callbacks(
+        states=ctx.args.state,
+        tenant=ctx.args.tenant,
+        submission=ctx.args.submission,
+        limit=ctx.args.limit,
+    )
+    ctx.out.show(answer, callback_table)
+    return EXIT_OK
+
+
+def _callbacks_replay(ctx: Context) -> int:
+    """callbacks replay"""
+    ctx.out.show(ctx.client.replay_callback(ctx.args.event, ctx.args.reason), callback_view)
+    return EXIT_OK
 
 
 def _token_command(refresh: bool) -> Command:
@@ -1063,6 +1086,40 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
     _reason_option(set_line, required=False, what="optional; not shown on /status")
     clear = _command(commands, "clear", _incident(set_line=False), "remove the line from /status")
     _reason_option(clear, required=False, what="optional")
+
+
+def configure_callbacks(parser: argparse.ArgumentParser) -> None:
+    """Add the `callbacks` commands to `parser` (the `callbacks` subcommand of
+    `invoice-gateway`)."""
+    _prepare_group(
+        parser,
+        "The events sent to the tenants' callback URLs when their queued submissions become "
+        "final (docs/callbacks.md): what was sent, what is waiting or dead, and sending one "
+        "again.",
+    )
+    commands = parser.add_subparsers(dest="callbacks_command", required=True, metavar="COMMAND")
+    listing = _command(commands, "list", _callbacks_list, "callback events, newest first")
+    listing.add_argument(
+        "--state",
+        metavar="STATES",
+        help="comma-separated: pending, sending, delivered, dead, skipped",
+    )
+    listing.add_argument("--tenant", metavar="TENANT", help="one tenant's events")
+    listing.add_argument("--submission", metavar="ID", help="one submission's events")
+    listing.add_argument(
+        "--limit", type=whole_number(1, 1000), default=100, metavar="N", help="at most N (100)"
+    )
+    replay = _command(
+        commands,
+        "replay",
+        _callbacks_replay,
+        "send an event again (delivered, dead or skipped; audited)",
+        description="Send the callback event ID (evt_42) to its tenant's URL again, whatever "
+        "its state unless it is being sent right now: it becomes pending, due at once, and is "
+        "retried as usual. The receiver sees the same X-Gateway-Delivery id as before.",
+    )
+    replay.add_argument("event", metavar="ID", help="the event, e.g. evt_42")
+    _reason_option(replay, required=False, what="optional")
 
 
 def configure_token(parser: argparse.ArgumentParser) -> None:
