@@ -54,12 +54,14 @@ async def test_a_marked_row_is_final_with_its_invoice_number_and_audited(store: 
 
 
 async def test_a_marked_row_is_never_claimed_and_releases_its_ordering_key(store: Store) -> None:
-    """The marked head of an ordering key is never claimed; the row behind it now is."""
+    """The marked head of an ordering key is never claimed (so neither sent nor reconciled) nor
+    followed for issuance; the row behind it now is claimed."""
     head = await queued(store, "A-1", ordering="K")
     behind = await queued(store, "A-2", ordering="K", now=NOW + 1)
     await oncall(store).mark_issued(head.id, OPERATOR, NUMBER, "issued in the portal")
     claimed = await store.claim_due(now=NOW + 60, limit=10, owner=OWNER, lease_seconds=LEASE)
     assert [behind.id] == [row.id for row in claimed]
+    assert [] == list(await store.issuance_due(operations=["issue"], now=NOW + 60, limit=10))
 
 
 async def test_queued_dead_unknown_and_failed_rows_can_be_marked(store: Store) -> None:
