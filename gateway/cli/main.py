@@ -115,6 +115,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.oncall import (
+        configure_callbacks,
         configure_circuit,
         configure_outbox,
         configure_status,
@@ -209,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     configure_token(
         commands.add_parser(
             "token", help="the platform access token: status, refresh (after a quota refusal)"
+        )
+    )
+    configure_callbacks(
+        commands.add_parser(
+            "callbacks", help="events sent to the tenants' callback URLs: list, replay"
         )
     )
     configure_tenant(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_admin_api import ADMIN, ADMIN_ENV, OPERATOR_TOKEN
 from tests.integration.test_core_gateway import ISSUE, invoice
 from tests.integration.test_outbox import OVERRIDES, wait_delivered
 from tests.support.harness import Gateway, Simulator
-from tests.support.processes import ROOT, free_port, wait_until
+from tests.support.processes import ROOT, base_env, free_port, gateway_command, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +76,20 @@ class Receiver:
         return {headers["X-Gateway-Delivery"]: json.loads(body) for headers, body in self.received}
 
 
+def oncall(gateway: Gateway, *args: str) -> str:
+    """`invoice-gateway callbacks ARGS --json` against the gateway's admin API; its stdout."""
+    done = subprocess.run(
+        gateway_command("callbacks", *args, "--url", gateway.admin_url, "--json"),
+        env={**base_env(), "GATEWAY_ADMIN_TOKEN": OPERATOR_TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr
+    return done.stdout
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     taken = Receiver(free_port())
@@ -88,6 +104,7 @@ def test_events_reach_a_receiver_that_was_down_signed_and_each_once(
 ) -> None:
     overrides = {
         **OVERRIDES,
+        **ADMIN,
         "tenants": [
             {
                 "id": "demo",
@@ -101,7 +118,7 @@ def test_events_reach_a_receiver_that_was_down_signed_and_each_once(
         ],
         "callbacks": {"poll_interval": "100ms", "backoff": {"base": "100ms", "cap": "300ms"}},
     }
-    env = {"IT_CALLBACK_SECRET": SECRET}
+    env = {"IT_CALLBACK_SECRET": SECRET, **ADMIN_ENV}
     with Gateway.start(tmp_path / "gw", simulator.url, overrides=overrides, env=env) as gateway:
         simulator.fault(kind="http_error", status=503, operations=[ISSUE])
         bodies = [invoice() for _ in range(3)]
@@ -127,6 +144,20 @@ def test_events_reach_a_receiver_that_was_down_signed_and_each_once(
         )
         live = gateway.call(ISSUE, invoice())  # answered at once: no `delivered` event
         assert 200 == live[0], live
+        # On-call sees them delivered and sends one again: the receiver gets the same id.
+        listed = oncall(gateway, "list", "--state", "delivered", "--submission", ids[0])
+        [first, *_] = json.loads(listed)["items"]
+        taken = len(receiver.received)
+        replayed = json.loads(oncall(gateway, "replay", first["id"], "--reason", "test"))
+        assert "pending" == replayed["state"]
+        wait_until(
+            lambda: (
+                first["id"]
+                in [headers["X-Gateway-Delivery"] for headers, _ in receiver.received[taken:]]
+            ),
+            timeout=10,
+            what="the replayed event",
+        )
     events = receiver.events()
     by_submission: dict[str, list[str]] = {}
     for event in events.values():

@@ -1,12 +1,13 @@
-"""The on-call command line: `invoice-gateway outbox …`, `circuit …`, `status …` and `token …`.
+"""The on-call command line: `invoice-gateway outbox …`, `circuit …`, `status …`, `token …` and
+`callbacks …`.
 
     client.py    AdminClient: blocking calls to the admin API; every failure is an AdminApiError
                  carrying the exit code (1 refused, 3 unreachable, 4 token)
     render.py    Output: rich tables for people, JSON lines for scripts (--json)
     commands.py  the argparse tree and one function per command
 
-`gateway/cli/main.py` mounts the four groups with `configure_outbox`, `configure_circuit`,
-`configure_status` and `configure_token`.
+`gateway/cli/main.py` mounts the five groups with `configure_outbox`, `configure_circuit`,
+`configure_status`, `configure_token` and `configure_callbacks`.
 """
 
 from gateway.cli.oncall.client import (
@@ -22,6 +23,7 @@ from gateway.cli.oncall.client import (
 )
 from gateway.cli.oncall.commands import (
     EXIT_CODES_EPILOG,
+    configure_callbacks,
     configure_circuit,
     configure_outbox,
     configure_status,
@@ -39,6 +41,7 @@ __all__ = [
     "AdminAuthError",
     "AdminClient",
     "AdminUnreachable",
+    "configure_callbacks",
     "configure_circuit",
     "configure_outbox",
     "configure_status",

@@ -173,6 +173,21 @@ class AdminClient:
         body = {"message": message, "reason": reason}
         return _object(self.call("PUT", "/status/incident", body=body))
 
+    def callbacks(
+        self, *, states: str | None, tenant: str | None, submission: str | None, limit: int
+    ) -> dict[str, Any]:
+        """Callback events, newest first: `{"items": [...]}`."""
+        query = [("limit", str(limit))]
+        for name, value in (("state", states), ("tenant", tenant), ("submission_id", submission)):
+            if value:
+                query.append((name, value))
+        return _object(self.call("GET", "/callbacks", query=query))
+
+    def replay_callback(self, event_id: str, reason: str | None) -> dict[str, Any]:
+        """Send a callback event again; the event as it is now (pending)."""
+        path = f"/callbacks/{_segment(event_id)}/replay"
+        return _object(self.call("POST", path, body={"reason": reason}))
+
     def audit(self, *, limit: int, cursor: str | None = None) -> dict[str, Any]:
         query = [("limit", str(limit))]
         if cursor:

@@ -391,6 +391,37 @@ def incident_view(answer: Mapping[str, Any]) -> RenderableType:
     return text
 
 
+def callback_table(answer: Mapping[str, Any]) -> RenderableType:
+    """Callback events, newest first (docs/callbacks.md)."""
+    items = list(answer.get("items") or [])
+    if not items:
+        return Text("no callback events", "dim")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("id", "created", "tenant", "type", "state", "attempts", "submission"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("last error", max_width=50, overflow="ellipsis", no_wrap=True)
+    for event in items:
+        table.add_row(
+            str(event.get("id", "")),
+            short_time(event.get("created_at")),
+            str(event.get("tenant", "")),
+            str(event.get("type", "")),
+            str(event.get("state", "")),
+            str(event.get("attempts", "")),
+            str(event.get("submission_id", "")),
+            Text(str(event.get("last_error") or "")),
+        )
+    return table
+
+
+def callback_view(event: Mapping[str, Any]) -> RenderableType:
+    """One event after a replay."""
+    text = Text(f"{event.get('id')} ", "bold")
+    text.append(f"{event.get('type')} for {event.get('submission_id')}: {event.get('state')}")
+    text.append(f", attempts {event.get('attempts')}", "dim")
+    return text
+
+
 def audit_table(items: Iterable[Mapping[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("seq", justify="right", no_wrap=True)
