@@ -250,6 +250,9 @@ async def open_gateway(config: GatewayConfig, clock: Clock | None = None) -> Asy
             started_at=started_at,
             clock=clock,
             audit=store,
+            reads_endpoint=(
+                (lambda: failover.serving_reads().value) if failover is not None else None
+            ),
         )
         status_page.start()
         gateway = Gateway(

@@ -77,6 +77,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
     print(f"{path}: OK")
     print(f"  upstream   {config.upstream.url} (auth: {config.upstream.auth.scheme})")
+    if config.upstream.backup_url:
+        print(f"  backup     {config.upstream.backup_url} (reads only, unless failover is set)")
     auth = config.upstream.auth
     if isinstance(auth, NuonuoHmacAuthConfig):
         print(f"  tokens     {auth.token_endpoint(config.upstream.url)}")

@@ -144,6 +144,13 @@ def orders(sim: Simulator) -> dict[str, Any]:
     return dict(sim.ledger()["orders"])
 
 
+def status_page(gw: Gateway) -> dict[str, Any]:
+    """/status as JSON (what the page shows)."""
+    status, _, facts = http_json("GET", f"{gw.url}/status?format=json")
+    assert 200 == status, facts
+    return dict(facts)
+
+
 def test_reads_use_the_backup_while_the_primary_is_down_and_submissions_wait(
     tmp_path: Path, primary: Simulator, backup: Simulator, backup_url: str
 ) -> None:
@@ -156,6 +163,7 @@ def test_reads_use_the_backup_while_the_primary_is_down_and_submissions_wait(
         primary.fault(kind="refuse")
         assert [(200, "backup")] * 5 == [read(gw) for _ in range(5)]
         wait_until(lambda: gw.metric(BACKUP_ACTIVE) == 1, timeout=5, what="backup active")
+        assert "backup" == status_page(gw)["reads_endpoint"]
 
         bodies = [invoice() for _ in range(3)]
         ids = []
@@ -174,6 +182,7 @@ def test_reads_use_the_backup_while_the_primary_is_down_and_submissions_wait(
         assert [1, 1, 1] == [primary.sends(body["order"]["orderNo"]) for body in bodies]
         assert {} == orders(backup)
         wait_until(lambda: gw.metric(BACKUP_ACTIVE) == 0, timeout=5, what="backup inactive")
+        assert "primary" == status_page(gw)["reads_endpoint"]
 
 
 def test_a_read_refused_by_the_primary_is_answered_by_the_backup_at_once(

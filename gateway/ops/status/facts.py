@@ -110,8 +110,10 @@ class StatusFacts:
         clock: Clock,
         history: StatusHistory,
         incidents: IncidentBoard,
+        reads_endpoint: Callable[[], str] | None = None,
     ) -> None:
         self._incidents = incidents
+        self._reads_endpoint = reads_endpoint
         self._outbox = outbox
         self._breakers = breakers
         self._health = health
@@ -163,6 +165,9 @@ class StatusFacts:
             "incident": self._incidents.current(),
             "availability": self._availability(now, platform, circuits),
             "platform": platform,
+            # Which address of the platform answers reads: `primary`, or `backup` while the
+            # primary is down (only with a backup endpoint configured; else null).
+            "reads_endpoint": self._reads_endpoint() if self._reads_endpoint else None,
             "circuits": circuits,
             "dispatcher": {
                 "paused": self._dispatcher.paused,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp import web
@@ -44,7 +45,8 @@ class StatusPage:
     `stop()` it samples the gateway into its history every `interval` seconds (on `clock`) and,
     given the store's `audit` log, reads the incident line from it every `watch_interval`
     seconds, so that a line set on another replica shows here within that time. Stop it before
-    the store closes.
+    the store closes. `reads_endpoint` (with a backup endpoint configured) says which address
+    of the platform answers reads now.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class StatusPage:
         started_at: float,
         clock: Clock,
         audit: AuditLog | None = None,
+        reads_endpoint: Callable[[], str] | None = None,
         interval: float = SAMPLE_SECONDS,
         watch_interval: float = WATCH_SECONDS,
     ) -> None:
@@ -77,6 +80,7 @@ class StatusPage:
             clock=clock,
             history=self.history,
             incidents=self.incidents,
+            reads_endpoint=reads_endpoint,
         )
         self._sampler = history_sampler(
             self.history,

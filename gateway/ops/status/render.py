@@ -60,6 +60,7 @@ _STATE_WORDS = {
     "dead": "gave up — needs on-call",
     "discarded": "discarded by on-call",
     "issue_failed": "accepted, then not issued — needs on-call",
+    "issued_manually": "issued by hand in the tax bureau's portal (final)",
 }
 _CIRCUIT_WORDS = {
     "closed": "closed — traffic flows",
@@ -161,6 +162,10 @@ def render(facts: Mapping[str, Any]) -> str:
         alerts.append(
             f"{counts['dead']} submission(s) gave up and need on-call "
             "(admin API: requeue or discard)."
+        )
+    if facts.get("reads_endpoint") == "backup":
+        alerts.append(
+            "Reads are answered by the platform's backup address; submissions wait for the primary."
         )
     if facts["dispatcher"]["paused"]:
         alerts.append("Delivery is paused by on-call: nothing queued is sent.")

@@ -824,3 +824,9 @@ async def test_while_the_store_cannot_be_read_the_last_line_stays() -> None:
     log.down = False
     await board.follow()
     assert LINE == (board.current() or {}).get("message")
+
+
+def test_reads_on_the_backup_address_are_said_and_primary_is_not() -> None:
+    assert "backup address" in render(facts(reads_endpoint="backup"))
+    assert "backup address" not in render(facts(reads_endpoint="primary"))
+    assert "backup address" not in render(facts(reads_endpoint=None))
