@@ -1121,10 +1121,28 @@ def parse_config(raw: Any, environ: Mapping[str, str], *, source: str = "config"
         f"{key}: {problem}"
         for key, ref in config.secrets()
         if (problem := ref.resolve(environ)) is not None
-    ]
+    ] or _shared_sdk_app_keys(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _shared_sdk_app_keys(config: GatewayConfig) -> list[str]:
+    """Tenants whose `sdk_client.app_key` is another's (once the secrets are resolved): an SDK
+    call's `appkey` must name one tenant."""
+    owner: dict[str, int] = {}
+    problems = []
+    for i, tenant in enumerate(config.tenants):
+        if tenant.sdk_client is None:
+            continue
+        key = tenant.sdk_client.app_key.value()
+        if key in owner:
+            problems.append(
+                f"tenants[{i}].sdk_client.app_key: the same key as tenants[{owner[key]}]'s; "
+                "each tenant needs an SDK key pair of its own"
+            )
+        owner.setdefault(key, i)
+    return problems
 
 
 def _without_unset_sdk_clients(config: GatewayConfig, environ: Mapping[str, str]) -> GatewayConfig:

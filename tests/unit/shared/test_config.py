@@ -484,3 +484,35 @@ def test_failover_of_submissions_is_for_submits_with_a_backup() -> None:
     assert "needs upstream.backup_url" in problem, problem
     raw["upstream"]["backup_url"] = "https://sdk2.nuonuo.com"
     assert "submissions" == parse_config(raw, ENV).operations[0].failover
+
+
+SDK_ENV = {**ENV, "GATEWAY_DEMO_SDK_APP_KEY": "sk1", "GATEWAY_DEMO_SDK_APP_SECRET": "ss1"}
+
+
+def test_the_demo_tenants_sdk_client_is_optional_in_the_default_profile() -> None:
+    """Without its two variables the demo tenant has no SDK client (the profile still loads);
+    with them it has, its secrets resolved; with one of them it is a problem naming the other."""
+    assert parse_config(default_raw(), ENV).tenants[0].sdk_client is None
+    [demo] = parse_config(default_raw(), SDK_ENV).tenants
+    assert demo.sdk_client is not None
+    assert ("sk1", "ss1", "platform") == (
+        demo.sdk_client.app_key.value(),
+        demo.sdk_client.app_secret.value(),
+        demo.answers,
+    )
+    half = {**ENV, "GATEWAY_DEMO_SDK_APP_KEY": "sk1"}
+    assert [
+        "tenants[0].sdk_client.app_secret: environment variable GATEWAY_DEMO_SDK_APP_SECRET is "
+        "not set"
+    ] == problems(default_raw(), half)
+
+
+def test_a_required_sdk_client_needs_its_variables_and_a_key_of_its_own() -> None:
+    raw = default_raw()
+    del raw["tenants"][0]["sdk_client"]["optional"]
+    assert 2 == len(problems(raw))
+    raw["tenants"].append(
+        {"id": "acme", "sdk_client": raw["tenants"][0]["sdk_client"], "answers": "gateway"}
+    )
+    [problem] = problems(raw, SDK_ENV)
+    assert problem.startswith("tenants[1].sdk_client.app_key: the same key as tenants[0]'s")
