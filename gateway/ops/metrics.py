@@ -33,6 +33,7 @@ from gateway import __version__
 from gateway.clock import SAMPLING_SHARE, Clock, Periodic
 from gateway.edge.intake import Intake
 from gateway.errors import StoreError
+from gateway.outbox.callbacks import CallbackSender
 from gateway.outbox.dispatcher import Dispatcher
 from gateway.outbox.issuance import IssuanceFollower
 from gateway.outbox.outage import StoreOutage
@@ -68,6 +69,8 @@ class Observed(Protocol):
     def intake(self) -> Intake: ...
     @property
     def started_at(self) -> float: ...
+    @property
+    def callbacks(self) -> CallbackSender: ...
 
 
 log = structlog.get_logger("gateway.ops.metrics")
@@ -350,6 +353,20 @@ class GatewayCollector(Collector):
             ),
         ):
             counter = CounterMetricFamily(f"gateway_outbox_{name}", help_text)
+            counter.add_metric([], float(value))
+            yield counter
+        callbacks = gateway.callbacks
+        for name, value, help_text in (
+            ("sent", callbacks.sent, "Callback events a tenant's receiver took (2xx)."),
+            (
+                "failed",
+                callbacks.failed,
+                "Callback attempts not taken (refused, an error status, no answer in time); "
+                "each is sent again later.",
+            ),
+            ("dead", callbacks.dead, "Callback events given up after callbacks.max_age."),
+        ):
+            counter = CounterMetricFamily(f"gateway_callbacks_{name}", help_text)
             counter.add_metric([], float(value))
             yield counter
         paused = GaugeMetricFamily("gateway_dispatcher_paused", "1 while on-call paused it.")

@@ -233,8 +233,10 @@ class CallbackSender:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: Events taken, attempts not taken, events given up (this process, since start).
         self.sent = 0
         self.failed = 0
+        self.dead = 0
 
     def retarget(self, targets: Mapping[str, CallbackTarget]) -> None:
         """New receivers (a reload); the next claim uses them."""
@@ -342,6 +344,7 @@ class CallbackSender:
         self.failed += 1
         now = self._clock.wall()
         if now - event.created_at >= self._config.max_age:
+            self.dead += 1
             await self._settle(event, CallbackState.DEAD, error=error)
             log.error(
                 "callback given up: its receiver did not take it within max_age; on-call can "

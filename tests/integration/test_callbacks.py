@@ -142,6 +142,8 @@ def test_events_reach_a_receiver_that_was_down_signed_and_each_once(
             interval=0.1,
             what="every event taken",
         )
+        assert gateway.metric("gateway_callbacks_sent_total") >= 2 * len(ids)
+        assert gateway.metric("gateway_callbacks_failed_total") >= 6
         live = gateway.call(ISSUE, invoice())  # answered at once: no `delivered` event
         assert 200 == live[0], live
         # On-call sees them delivered and sends one again: the receiver gets the same id.
