@@ -228,9 +228,10 @@ def test_an_outage_answers_a_gateway_serial_then_the_platforms_record(setup: Set
     sim, sdk = setup.sim, setup.demo
     token = sdk.token()
     sim.fault(kind="http_error", status=503, operations=[ISSUE])
-    sim.fault(kind="http_error", status=503, operations=[QUERY], count=2)  # one read's attempts
+    reads_down = sim.fault(kind="http_error", status=503, operations=[QUERY])
     busy = sdk.execute(QUERY, {"orderNos": ["SO-anything"]}, token)
     assert (200, "040102") == answered(busy), busy.answer
+    http_json("DELETE", f"{sim.control_url}/_sim/faults/{reads_down}")
 
     good, refused = invoice(), invoice()
     del refused["order"]["buyerName"]  # the platform refuses it (0201) once it is delivered
