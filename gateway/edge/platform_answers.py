@@ -32,6 +32,7 @@ from aiohttp import web
 from gateway.config import IssuanceConfig, OperationConfig
 from gateway.edge.outcomes import Exchange, respond
 from gateway.edge.problem import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from gateway.edge.sdk import BUSY
 from gateway.jsonpointer import MISSING, JsonPointer
 from gateway.operations import Operation, RequestBody
 from gateway.outbox.store import OutboxStore
@@ -40,7 +41,6 @@ from gateway.resilience.pipeline import ResiliencePipeline
 from gateway.upstream.models import UpstreamRequest
 
 SUCCESS: Final = "E0000"
-BUSY: Final = "040102"
 INVALID_REQUEST: Final = "0201"
 UNKNOWN_METHOD: Final = "070501"
 DUPLICATE_ORDER: Final = "E9106"
