@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
+
+from tests.support.cli import help_results
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "operations.md"
@@ -134,52 +133,11 @@ def commands(guide: Path) -> set[tuple[str, ...]]:
     return found
 
 
-_CHECK_COMMANDS = r"""
-import argparse, contextlib, io, json, sys
-from gateway.cli.main import build_parser
-
-def has_subcommands(parser):
-    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
-
-def command_parser(name):
-    top = build_parser()
-    for action in top._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices.get(name)
-    return None
-
-def help_exit(argv):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            build_parser().parse_args([*argv, "--help"])
-        except SystemExit as exit:
-            return exit.code or 0, out.getvalue()[-300:]
-    return 1, "no exit"
-
-results = {}
-for words in json.loads(sys.argv[1]):
-    parser = command_parser(words[0])
-    if len(words) == 2 and parser is not None and not has_subcommands(parser):
-        words = words[:1]  # the second word is an argument, not a subcommand
-    code, output = help_exit(words)
-    results[" ".join(words)] = [code, output]
-print(json.dumps(results))
-"""
-
-
 def command_results(found: set[tuple[str, ...]]) -> dict[str, list[object]]:
     """`--help` of every command, in one child process: {"store copy": [exit status, output]}."""
-    run = subprocess.run(
-        [sys.executable, "-c", _CHECK_COMMANDS, json.dumps(sorted(found))],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    results: dict[str, list[object]] = json.loads(run.stdout)
-    return results
+    return {
+        words: [code, str(output)[-300:]] for words, (code, output) in help_results(found).items()
+    }
 
 
 def test_sections_keep_their_headings() -> None:
