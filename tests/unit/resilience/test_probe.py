@@ -14,6 +14,10 @@ from gateway.resilience.failures import FailureClass, Verdict
 from gateway.resilience.probe import HealthProbe, HealthStatus, UpstreamHealth
 from tests.support.fakes import FakeClock
 
+#: A bound on waiting for the probe loop (a fake clock: it never sleeps for real), generous
+#: for a loaded machine whose probes log an exception traceback each.
+WAIT_S = 10.0
+
 OK = Verdict(None)
 DOWN = Verdict(FailureClass.CONNECTION_LOST)
 
@@ -170,7 +174,7 @@ async def test_a_probe_that_raises_counts_as_a_failure_and_the_loop_survives() -
     seen: list[tuple[str, str]] = []
     registry.add_listener(lambda name, old, new, reason: seen.append((new, reason)))
     probe.start()
-    await asyncio.wait_for(send.when_called(5).wait(), 1.0)
+    await asyncio.wait_for(send.when_called(5).wait(), WAIT_S)
     await probe.stop()
     assert [("open", "by health probe"), ("closed", "by health probe")] == seen
     assert (HealthStatus.UP, CircuitState.CLOSED) == (probe.health.status, breaker.state)
@@ -184,7 +188,7 @@ async def test_stop_ends_the_task() -> None:
     probe, _ = make(send, clock)
     probe.start()
     probe.start()
-    await asyncio.wait_for(send.when_called(2).wait(), 1.0)
+    await asyncio.wait_for(send.when_called(2).wait(), WAIT_S)
     await probe.stop()
     assert not probe.running
     calls = send.calls
