@@ -11,6 +11,8 @@
     sealing       encryption at rest: AES-256-GCM of bodies and answers (docs/encryption.md)
     rows          rows as both stores write and read them (sealed columns, audit rows, cursors)
     copy          `invoice-gateway store copy`: everything from one store into another
+    backup        `invoice-gateway store backup`: an online, checked copy of a SQLite store
+    callback_queue  the callback events' queue in both stores, written by triggers
 
 Callers see only the protocols and the dataclasses in `gateway.outbox.submissions`.
 """
