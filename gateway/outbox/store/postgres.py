@@ -503,10 +503,11 @@ class PostgresStore:
         await connection.add_listener(CHANNEL, self._announced)
         if recovered:
             log.info("listening for announcements again", store=self._where)
-            # What was announced while nothing listened is lost: one call, so the dispatcher
-            # looks now rather than at its next poll.
-            if self._on_announcement is not None:
-                self._on_announcement()
+        # What was announced while nothing listened — before the first connection was up (a
+        # replica just started, already serving), or while it was lost — is lost: one call, so
+        # the dispatcher looks now rather than at its next poll.
+        if self._on_announcement is not None:
+            self._on_announcement()
 
     async def _until_lost(self, connection: Any) -> None:
         """Return when `connection` closes under us; raise when it fails its periodic check."""

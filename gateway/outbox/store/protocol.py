@@ -351,8 +351,10 @@ class Store(TokenStore, OutboxStore, Protocol):
         """Call `callback` whenever any process on this database announces (its own included).
 
         PostgreSQL: `LISTEN` on a connection of its own (not from the pool, not through a
-        transaction pooler), re-established with back-off when lost. One callback: a later
-        call replaces it. The embedded store never calls it."""
+        transaction pooler), re-established with back-off when lost; each time it starts
+        listening (the first time included) it calls `callback` once, for whatever was
+        announced while nobody listened. One callback: a later call replaces it. The embedded
+        store never calls it."""
         ...
 
     async def merge_rows(self, rows: Sequence[Submission]) -> int:
