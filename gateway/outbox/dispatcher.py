@@ -50,6 +50,10 @@ from gateway.resilience.retry import RetryPolicy
 
 log = structlog.get_logger("gateway.outbox.dispatcher")
 
+#: Looking for a row that falls due this much after its time: the next round claims it even
+#: with the clocks of the writer and the claimer a few milliseconds apart.
+DUE_MARGIN_S = 0.01
+
 #: Outcomes logged at info; the others (failed, dead, parked) need someone's attention.
 _ROUTINE = frozenset(
     {DeliveryOutcome.DELIVERED, DeliveryOutcome.RECONCILED, DeliveryOutcome.REQUEUED}
@@ -132,6 +136,8 @@ class Dispatcher:
         )
         self._slots = asyncio.Semaphore(self._dispatch.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
+        #: The time the last claim asked for rows due by.
+        self._claimed_at = 0.0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -313,9 +319,10 @@ class Dispatcher:
         return list(seen.values())
 
     async def _claim(self, limit: int) -> list[Submission]:
+        self._claimed_at = self._clock.wall()
         claimed = list(
             await self._store.claim_due(
-                now=self._clock.wall(),
+                now=self._claimed_at,
                 limit=limit,
                 owner=self.owner,
                 lease_seconds=self._config.lease,
@@ -371,8 +378,20 @@ class Dispatcher:
             self._spawn(submission)
         if len(claimed) == limit and len(self._inflight) < self._dispatch.concurrency:
             return 0.0  # there may be more due, and room to take it
-        # Nothing more is due, or every slot is busy: a finishing delivery wakes the loop.
-        return self._dispatch.poll_interval
+        # Nothing more is due, or every slot is busy: a finishing delivery wakes the loop, else
+        # the next poll — or sooner, when a waiting row falls due before it (a wake-up can
+        # announce a row queued with its first back-off still to run, or written on another
+        # replica's reading of the clock).
+        return self._until_due(await self._store.next_due())
+
+    def _until_due(self, due: float | None) -> float:
+        """The wait before the next round: the poll interval, or until `due` if that is sooner
+        and was still ahead when the last claim looked (a row due by then but not claimed waits
+        for its head; one falling due since is looked for at once)."""
+        poll = self._dispatch.poll_interval
+        if due is None or due <= self._claimed_at:
+            return poll
+        return min(poll, max(0.0, due - self._clock.wall()) + DUE_MARGIN_S)
 
     async def _idle(self, seconds: float) -> None:
         """Wait `seconds` on the clock, or less when woken (`wake`, resume, stop, a free slot)."""

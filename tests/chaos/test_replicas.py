@@ -315,12 +315,16 @@ def test_work_queued_at_one_replica_wakes_the_others_without_a_poll(
         status, headers, answer = held.call(ISSUE, body)
         assert (202, "queued") == (status, headers["X-Gateway-Outcome"]), answer
         # A third of the poll interval: only a wake-up can explain a delivery by then.
-        wait_until(
-            lambda: states(database) == {"delivered": 1},
-            timeout=20,
-            interval=0.1,
-            what="the other replica to deliver it",
-        )
+        try:
+            wait_until(
+                lambda: states(database) == {"delivered": 1},
+                timeout=20,
+                interval=0.1,
+                what="the other replica to deliver it",
+            )
+        except AssertionError as exc:
+            logs = "\n".join(replica.process.logs() for replica in replicas)
+            raise AssertionError(f"{exc}; states {states(database)}\n{logs}") from None
         assert 1 == sim.ledger()["orders"][body["order"]["orderNo"]]["issued"]
         assert (0, 1) == (
             metric(held, "gateway_outbox_delivered_total"),

@@ -160,3 +160,16 @@ async def test_counts_of_an_outbox_with_nothing_waiting(store: Store) -> None:
     await in_state(store, "D-1", S.DELIVERED)
     await in_state(store, "U-parked", S.UNKNOWN, next_attempt_at=None)
     assert (await store.counts()).oldest_queued_at is None
+
+
+async def test_next_due_is_the_earliest_waiting_time(store: Store) -> None:
+    """The earliest `next_attempt_at` of queued and due unknown rows; delivering, parked and
+    final rows do not count; None when nothing waits."""
+    assert None is await store.next_due()
+    await in_state(store, "D-1", SubmissionState.DELIVERED, now=NOW)
+    await in_state(store, "U-1", SubmissionState.UNKNOWN, now=NOW)  # parked: no due time
+    assert None is await store.next_due()
+    await in_state(store, "Q-1", SubmissionState.QUEUED, now=NOW, next_attempt_at=NOW + 30)
+    await in_state(store, "Q-2", SubmissionState.QUEUED, now=NOW, next_attempt_at=NOW + 7)
+    await in_state(store, "U-2", SubmissionState.UNKNOWN, now=NOW, next_attempt_at=NOW + 9)
+    assert NOW + 7 == await store.next_due()

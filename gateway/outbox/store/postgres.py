@@ -236,6 +236,7 @@ _RESEAL = (
 
 _COUNT_STATES = "SELECT state, count(*) FROM submission GROUP BY state"
 #: Waiting = queued, or unknown and due for reconciliation (parked rows wait for on-call).
+_NEXT_DUE = f"SELECT min(next_attempt_at) FROM submission WHERE state IN {_WAITING}"
 _OLDEST_WAITING = (
     f"SELECT min(created_at) FROM submission WHERE state IN {_WAITING} "
     "AND next_attempt_at IS NOT NULL"
@@ -658,6 +659,11 @@ class PostgresStore:
         async with self._connection("cannot read the submission") as connection:
             row = await connection.fetchrow(_BY_ID, submission_id)
         return self._open(row) if row is not None else None
+
+    async def next_due(self) -> float | None:
+        async with self._connection("cannot read when the next submission is due") as connection:
+            due = await connection.fetchval(_NEXT_DUE)
+        return float(due) if due is not None else None
 
     async def counts(self) -> OutboxCounts:
         async with self._connection("cannot count the outbox") as connection:

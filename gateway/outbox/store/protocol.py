@@ -254,6 +254,12 @@ class OutboxStore(Protocol):
 
     async def counts(self) -> OutboxCounts: ...
 
+    async def next_due(self) -> float | None:
+        """The earliest `next_attempt_at` of a waiting row (`queued`, or `unknown` with a due
+        time), whether or not it may be claimed yet (behind its ordering key, say); None when
+        nothing waits. The dispatcher's hint for when to look again."""
+        ...
+
     async def purge(self, *, finished_before: float) -> int:
         """Delete final rows (delivered, failed, issue_failed, discarded, issued_manually) last
         updated before `finished_before`; returns how many. Their idempotency keys are free

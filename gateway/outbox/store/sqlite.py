@@ -541,6 +541,16 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise _translate(exc, "cannot read the submission") from exc
 
+    async def next_due(self) -> float | None:
+        try:
+            async with self._reader.execute(
+                "SELECT MIN(next_attempt_at) FROM submission WHERE state IN ('queued', 'unknown')"
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "cannot read when the next submission is due") from exc
+        return float(row[0]) if row and row[0] is not None else None
+
     async def counts(self) -> OutboxCounts:
         try:
             async with self._reader.execute(

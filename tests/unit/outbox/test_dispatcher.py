@@ -942,6 +942,34 @@ async def test_wake_starts_a_drain_without_waiting_for_the_poll(make: Build) -> 
     assert 1 == len(rig.upstream.requests)
 
 
+async def test_a_wake_before_the_row_falls_due_looks_again_when_it_does(make: Build) -> None:
+    """Woken for a row whose first back-off has not run yet (due 5 s from now, polls an hour
+    apart): the round finds nothing due, and the loop waits until the row is due, not for the
+    poll — as when another replica announces a row written on its reading of the clock."""
+    clock = ManualClock()
+    rig = await make(clock=clock, dispatcher={"poll_interval": 3600})
+    rig.dispatcher.start()
+    await until(lambda: bool(clock.sleeps))
+    queued = await rig.queue()
+    moved = await rig.store.transition(
+        queued.id,
+        queued.fence,
+        Transition(SubmissionState.QUEUED, next_attempt_at=clock.wall() + 5),
+        now=clock.wall(),
+    )
+    assert moved is not None
+    idled = len(clock.sleeps)
+    rig.dispatcher.wake()
+    await until(lambda: len(clock.sleeps) > idled)
+    assert 5 < clock.sleeps[-1] < 6
+    clock.advance(clock.sleeps[-1])
+
+    async def delivered() -> bool:
+        return (await rig.get(queued)).state is SubmissionState.DELIVERED
+
+    await until(delivered)
+
+
 async def test_a_store_outage_is_logged_when_it_starts_and_when_it_ends(
     make: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:
