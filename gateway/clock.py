@@ -103,6 +103,21 @@ class DatabaseClock(SteadyClock):
         return correction
 
 
+async def sleep_or_wake(clock: Clock, seconds: float, wakeup: asyncio.Event) -> None:
+    """Wait `seconds` on `clock`, or less when `wakeup` is set (at once if it is already);
+    then clear it: a loop's idle time between rounds (dispatcher, callback sender)."""
+    if not wakeup.is_set():
+        sleeper = asyncio.ensure_future(clock.sleep(seconds))
+        woken = asyncio.ensure_future(wakeup.wait())
+        try:
+            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (sleeper, woken):
+                waiter.cancel()
+            await asyncio.gather(sleeper, woken, return_exceptions=True)
+    wakeup.clear()
+
+
 def iso_utc(wall: float) -> str:
     """Unix seconds as ISO 8601 UTC with milliseconds: `2026-11-27T10:00:00.250Z`.
 

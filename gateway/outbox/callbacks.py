@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 import structlog
 
-from gateway.clock import Clock, iso_utc
+from gateway.clock import Clock, iso_utc, sleep_or_wake
 from gateway.config import CallbacksConfig, TenantConfig
 from gateway.errors import StoreError
 from gateway.resilience.retry import Backoff
@@ -273,18 +273,7 @@ class CallbackSender:
                 log.exception("callback round failed; trying again shortly")
             if sent == 0 and not self._stopping:
                 idle = self._config.poll_interval if self._targets else self._sweep_interval
-                await self._idle(idle)
-
-    async def _idle(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        woken = asyncio.ensure_future(self._wakeup.wait())
-        try:
-            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in (sleeper, woken):
-                waiter.cancel()
-            await asyncio.gather(sleeper, woken, return_exceptions=True)
-        self._wakeup.clear()
+                await sleep_or_wake(self._clock, idle, self._wakeup)
 
     async def send_due(self) -> int:
         """One round: claim what is due and send it; how many were claimed."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from gateway.clock import Clock
+from gateway.clock import Clock, sleep_or_wake
 from gateway.config import GatewayConfig, OperationConfig, OutboxConfig
 from gateway.errors import StoreError
 from gateway.operations import OperationKind, OperationRule
@@ -395,16 +395,7 @@ class Dispatcher:
 
     async def _idle(self, seconds: float) -> None:
         """Wait `seconds` on the clock, or less when woken (`wake`, resume, stop, a free slot)."""
-        if not self._wakeup.is_set():
-            sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-            woken = asyncio.ensure_future(self._wakeup.wait())
-            try:
-                await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in (sleeper, woken):
-                    waiter.cancel()
-                await asyncio.gather(sleeper, woken, return_exceptions=True)
-        self._wakeup.clear()
+        await sleep_or_wake(self._clock, seconds, self._wakeup)
 
     # -- one delivery ------------------------------------------------------------------------
 
